@@ -1,0 +1,70 @@
+"""The ``pregate`` command: one subcommand per job, each defined next to its part.
+
+A subcommand is a module with ``HELP`` (one line), ``DESCRIPTION`` (shown by its
+``--help``), ``add_arguments(parser)`` and ``run(args) -> int``. Those modules keep
+heavy imports (torch, transformers) inside ``run`` so that ``--help`` stays fast.
+Adding a subcommand is one line in ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pregate import __version__
+from pregate.errors import PregateError
+
+# name -> module that implements it, in the order `pregate --help` lists them.
+COMMANDS: dict[str, str] = {
+    "demo": "pregate.demo",
+    "trace": "pregate.tracer.cli",
+    "trace-info": "pregate.traces.cli_info",
+    "validate-trace": "pregate.traces.cli_validate",
+    "models": "pregate.tracer.cli_models",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pregate",
+        description=(
+            "Find the best way to run a Mixture-of-Experts model whose experts do not fit "
+            "in GPU memory: record routing traces from real models, replay them against "
+            "hardware profiles, and validate on a GPU."
+        ),
+        epilog="Run 'pregate COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"pregate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except PregateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: complete parts are kept; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

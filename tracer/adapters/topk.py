@@ -1,0 +1,78 @@
+"""Shared adapter for decoder-only families with a softmax top-k router per MoE block.
+
+Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE all put a ``...SparseMoeBlock`` with a
+``gate`` (the router) and ``experts`` in some decoder layers. In transformers 5
+the gate is a router module returning ``(logits, top-k weights, top-k ids)``;
+in 4.x it is a plain ``nn.Linear`` returning logits and the block does the
+softmax and top-k. Both are read here, so a family file only states its
+config names and published shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from pregate.tracer.adapters.base import ModelAdapter, RouterSite, Routing
+
+
+class TopKRouterAdapter(ModelAdapter):
+    # Config attribute holding the width of one routed expert's hidden layer.
+    expert_ff_attr: ClassVar[str] = "intermediate_size"
+    # Whether the chosen top-k weights are renormalised to sum to 1
+    # (None: read config.norm_topk_prob).
+    always_renormalise: ClassVar[bool | None] = None
+
+    def _layers(self):
+        inner = getattr(self.model, "model", self.model)
+        return inner.layers
+
+    def sites(self) -> list[RouterSite]:
+        found = []
+        for block_index, layer in enumerate(self._layers()):
+            block = getattr(layer, "mlp", None) or getattr(layer, "block_sparse_moe", None)
+            if block is not None and hasattr(block, "gate") and hasattr(block, "experts"):
+                found.append(RouterSite("decoder", len(found), block_index, block.gate))
+        return found
+
+    def renormalise(self) -> bool:
+        if self.always_renormalise is not None:
+            return self.always_renormalise
+        return bool(getattr(self.config, "norm_topk_prob", False))
+
+    def read_output(self, site: RouterSite, output: Any, hidden: torch.Tensor) -> Routing:
+        if isinstance(output, tuple) and len(output) == 3:
+            _logits, weights, ids = output
+        else:  # transformers 4.x: the gate is a Linear and returns logits
+            probs = torch.softmax(output.float(), dim=-1)
+            weights, ids = torch.topk(probs, self.top_k(), dim=-1)
+            if self.renormalise():
+                weights = weights / weights.sum(dim=-1, keepdim=True)
+        k = ids.shape[-1]
+        ids = ids.reshape(-1, k)
+        return Routing(ids.long(), weights.reshape(-1, k).float(), torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device))
+
+    def apply_router(self, site: RouterSite, hidden: torch.Tensor) -> Routing:
+        return self.read_output(site, site.router(hidden.reshape(-1, hidden.shape[-1])), hidden)
+
+    def expert_shape(self) -> dict[str, Any]:
+        c = self.config
+        d_ff = int(getattr(c, self.expert_ff_attr))
+        return {
+            "d_model": int(c.hidden_size),
+            "d_ff": d_ff,
+            "activation": f"{c.hidden_act}-gated",
+            "gating": "topk-softmax-renorm" if self.renormalise() else "topk-softmax",
+            "expert_params": 3 * c.hidden_size * d_ff,
+        }
+
+    def top_k(self) -> int:
+        return int(self.config.num_experts_per_tok)
+
+    def num_experts(self) -> int:
+        c = self.config
+        return int(getattr(c, "num_local_experts", None) or getattr(c, "num_experts"))
+
+    def num_blocks(self) -> int:
+        return len(self._layers())
