@@ -21,7 +21,9 @@ COMMANDS: dict[str, str] = {
     "trace": "pregate.tracer.cli",
     "trace-info": "pregate.traces.cli_info",
     "validate-trace": "pregate.traces.cli_validate",
+    "import": "pregate.traces.cli_import",
     "models": "pregate.tracer.cli_models",
+    "train": "pregate.tracer.cli_train",
 }
 
 

@@ -79,6 +79,13 @@ def build_random(
 def load_pretrained(name_or_path: str, *, dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
     """Load a checkpoint from a local folder or the local Hugging Face cache, never the network."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from pregate.tracer.smallmoe import is_small_moe_folder, load_small_moe
+
+    if is_small_moe_folder(name_or_path):
+        model, tokenizer = load_small_moe(name_or_path)
+        model = model.to(_dtype(dtype))
+        cls = adapter_for_model_type(model.config.model_type)
+        return LoadedModel(model, cls(model), tokenizer, str(name_or_path), False)
     from transformers import AutoConfig
 
     try:

@@ -1,0 +1,145 @@
+"""``pregate import``: routing logs of other tools (JSON Lines, dense CSV, Parquet) as a trace."""
+
+HELP = "import routing logs of other tools (jsonl, csv-dense, parquet) as a pregate trace"
+DESCRIPTION = """Turn routing logs written by other tools (patched vLLM or SGLang, forward
+hooks, published trace datasets) into a pregate trace that the simulator,
+executor and analysis read like a recorded one.
+
+formats:
+  jsonl      one JSON object per (sequence, token, layer) with top-k expert ids and probabilities
+  csv-dense  one row per token, one column per expert holding its router score
+  parquet    Parquet/Arrow tables with list columns of expert ids and probabilities
+
+Fields default to the field of the same name (seq, pos, layer, experts, probs,
+token, phase, stack, dropped). --layer and --experts take a field name or a
+number: '--layer 3' puts every record in MoE layer 3, '--experts 64' says the
+model has 64 experts. Without a layer field, the layer comes from the file name
+(layer3.csv). Without a position field, tokens are numbered in record order.
+
+The model shape (for costing transfers) comes from --model NAME, --model-config
+FILE (TOML or JSON) and the shape flags, later ones overriding earlier ones;
+what is missing is inferred from the data and reported. Data that contradicts
+the shape is refused with the file and record. Imported traces have no 'ahead'
+pre-gating column.
+
+Exact duplicate records are dropped and counted; a key given twice with
+different content fails unless --on-duplicate first|last. Sequences whose
+layers hold different tokens fail unless --on-mismatch drop (drop them) or
+keep-aligned (keep the tokens present in every layer). Phase: from --phase,
+else decode (encoder tokens: prefill); decode tokens get steps 1.. in order.
+
+examples:
+  pregate import --format jsonl logs/*.jsonl -o runs/mixtral --model mixtral-8x7b \\
+      --seq problem_id --pos token_idx --layer layer --experts experts --probs gating_probs
+  pregate import --format csv-dense dumps/layer*.csv -o runs/olmoe --model olmoe-1b-7b --seq request
+  pregate import --format parquet routing.parquet -o runs/mine --model-config my-moe.toml \\
+      --on-mismatch keep-aligned --overwrite"""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("sources", nargs="+", metavar="SRC", help="source files (a folder stands for its files)")
+    parser.add_argument("-o", "--out", required=True, metavar="TRACE", help="trace folder to write")
+    parser.add_argument("--format", required=True, choices=("jsonl", "csv-dense", "parquet"), help="source format")
+    fields = parser.add_argument_group("fields of the source (default: the field of the same name, if present)")
+    fields.add_argument("--seq", metavar="FIELD", help="sequence (request) id; without one, all records are one sequence")
+    fields.add_argument("--pos", metavar="FIELD", help="token position in its sequence; without one, record order")
+    fields.add_argument("--layer", metavar="FIELD|N", help="MoE layer field, or a number: the layer of every record")
+    fields.add_argument("--experts", metavar="FIELD|N", help="field of expert ids (jsonl, parquet), or a number: experts per layer")
+    fields.add_argument("--probs", metavar="FIELD", help="field of gate probabilities (without one: 1/k each)")
+    fields.add_argument("--token", metavar="FIELD", help="token id (vocabulary id); without one the token column is null")
+    fields.add_argument("--phase", metavar="FIELD", help="'prefill' or 'decode'; without one, decode (encoder: prefill)")
+    fields.add_argument("--stack", metavar="FIELD", help="'encoder' or 'decoder'; without one, --default-stack")
+    fields.add_argument("--dropped", metavar="FIELD", help="true where the token overflowed expert capacity")
+    fields.add_argument("--layer-pattern", metavar="REGEX", default=None,
+                        help="regex whose group 1 is the layer in a file name (default 'layer[_-]?(\\d+)')")
+    fields.add_argument("--default-stack", choices=("decoder", "encoder"), default="decoder",
+                        help="stack of records without a stack field (default: decoder)")
+    dense = parser.add_argument_group("csv-dense")
+    dense.add_argument("--expert-columns", metavar="REGEX",
+                       help="regex matching a whole score column name, group 1 the expert id (default: e3, expert_3, 3)")
+    dense.add_argument("--scores-are-probs", action="store_true",
+                       help="the scores are probabilities already (default: router logits, softmaxed)")
+    model = parser.add_argument_group("model shape (for costing transfers; missing values are inferred)")
+    model.add_argument("--model", metavar="NAME", help="a known model: switch-base-8..256, switch-large-128, "
+                       "mixtral-8x7b, olmoe-1b-7b, qwen1.5-moe-a2.7b, qwen3-30b-a3b")
+    model.add_argument("--model-config", metavar="FILE", help="TOML or JSON with experts, moe_layers, top_k, d_model, "
+                       "d_ff, dtype, gating, activation (and optionally stacks)")
+    model.add_argument("--model-id", metavar="ID", help="name recorded in the trace metadata")
+    model.add_argument("--num-experts", type=int, metavar="N", help="experts per MoE layer")
+    model.add_argument("--moe-layers", type=int, metavar="N", help="MoE layers per stack")
+    model.add_argument("--top-k", type=int, metavar="K", help="experts chosen per token")
+    model.add_argument("--d-model", type=int, metavar="N", help="hidden size")
+    model.add_argument("--d-ff", type=int, metavar="N", help="expert FFN size")
+    model.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "int8", "int4"),
+                       help="dtype the experts are stored in (for bytes per expert)")
+    model.add_argument("--activation", metavar="NAME", help="expert activation, e.g. relu or silu-gated (gated: 3 matrices)")
+    model.add_argument("--gating", metavar="NAME", help="e.g. top1-softmax, topk-softmax, topk-softmax-renorm")
+    clean = parser.add_argument_group("messy logs")
+    clean.add_argument("--on-duplicate", choices=("error", "first", "last"), default="error",
+                       help="a key given twice with different content: fail (default) or keep the first/last")
+    clean.add_argument("--on-mismatch", choices=("fail", "drop", "keep-aligned"), default="fail",
+                       help="layers of a sequence hold different tokens: fail (default), drop the sequence, "
+                       "or keep the tokens present in every layer")
+    out = parser.add_argument_group("output")
+    out.add_argument("--prob-bits", type=int, default=10, metavar="B",
+                     help="mantissa bits kept of each probability (23: exact float32; default 10)")
+    out.add_argument("--part-rows", type=int, default=1_000_000, metavar="N", help="rows per part (default 1M)")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing trace in TRACE")
+
+
+def _number_or_field(value: str | None) -> tuple[int | None, str | None]:
+    if value is None:
+        return None, None
+    text = value.strip()
+    if text.isdigit():
+        return int(text), None
+    return None, value
+
+
+def run(args) -> int:
+    from pregate.traces.errors import TraceError
+    from pregate.traces.importers import ColumnMap, ImportOptions, ModelShape, build_shape, import_trace
+    from pregate.traces.importers.common import DEFAULT_LAYER_PATTERN
+
+    layer_value, layer_field = _number_or_field(args.layer)
+    experts_count, experts_field = _number_or_field(args.experts)
+    if experts_count is not None and args.num_experts is not None and experts_count != args.num_experts:
+        raise TraceError(f"--experts {experts_count} and --num-experts {args.num_experts} disagree")
+    n_experts = args.num_experts if args.num_experts is not None else experts_count
+    for flag, value in (("--num-experts", n_experts), ("--moe-layers", args.moe_layers), ("--top-k", args.top_k),
+                        ("--d-model", args.d_model), ("--d-ff", args.d_ff)):
+        if value is not None and value <= 0:
+            raise TraceError(f"{flag} must be a positive integer, got {value}")
+    flags = ModelShape(
+        model_id=args.model_id,
+        experts=n_experts,
+        moe_layers=args.moe_layers,
+        top_k=args.top_k,
+        d_model=args.d_model,
+        d_ff=args.d_ff,
+        dtype=args.dtype,
+        activation=args.activation,
+        gating=args.gating,
+    )
+    shape = build_shape(args.model, args.model_config, flags)
+    columns = ColumnMap(
+        seq=args.seq, layer=layer_field, experts=experts_field, probs=args.probs, token=args.token,
+        pos=args.pos, phase=args.phase, stack=args.stack, dropped=args.dropped,
+    )
+    opts = ImportOptions(
+        format=args.format,
+        columns=columns,
+        layer_value=layer_value,
+        layer_pattern=args.layer_pattern or DEFAULT_LAYER_PATTERN,
+        default_stack=args.default_stack,
+        on_duplicate=args.on_duplicate,
+        on_mismatch=args.on_mismatch,
+        scores_are_probs=args.scores_are_probs,
+        expert_columns=args.expert_columns,
+        prob_bits=args.prob_bits,
+        part_rows=args.part_rows,
+        overwrite=args.overwrite,
+    )
+    report = import_trace(args.sources, args.out, opts, shape)
+    print("\n".join(report.lines()))
+    return 0
