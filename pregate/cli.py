@@ -21,8 +21,10 @@ COMMANDS: dict[str, str] = {
     "trace": "pregate.tracer.cli",
     "trace-info": "pregate.traces.cli_info",
     "validate-trace": "pregate.traces.cli_validate",
+    "trace-stats": "pregate.analysis.cli_stats",
     "import": "pregate.traces.cli_import",
     "models": "pregate.tracer.cli_models",
+    "simulate": "pregate.simulator.cli",
     "train": "pregate.tracer.cli_train",
 }
 

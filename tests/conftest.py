@@ -42,6 +42,7 @@ def make_table(meta, seqs: int = 3, tokens: int = 5, seed: int = 0):
     rng = np.random.default_rng(seed)
     stack = meta.stacks["decoder"]
     L, E, k, J = stack.moe_layers, stack.experts, stack.top_k, meta.ahead_distance
+    w = meta.ahead_k("decoder")
     rows = []
     for s in range(seqs):
         for p in range(tokens):
@@ -52,8 +53,8 @@ def make_table(meta, seqs: int = 3, tokens: int = 5, seed: int = 0):
     n = len(rows)
     experts = np.stack([rng.permutation(E)[:k] for _ in range(n)])
     probs = rng.dirichlet(np.ones(k), size=n).astype(np.float32)
-    ahead = np.stack([np.stack([rng.permutation(E)[:k] for _ in range(J)]) for _ in range(n)]) if J else None
-    ahead_probs = rng.uniform(0, 1, size=(n, J, k)).astype(np.float32) if J else None
+    ahead = np.stack([np.stack([rng.permutation(E)[:w] for _ in range(J)]) for _ in range(n)]) if J else None
+    ahead_probs = rng.uniform(0, 1, size=(n, J, w)).astype(np.float32) if J else None
     return build_table(
         meta, seq=rows[:, 0], stack=np.array(["decoder"] * n), phase=np.where(rows[:, 1] == 0, "prefill", "decode"),
         step=rows[:, 1], pos=rows[:, 2], layer=rows[:, 3], token=rng.integers(0, 100, n), experts=experts,

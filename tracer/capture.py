@@ -74,22 +74,20 @@ class RoutingRecorder:
         return sorted({s.stack for s in self.sites})
 
     @torch.no_grad()
-    def ahead(self, stack: str, layer: int, distance: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """What MoE layer ``layer + j`` (j = 1..distance) picks from layer ``layer``'s router inputs.
+    def ahead(self, stack: str, layer: int, distance: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What MoE layer ``layer + j`` (j = 1..distance) ranks highest from layer ``layer``'s router inputs.
 
-        Returns experts (N, J, k) and probs (N, J, k) over all calls of the layer
-        concatenated; J = min(distance, layers - 1 - layer) and may be 0.
+        Returns experts (N, J, width) and probs (N, J, width) over all calls of the
+        layer concatenated; J = min(distance, layers - 1 - layer) and may be 0.
         """
-        calls = self.calls[(stack, layer)]
-        hidden = torch.cat([c.hidden for c in calls])
+        hidden = torch.cat([c.hidden for c in self.calls[(stack, layer)]])
         later = [s for s in self.sites if s.stack == stack and layer < s.layer <= layer + distance]
-        k = calls[0].experts.shape[1]
         if not later:
-            empty = hidden.new_zeros((hidden.shape[0], 0, k))
+            empty = hidden.new_zeros((hidden.shape[0], 0, width))
             return empty.long(), empty.float()
         self._paused = True
         try:
-            routed = [self.adapter.apply_router(site, hidden) for site in later]
+            predicted = [self.adapter.predict(site, hidden, width) for site in later]
         finally:
             self._paused = False
-        return torch.stack([r.experts for r in routed], 1), torch.stack([r.probs for r in routed], 1)
+        return torch.stack([ids for ids, _ in predicted], 1), torch.stack([p for _, p in predicted], 1)

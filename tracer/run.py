@@ -192,14 +192,14 @@ class BatchTracer:
                 if [c.hidden.shape[0] for c in calls] != shapes:
                     raise PregateError(f"{stack} MoE layer {layer} ran a different number of tokens than layer 0")
                 experts = torch.cat([c.experts for c in calls]).cpu().numpy()[keep]
-                k = experts.shape[1]
                 cols["experts"].append(experts)
                 cols["probs"].append(torch.cat([c.probs for c in calls]).cpu().numpy()[keep])
                 cols["dropped"].append(torch.cat([c.dropped for c in calls]).cpu().numpy()[keep])
-                ahead = np.zeros((kept, J, k), np.int16)
-                ahead_p = np.zeros((kept, J, k), np.float32)
+                width = self.meta.ahead_k(stack)
+                ahead = np.zeros((kept, J, width), np.int16)
+                ahead_p = np.zeros((kept, J, width), np.float32)
                 if J:
-                    a, ap = recorder.ahead(stack, layer, J)
+                    a, ap = recorder.ahead(stack, layer, J, width)
                     j = a.shape[1]
                     ahead[:, :j] = a.cpu().numpy()[keep]
                     ahead_p[:, :j] = ap.cpu().numpy()[keep]
@@ -238,6 +238,8 @@ def make_meta(loaded: LoadedModel, settings: TraceSettings, prompts: list[str], 
     return TraceMeta(
         model_id=loaded.model_id,
         ahead_distance=settings.ahead,
+        # At least two experts per ahead entry: a top-1 model's runner-up is a prefetch candidate.
+        ahead_width=min(max(2, loaded.adapter.top_k()), loaded.adapter.num_experts()),
         tokenizer=tokenizer_name,
         corpus=f"{settings.input} (sha256:{digest})",
         seed=settings.seed,

@@ -93,6 +93,10 @@ class TraceMeta:
     dense_bytes_per_layer: int
     dtype: str = "float32"
     ahead_distance: int = DEFAULT_AHEAD
+    # Experts stored per ``ahead`` entry, best first by router probability; None
+    # means top-k. The tracer keeps at least 2 so that top-1 models can be
+    # scored (and prefetched for) beyond the router's single pick.
+    ahead_width: int | None = None
     capacity: dict[str, Any] = field(default_factory=dict)
     tokenizer: str = ""
     corpus: str = ""
@@ -112,6 +116,8 @@ class TraceMeta:
                 self.stacks[name] = StackMeta(**stack)
         if not 0 <= self.ahead_distance <= 16:
             raise TraceError(f"trace metadata: ahead_distance must be 0..16, got {self.ahead_distance}")
+        if self.ahead_width is not None and not all(self.ahead_width <= s.experts for s in self.stacks.values()):
+            raise TraceError(f"trace metadata: ahead_width {self.ahead_width} exceeds the experts of a stack")
         if not 1 <= self.prob_mantissa_bits <= 23:
             raise TraceError(f"trace metadata: prob_mantissa_bits must be 1..23, got {self.prob_mantissa_bits}")
 
@@ -129,6 +135,10 @@ class TraceMeta:
                 f"(has: {', '.join(sorted(self.bytes_per_expert))})"
             )
         return int(self.bytes_per_expert[key])
+
+    def ahead_k(self, stack: str) -> int:
+        """Experts per ``ahead`` entry in ``stack``: the stored width, or the stack's top-k."""
+        return self.ahead_width or self.stacks[stack].top_k
 
     def ahead_len(self, stack: str, layer: int) -> int:
         """How many later layers the ``ahead`` entry of (stack, layer) covers."""

@@ -24,12 +24,13 @@ def _per_stack(meta: TraceMeta, attr: str) -> pl.Expr:
     return pl.col("stack").replace_strict(mapping, default=None, return_dtype=pl.Int64)
 
 
-def _list_checks(column: str, length: pl.Expr, low: float, high: pl.Expr | float, kind: str) -> list:
+def _list_checks(column: str, length: pl.Expr, low: float, high: pl.Expr | float, kind: str,
+                 length_name: str = "top-k of the row's stack") -> list:
     """Rules for a flat list column: its length, null items, NaN and value range."""
     col = pl.col(column)
     rules = [
         (col.is_null(), f"is null; every row needs its {column}"),
-        (col.list.len() != length, f"list length differs from top-k of the row's stack"),
+        (col.list.len() != length, f"list length differs from {length_name}"),
         (col.list.eval(pl.element().is_null()).list.any(), "contains a null item"),
     ]
     if kind == "float":
@@ -53,8 +54,11 @@ def _check_part(file: Path, meta: TraceMeta) -> pl.DataFrame:
         pl.col("stack").cast(pl.String), pl.col("phase").cast(pl.String)
     )
     n_layers, n_experts, top_k = (_per_stack(meta, a) for a in ("moe_layers", "experts", "top_k"))
+    width = pl.col("stack").replace_strict(
+        {name: meta.ahead_k(name) for name in meta.stacks}, default=None, return_dtype=pl.Int64
+    )
     frame = frame.with_columns(
-        n_layers.alias("__layers"), n_experts.alias("__experts"), top_k.alias("__k")
+        n_layers.alias("__layers"), n_experts.alias("__experts"), top_k.alias("__k"), width.alias("__w")
     )
     stacks = sorted(meta.stacks)
     _first_violation(frame, [(~pl.col("stack").is_in(stacks), f"stack not in the trace's stacks ({', '.join(stacks)})")], file, "stack")
@@ -102,8 +106,8 @@ def _check_ahead(frame: pl.DataFrame, meta: TraceMeta, file: Path) -> None:
             column,
         )
         # Rows whose outer list is empty (last layer of a stack) would explode to a null item.
-        inner = frame.filter(pl.col(column).list.len() > 0).select(ROW, "__k", "__experts", column).explode(column)
-        _first_violation(inner, _list_checks(column, pl.col("__k"), 0, high, kind), file, column)
+        inner = frame.filter(pl.col(column).list.len() > 0).select(ROW, "__w", "__experts", column).explode(column)
+        _first_violation(inner, _list_checks(column, pl.col("__w"), 0, high, kind, "the trace's ahead width"), file, column)
 
 
 def validate_trace(path: str | Path) -> Trace:

@@ -88,8 +88,9 @@ def build_table(
     """Assemble one part's rows from column arrays.
 
     ``experts``/``probs`` are (rows, k); ``ahead``/``ahead_probs`` are
-    (rows, J, k) with J = ``meta.ahead_distance`` (entries past the end of the
-    stack are ignored), or None for a trace without the pre-gating signal.
+    (rows, J, w) with J = ``meta.ahead_distance`` and w = ``meta.ahead_k``
+    (entries past the end of the stack are ignored), or None for a trace
+    without the pre-gating signal.
     ``token`` may contain -1 for unknown token ids (stored as null).
     """
     n = len(seq)

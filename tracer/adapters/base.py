@@ -114,13 +114,21 @@ class ModelAdapter:
         """Interpret what ``site.router`` returned when called by the model on ``hidden``."""
         raise NotImplementedError
 
-    def apply_router(self, site: RouterSite, hidden: torch.Tensor) -> Routing:
-        """What ``site``'s router picks for ``hidden`` (N, d_model): used for ``ahead``.
+    def router_logits(self, site: RouterSite, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (N, experts) of ``site``'s router applied to ``hidden`` (N, d_model).
 
-        Calls the router module itself, so the prediction is exactly what that
-        layer's router would compute, whatever the library version does inside.
+        Calls the router module itself, so the result is exactly what that
+        layer's router computes, whatever the library version does inside.
         """
         raise NotImplementedError
+
+    def predict(self, site: RouterSite, hidden: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``width`` experts ``site``'s router ranks highest for ``hidden``, with their
+        softmax probabilities, best first: the ``ahead`` pre-gating signal. The first
+        top-k of them are the experts that router would choose."""
+        probs = torch.softmax(self.router_logits(site, hidden).float(), dim=-1)
+        top, ids = torch.topk(probs, width, dim=-1)
+        return ids, top
 
     # ---- sizes ------------------------------------------------------------------
     def expert_shape(self) -> dict[str, Any]:

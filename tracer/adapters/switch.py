@@ -104,10 +104,10 @@ class SwitchAdapter(ModelAdapter):
         top = probs.gather(1, chosen[:, None])
         return Routing(chosen[:, None], top.float(), dropped)
 
-    def apply_router(self, site: RouterSite, hidden: torch.Tensor) -> Routing:
-        # One "sequence" of N tokens: capacity may flag drops, which ahead ignores.
+    def router_logits(self, site: RouterSite, hidden: torch.Tensor) -> torch.Tensor:
+        # One "sequence" of N tokens; the capacity mask in the output is not used.
         output = site.router(hidden.reshape(1, -1, hidden.shape[-1]))
-        return self.read_output(site, output, hidden)
+        return output[2].reshape(-1, output[2].shape[-1])
 
     def expert_shape(self) -> dict[str, Any]:
         c = self.config

@@ -53,8 +53,9 @@ class TopKRouterAdapter(ModelAdapter):
         ids = ids.reshape(-1, k)
         return Routing(ids.long(), weights.reshape(-1, k).float(), torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device))
 
-    def apply_router(self, site: RouterSite, hidden: torch.Tensor) -> Routing:
-        return self.read_output(site, site.router(hidden.reshape(-1, hidden.shape[-1])), hidden)
+    def router_logits(self, site: RouterSite, hidden: torch.Tensor) -> torch.Tensor:
+        output = site.router(hidden.reshape(-1, hidden.shape[-1]))
+        return output[0] if isinstance(output, tuple) else output
 
     def expert_shape(self) -> dict[str, Any]:
         c = self.config

@@ -1,0 +1,159 @@
+"""The GPU expert cache mechanism, shared by both drivers and the live executor.
+
+The mechanism owns what every policy must respect: a fixed number of expert
+slots (global, or split evenly per MoE layer), the state of each slot
+(resident or in flight), and the rule that an expert in use or in flight for
+the current layer step is never evicted. Which expert to evict is the caching
+policy's business; the mechanism only asks it.
+
+It also keeps the logical counts both drivers must agree on: hits, misses,
+prefetches issued, used and wasted, evictions, and bypasses (a demand miss
+that found every slot protected streams the expert through a staging buffer
+without caching it, so capacity is never exceeded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pregate.simulator.stream import Layout
+
+RESIDENT = 1
+IN_FLIGHT = 2
+
+
+@dataclass
+class CacheCounts:
+    hits: int = 0  # the expert was resident or already in flight when requested
+    misses: int = 0  # demand fetches (including bypasses)
+    bypasses: int = 0  # misses served through a staging buffer, not cached
+    prefetches: int = 0  # prefetch copies issued
+    prefetch_hits: int = 0  # prefetched experts that were later requested
+    wasted_prefetches: int = 0  # prefetched experts evicted or left over unused
+    evictions: int = 0
+    peak_slots: int = 0  # most slots occupied at once
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class ExpertCache:
+    """Slots for experts on the GPU; the policy picks victims, the mechanism enforces rules.
+
+    ``policy_factory()`` makes one caching policy per partition (one partition,
+    or one per MoE layer with ``per_layer``). ``capacity`` is in experts.
+    """
+
+    def __init__(self, layout: Layout, capacity: int, policy_factory, per_layer: bool = False):
+        self.layout = layout
+        self.per_layer = per_layer
+        if per_layer:
+            n = layout.n_layers
+            self.capacities = [capacity // n + (1 if i < capacity % n else 0) for i in range(n)]
+        else:
+            self.capacities = [capacity]
+        self.capacity = capacity
+        self.policies = [policy_factory() for _ in self.capacities]
+        self.sizes = [0] * len(self.capacities)
+        self.state: dict[int, int] = {}
+        self.unused_prefetch: set[int] = set()
+        self.protected: set[int] = set()
+        self.counts = CacheCounts()
+        self._obj_layer = layout.obj_layer
+        self.evict_listener = None  # the timed run cancels queued copies of evicted experts
+
+    def partition(self, obj: int) -> int:
+        return self._obj_layer[obj] if self.per_layer else 0
+
+    # ---- layer boundaries ---------------------------------------------------
+    def begin_layer(self, layer: int, now: int, needed) -> None:
+        """A layer step starts: its experts are in use until the next one starts."""
+        self.protected = set(needed)
+        for policy in self.policies:
+            policy.on_layer(layer, now)
+
+    # ---- requests -----------------------------------------------------------
+    def lookup(self, obj: int) -> int:
+        """0 if absent, else RESIDENT or IN_FLIGHT."""
+        return self.state.get(obj, 0)
+
+    def hit(self, obj: int, now: int, next_use: int) -> None:
+        self.counts.hits += 1
+        if obj in self.unused_prefetch:
+            self.unused_prefetch.discard(obj)
+            self.counts.prefetch_hits += 1
+        self.policies[self.partition(obj)].on_hit(obj, now, next_use)
+
+    def make_room(self, obj: int) -> int | None:
+        """Free a slot in ``obj``'s partition. Returns the evicted object, -1 if a slot
+        was free, or None if every occupant is protected."""
+        part = self.partition(obj)
+        if self.sizes[part] < self.capacities[part]:
+            return -1
+        victim = self.policies[part].victim(self.protected)
+        if victim is None:
+            return None
+        self.evict(victim)
+        return victim
+
+    def evict(self, obj: int) -> None:
+        part = self.partition(obj)
+        del self.state[obj]
+        self.sizes[part] -= 1
+        self.policies[part].on_remove(obj)
+        self.counts.evictions += 1
+        if self.evict_listener is not None:
+            self.evict_listener(obj)
+        if obj in self.unused_prefetch:
+            self.unused_prefetch.discard(obj)
+            self.counts.wasted_prefetches += 1
+
+    def insert(self, obj: int, now: int, next_use: int, prefetch: bool, state: int = IN_FLIGHT) -> None:
+        part = self.partition(obj)
+        self.state[obj] = state
+        self.sizes[part] += 1
+        self.policies[part].on_insert(obj, now, next_use)
+        if prefetch:
+            self.unused_prefetch.add(obj)
+            self.counts.prefetches += 1
+        occupied = len(self.state)
+        if occupied > self.counts.peak_slots:
+            self.counts.peak_slots = occupied
+
+    def miss(self, obj: int, now: int, next_use: int) -> bool:
+        """A demand miss: make room and insert. False means bypass (nothing evictable)."""
+        self.counts.misses += 1
+        if self.make_room(obj) is None:
+            self.counts.bypasses += 1
+            return False
+        self.insert(obj, now, next_use, prefetch=False)
+        return True
+
+    def prefetch(self, obj: int, now: int, next_use: int) -> bool:
+        """Try to start a prefetch; False if the expert is already there or no slot can be freed."""
+        if obj in self.state:
+            return False
+        if self.make_room(obj) is None:
+            return False
+        self.insert(obj, now, next_use, prefetch=True)
+        return True
+
+    def landed(self, obj: int) -> None:
+        """A copy finished: the expert is resident (if it was not evicted meanwhile)."""
+        if self.state.get(obj) == IN_FLIGHT:
+            self.state[obj] = RESIDENT
+
+    def finish(self) -> CacheCounts:
+        """End of the run: prefetched experts never used count as wasted."""
+        self.counts.wasted_prefetches += len(self.unused_prefetch)
+        self.unused_prefetch.clear()
+        return self.counts
+
+    def check(self) -> None:
+        """Invariants (used by the tests): sizes match states, capacity holds."""
+        sizes = [0] * len(self.capacities)
+        for obj in self.state:
+            sizes[self.partition(obj)] += 1
+        assert sizes == self.sizes, (sizes, self.sizes)
+        for size, cap in zip(self.sizes, self.capacities):
+            assert size <= cap, (size, cap)

@@ -1,0 +1,103 @@
+"""``pregate simulate``: replay a trace against a hardware profile and policies."""
+
+from dataclasses import MISSING, fields
+
+from pregate.simulator.settings import Settings
+
+HELP = "simulate offloaded MoE inference on a trace: latency, hits/misses, bounds"
+DESCRIPTION = """Replay a routing trace in a discrete-event simulation of one GPU with its
+host: a GPU expert cache, copies over PCIe, speculation (prefetching) and
+caching policies. Prints a summary and, with --json, writes it; every result
+carries two bounds (all experts resident; oracle prediction with Belady
+eviction) and its ratio to each.
+
+examples:
+  pregate simulate runs/sb8 --cache 25%
+  pregate simulate runs/sb8 --profile t4 --speculation layer_minus_1 --cache-policy lfu --cache 2GB
+  pregate simulate runs/mx --batch-size 8 --cache 96 --per-layer --compression int8 --json out.json
+  pregate simulate runs/sb8 --profile my-gpu.toml --steps-out steps.parquet --timeline tl.json
+  pregate simulate runs/sb8 --replay-only --cache-policy belady      # counts only, fast
+
+policies:
+  --speculation   none, layer_minus_1, multi_layer, adaptive, transition, eam, oracle
+  --cache-policy  lru, lfu, lfu-decay, least-stale, pinned-hot, belady, fifo
+  --buffering     cache, resident, double_buffer, cpu_compute
+  --compression   none, int8, int4, low-precision-on-miss"""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("trace", help="trace folder (from 'pregate trace') or one Parquet part")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
+        default = f.default if f.default is not MISSING else None
+        if f.type in (bool, "bool"):
+            p.add_argument(flag, action="store_true", help=help_text)
+        else:
+            kind = int if f.type in (int, "int") else str
+            extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
+            shown = f" (default: {default})".replace("%", "%%") if default not in ("", 0) else ""
+            p.add_argument(flag, type=kind, default=default, help=help_text + shown, **extra)
+    p.add_argument("--json", metavar="OUT", help="write the summary and settings as JSON")
+    p.add_argument("--steps-out", metavar="FILE.parquet", help="write per-step latency and its breakdown")
+    p.add_argument("--timeline", metavar="FILE.json", help="write a Chrome/Perfetto trace of the simulated streams")
+    p.add_argument("--no-bounds", action="store_true", help="skip the two bound runs (faster)")
+    p.add_argument("--replay-only", action="store_true", help="counts only (fast replay), no timing")
+
+
+def _settings(args) -> Settings:
+    values = {f.name: getattr(args, f.name) for f in fields(Settings)}
+    return Settings(**values)
+
+
+def format_summary(s: dict) -> str:
+    def ms(x):
+        return "n/a" if x is None else f"{x * 1e3:.3f} ms"
+
+    lines = [
+        f"model {s['trace_model']} on {s['profile']}: {s['steps']} steps, {s['tokens']} tokens, "
+        f"{s['requests']} expert requests, cache {s['cache_capacity_experts']} experts",
+        f"  hits {s['hits']}  late hits {s['late_hits']}  misses {s['misses']}  "
+        f"prefetches {s['prefetches']} (wasted {s['wasted_prefetches']})  moved {s['bytes_moved'] / 1e6:.1f} MB",
+        f"  step latency mean {ms(s['mean_step_latency_s'])}  p50 {ms(s['p50_step_latency_s'])}  "
+        f"p95 {ms(s['p95_step_latency_s'])}  tokens/s {s['tokens_per_s'] or 0:.1f}  stall share {s['stall_share']:.1%}",
+        f"  peak GPU memory {s['peak_gpu_bytes'] / 1e9:.2f} GB" + ("" if s["fits_gpu_memory"] else " (does NOT fit the GPU)"),
+    ]
+    if "bound_resident_mean_step_latency_s" in s:
+        lines.append(
+            f"  bounds: all-resident {ms(s['bound_resident_mean_step_latency_s'])} (x{s['ratio_to_resident']:.3f}), "
+            f"oracle+belady {ms(s['bound_oracle_mean_step_latency_s'])} (x{s['ratio_to_oracle']:.3f})"
+        )
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    import json
+
+    from pregate.simulator.api import Simulation, resolve_policies
+    from pregate.simulator.profile import detect_profile
+    from pregate.traces import validate_trace
+
+    settings = _settings(args)
+    if settings.profile == "auto":
+        settings = settings.replace(profile=detect_profile())
+    resolve_policies(settings)  # a typo fails before the trace is read
+    trace = validate_trace(args.trace)
+    sim = Simulation(trace, settings)
+    if args.replay_only:
+        counts = sim.replay().as_dict()
+        text = json.dumps({**counts, "settings": settings.to_dict()}, indent=2, sort_keys=True)
+        print(text)
+        if args.json:
+            with open(args.json, "w") as fh:
+                fh.write(text + "\n")
+        return 0
+    result = sim.run(timeline=bool(args.timeline), bounds=not args.no_bounds)
+    print(format_summary(result.summary))
+    if args.json:
+        result.write_json(args.json)
+    if args.steps_out:
+        result.write_steps(args.steps_out)
+    if args.timeline:
+        result.write_timeline(args.timeline)
+    return 0

@@ -1,0 +1,279 @@
+"""The timed run: a SimPy simulation of the GPU stream, the copy engines and the CPU pool.
+
+One SimPy process per resource, not one per expert access:
+
+* the **compute stream** walks the layer steps. It folds in the host thread
+  that dispatches its kernels, because the two synchronise at every MoE layer
+  (the host must read the router's choice before it can issue copies), so
+  between two router reads their interplay is ``max(dispatch, compute)``;
+  keeping them in one process saves an event per layer step;
+* each **copy engine** takes copies from two queues, demand misses before
+  prefetches (a queued prefetch that becomes urgent is promoted), one copy at
+  a time;
+* the optional **CPU pool** computes missed experts where their weights are
+  (``cpu_compute`` buffering).
+
+The compute stream keeps a local clock ahead of SimPy's and only yields when
+it must meet another process: to issue copies at the router's time, or to
+wait for a copy that has not landed. Decisions come from the shared planner,
+so the counts match the fast replay's.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import simpy
+
+from pregate.simulator.cache import ExpertCache
+from pregate.simulator.costs import CostTables
+from pregate.simulator.planner import Planner
+from pregate.simulator.stream import RequestStream
+
+QUEUED, RUNNING, DONE, CANCELLED = 0, 1, 2, 3
+
+
+class Job:
+    """One copy (or one CPU expert computation) and the event that fires when it is done."""
+
+    __slots__ = ("obj", "seconds", "nbytes", "dtype", "done", "state", "demand")
+
+    def __init__(self, env, obj, seconds, nbytes, dtype, demand):
+        self.obj, self.seconds, self.nbytes, self.dtype, self.demand = obj, seconds, nbytes, dtype, demand
+        self.done = env.event()
+        self.state = QUEUED
+
+
+@dataclass
+class StepRecord:
+    pass_index: int
+    group: int
+    step: int
+    decode: bool
+    tokens: int
+    start_s: float
+    latency_s: float
+    compute_s: float
+    stall_s: float
+    dispatch_s: float
+    hits: int
+    late_hits: int
+    misses: int
+    prefetches: int
+
+
+@dataclass
+class TimedOutcome:
+    total_s: float
+    steps: list[StepRecord]
+    late_hits: int
+    bytes_moved: int
+    cancelled_copies: int
+    compute_s: float
+    stall_s: float
+    dispatch_s: float
+    events: list = field(default_factory=list)  # timeline spans (name, track, start_s, dur_s)
+
+
+class Worker:
+    """A resource that runs jobs one at a time from a demand and a prefetch queue."""
+
+    def __init__(self, env: simpy.Environment, name: str, on_done, events):
+        self.env, self.name, self.on_done, self.events = env, name, on_done, events
+        self.demand: deque[Job] = deque()
+        self.prefetch: deque[Job] = deque()
+        self.wake = None
+        self.moved = 0
+        env.process(self.loop())
+
+    def submit(self, job: Job) -> None:
+        (self.demand if job.demand else self.prefetch).append(job)
+        if self.wake is not None and not self.wake.triggered:
+            self.wake.succeed()
+
+    def loop(self):
+        env = self.env
+        while True:
+            job = None
+            while job is None:
+                if self.demand:
+                    job = self.demand.popleft()
+                elif self.prefetch:
+                    job = self.prefetch.popleft()
+                else:
+                    self.wake = env.event()
+                    yield self.wake
+                    continue
+                if job.state != QUEUED:
+                    job = None  # cancelled, or promoted and already taken from the other queue
+            job.state = RUNNING
+            start = env.now
+            yield env.timeout(job.seconds)
+            job.state = DONE
+            self.moved += job.nbytes
+            if self.events is not None:
+                self.events.append((f"{'demand' if job.demand else 'prefetch'} {job.obj}", self.name, start, job.seconds))
+            self.on_done(job)
+            job.done.succeed()
+
+
+class Pool:
+    """Several workers sharing the queues (copy engines): the least loaded takes a job."""
+
+    def __init__(self, workers: list[Worker]):
+        self.workers = workers
+
+    def submit(self, job: Job) -> None:
+        best = min(self.workers, key=lambda w: len(w.demand) + len(w.prefetch) + (w.wake is None or w.wake.triggered))
+        best.submit(job)
+
+    def promote(self, job: Job) -> None:
+        """A queued prefetch is needed now: move it ahead of the other prefetches."""
+        job.demand = True
+        for worker in self.workers:
+            if job in worker.prefetch:
+                worker.prefetch.remove(job)
+                worker.demand.append(job)
+                return
+
+    @property
+    def moved(self) -> int:
+        return sum(w.moved for w in self.workers)
+
+
+def run_timed(stream: RequestStream, costs: CostTables, planner: Planner, cache: ExpertCache, *,
+              demand_dtype: str, prefetch_dtype: str, copy_engines: int = 1, timeline: bool = False,
+              all_resident: bool = False) -> TimedOutcome:
+    """Simulate the whole stream; returns per-step latencies and their breakdown."""
+    env = simpy.Environment()
+    events = [] if timeline else None
+    jobs: dict[int, Job] = {}  # obj -> its latest copy into the cache
+    needs_dequant: dict[int, float] = {}
+    cancelled = [0]
+
+    def landed(job: Job) -> None:
+        if jobs.get(job.obj) is job:
+            del jobs[job.obj]
+            cache.landed(job.obj)
+            if costs.dequant[job.dtype]:
+                needs_dequant[job.obj] = costs.dequant[job.dtype]
+
+    copies = Pool([Worker(env, f"copy engine {k}", landed, events) for k in range(max(1, copy_engines))])
+    cpu = Worker(env, "cpu pool", lambda job: None, events)
+
+    def evicted(obj: int) -> None:
+        job = jobs.pop(obj, None)
+        if job is not None and job.state == QUEUED:
+            job.state = CANCELLED
+            cancelled[0] += 1
+        needs_dequant.pop(obj, None)
+
+    cache.evict_listener = evicted
+    totals = {"compute": 0.0, "stall": 0.0, "dispatch": 0.0, "late": 0}
+    steps: list[StepRecord] = []
+
+    d_bytes, p_bytes = costs.expert_bytes[demand_dtype], costs.expert_bytes[prefetch_dtype]
+    d_copy, p_copy = costs.copy[demand_dtype], costs.copy[prefetch_dtype]
+    d_deq = costs.dequant[demand_dtype]
+    expert_gpu, expert_host, expert_cpu = costs.expert_gpu, costs.expert_host, costs.expert_cpu
+    dense_gpu, dense_host, sync = costs.dense_gpu, costs.dense_host, costs.router_sync
+    pass_start = stream.pass_ls_start.tolist()
+
+    def compute_stream():
+        c = 0.0
+        for p in range(stream.n_passes):
+            start = c
+            comp = stall = disp = 0.0
+            hits = late = misses = prefetched = 0
+            for ls in range(pass_start[p], pass_start[p + 1]):
+                g, h = dense_gpu[ls], dense_host[ls]
+                span = (g if g > h else h) + sync
+                comp += g
+                disp += span - g
+                if events is not None:
+                    events.append(("dense+router", "gpu", c, span))
+                c += span
+                if c > env.now:
+                    yield env.timeout(c - env.now)
+                if all_resident:
+                    lo, hi = planner.req_start[ls], planner.req_start[ls + 1]
+                    waiting = []
+                    ready = [(planner.req_obj[i], planner.req_tokens[i]) for i in range(lo, hi)]
+                    hits += hi - lo
+                else:
+                    plan = planner.plan(ls)
+                    ready, waiting = [], []
+                    for obj, tok in plan.hits:
+                        job = jobs.get(obj)
+                        if job is None:
+                            ready.append((obj, tok))
+                        else:
+                            late += 1
+                            if job.state == QUEUED and not job.demand:
+                                copies.promote(job)
+                            waiting.append((job, obj, tok, 0.0))
+                    hits += len(plan.hits)
+                    for obj, tok, cached in plan.misses:
+                        job = Job(env, obj, d_copy, d_bytes, demand_dtype, True)
+                        if cached:
+                            jobs[obj] = job
+                            copies.submit(job)
+                            waiting.append((job, obj, tok, 0.0))
+                        else:  # staging buffer: copied, used, dropped
+                            copies.submit(job)
+                            waiting.append((job, -1, tok, d_deq))
+                    for obj, tok in plan.cpu:
+                        job = Job(env, obj, expert_cpu[tok], 0, demand_dtype, True)
+                        cpu.submit(job)
+                        waiting.append((job, -2, tok, 0.0))
+                    misses += len(plan.misses) + len(plan.cpu)
+                    for obj in plan.prefetches:
+                        job = Job(env, obj, p_copy, p_bytes, prefetch_dtype, False)
+                        jobs[obj] = job
+                        copies.submit(job)
+                    prefetched += len(plan.prefetches)
+                for obj, tok in ready:
+                    ge = expert_gpu[tok] + (needs_dequant.pop(obj, 0.0) if needs_dequant else 0.0)
+                    comp += ge
+                    if expert_host > ge:
+                        disp += expert_host - ge
+                        ge = expert_host
+                    c += ge
+                for job, obj, tok, extra in waiting:
+                    if not job.done.processed:
+                        if c > env.now:
+                            yield env.timeout(c - env.now)
+                        if not job.done.processed:
+                            yield job.done
+                            if env.now > c:
+                                if events is not None:
+                                    events.append(("stall", "gpu", c, env.now - c))
+                                stall += env.now - c
+                                c = env.now
+                    if obj == -2:  # computed on the CPU; only the result comes back
+                        continue
+                    ge = expert_gpu[tok] + extra + (needs_dequant.pop(obj, 0.0) if obj >= 0 and needs_dequant else 0.0)
+                    comp += ge
+                    if expert_host > ge:
+                        disp += expert_host - ge
+                        ge = expert_host
+                    c += ge
+            steps.append(StepRecord(p, int(stream.pass_group[p]), int(stream.pass_step[p]), bool(stream.pass_decode[p]),
+                                    int(stream.pass_seqs[p]) if stream.pass_decode[p] else int(stream.ls_tokens[pass_start[p]]),
+                                    start, c - start, comp, stall, disp, hits - late, late, misses, prefetched))
+            totals["compute"] += comp
+            totals["stall"] += stall
+            totals["dispatch"] += disp
+            totals["late"] += late
+        if c > env.now:
+            yield env.timeout(c - env.now)
+        totals["end"] = c
+
+    env.process(compute_stream())
+    env.run()
+    return TimedOutcome(
+        total_s=totals["end"], steps=steps, late_hits=totals["late"], bytes_moved=copies.moved,
+        cancelled_copies=cancelled[0], compute_s=totals["compute"], stall_s=totals["stall"],
+        dispatch_s=totals["dispatch"], events=events or [],
+    )

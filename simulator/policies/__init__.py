@@ -1,0 +1,12 @@
+"""Policies, one module per family, each registered by name with a decorator.
+
+The policies are plain Python state machines with no SimPy in them: the
+simulator's drivers and the live executor call the very same objects. They are
+told what happens ("layer L of pass P needs experts X", "object O was
+inserted") and answer questions ("which experts to prefetch", "whom to evict").
+"""
+
+from pregate.simulator.policies.registry import BUFFERING, CACHING, COMPRESSION, SPECULATION, Registry
+from pregate.simulator.policies import buffering, caching, compression, speculation  # noqa: F401  (registers)
+
+__all__ = ["BUFFERING", "CACHING", "COMPRESSION", "SPECULATION", "Registry"]

@@ -1,0 +1,53 @@
+"""Buffering schemes: where an expert lives while it computes, and what a miss does.
+
+A scheme shapes the cache the mechanism gets (its capacity) and whether a miss
+is copied to the GPU or computed on the CPU. It holds no state of its own.
+"""
+
+from __future__ import annotations
+
+from pregate.simulator.policies.registry import BUFFERING
+
+
+class Buffering:
+    name = "base"
+    all_resident = False  # every expert lives on the GPU: no copies at all
+    cpu_misses = False  # a missed expert is computed on the CPU instead of copied
+
+    def capacity(self, requested: int, total_experts: int, max_needed: int) -> int:
+        return requested
+
+
+@BUFFERING.register("cache")
+class CacheBuffering(Buffering):
+    """A GPU expert cache of the requested size; misses are copied in on demand."""
+
+
+@BUFFERING.register("resident")
+class Resident(Buffering):
+    """All experts on the GPU (needs the memory): the all-resident bound as a setting."""
+
+    all_resident = True
+
+    def capacity(self, requested, total_experts, max_needed):
+        return total_experts
+
+
+@BUFFERING.register("double_buffer")
+class DoubleBuffer(Buffering):
+    """Room for two layers' experts: one computing while the next one's copy lands.
+
+    The cache size setting is ignored; capacity is twice the most experts one
+    layer step needs.
+    """
+
+    def capacity(self, requested, total_experts, max_needed):
+        return min(total_experts, 2 * max_needed)
+
+
+@BUFFERING.register("cpu_compute")
+class CpuCompute(Buffering):
+    """Fiddler-style: a missed expert runs on the CPU where its weights are, and only
+    the activations cross PCIe. Prefetches still copy experts to the GPU cache."""
+
+    cpu_misses = True

@@ -1,0 +1,254 @@
+"""Caching (eviction) policies: which GPU-resident expert to give up for a new one.
+
+The cache mechanism (:mod:`pregate.simulator.cache`) owns the slots and the
+rules (capacity, in-use protection); a policy only keeps its own ordering and
+names a victim among the objects it tracks, skipping the protected ones. This
+split follows libCacheSim: one mechanism, many eviction policies.
+
+Hooks, all called by the mechanism: ``on_layer(layer, now)`` when a layer step
+starts (``now`` counts requests), ``on_hit(obj, now, next_use)``,
+``on_insert(obj, now, next_use)``, ``on_remove(obj)`` and
+``victim(protected) -> obj | None``. ``next_use`` is the index of the object's
+next request, known only in simulation (NEVER when unknown or absent); only
+``belady`` reads it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+from pregate.simulator.policies.registry import CACHING
+
+
+class CachingPolicy:
+    """Base: tracks nothing, evicts nothing. Subclasses override the hooks."""
+
+    name = "base"
+    needs_future = False
+
+    def __init__(self, layout=None, seed: int = 0):
+        self.layout = layout
+
+    def on_layer(self, layer: int, now: int) -> None:
+        pass
+
+    def on_hit(self, obj: int, now: int, next_use: int) -> None:
+        pass
+
+    def on_insert(self, obj: int, now: int, next_use: int) -> None:
+        raise NotImplementedError
+
+    def on_remove(self, obj: int) -> None:
+        raise NotImplementedError
+
+    def victim(self, protected) -> int | None:
+        raise NotImplementedError
+
+
+@CACHING.register("lru")
+class LRU(CachingPolicy):
+    """Least recently used: evict the expert whose last access is oldest."""
+
+    def __init__(self, layout=None, seed: int = 0):
+        super().__init__(layout, seed)
+        self.order: OrderedDict[int, None] = OrderedDict()
+
+    def on_hit(self, obj, now, next_use):
+        self.order.move_to_end(obj)
+
+    def on_insert(self, obj, now, next_use):
+        self.order[obj] = None
+
+    def on_remove(self, obj):
+        del self.order[obj]
+
+    def victim(self, protected):
+        for obj in self.order:
+            if obj not in protected:
+                return obj
+        return None
+
+
+@CACHING.register("fifo")
+class FIFO(LRU):
+    """First in, first out: evict the expert that was loaded longest ago; hits change nothing."""
+
+    def on_hit(self, obj, now, next_use):
+        pass
+
+
+@CACHING.register("lfu")
+class LFU(CachingPolicy):
+    """Least frequently used while resident; ties go to the least recently used.
+
+    Counts start at 1 on insertion and are forgotten on eviction, as in
+    libCacheSim's LFU (whose miss counts the tests reproduce).
+    """
+
+    def __init__(self, layout=None, seed: int = 0):
+        super().__init__(layout, seed)
+        self.freq: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self.tick = 0
+
+    def _stamp(self, obj):
+        self.tick += 1
+        self.last[obj] = self.tick
+
+    def on_hit(self, obj, now, next_use):
+        self.freq[obj] += 1
+        self._stamp(obj)
+
+    def on_insert(self, obj, now, next_use):
+        self.freq[obj] = 1
+        self._stamp(obj)
+
+    def on_remove(self, obj):
+        del self.freq[obj], self.last[obj]
+
+    def key(self, obj):
+        return (self.freq[obj], self.last[obj])
+
+    def victim(self, protected):
+        best, best_key = None, None
+        for obj in self.freq:
+            if obj in protected:
+                continue
+            k = self.key(obj)
+            if best_key is None or k < best_key:
+                best, best_key = obj, k
+        return best
+
+
+@CACHING.register("lfu-decay")
+class DecayedLFU(LFU):
+    """LFU whose counts halve every ``half_life`` layer steps, so old popularity fades.
+
+    Scores are kept as count x 2^(t/half_life) at the time of the last update,
+    which makes comparison between objects a plain float comparison after
+    bringing each to the current time.
+    """
+
+    def __init__(self, layout=None, seed: int = 0, half_life: float | None = None):
+        super().__init__(layout, seed)
+        n_layers = layout.n_layers if layout is not None else 12
+        self.half_life = half_life or 8.0 * n_layers
+        self.score: dict[int, float] = {}
+        self.stamp: dict[int, int] = {}
+        self.step = 0
+
+    def on_layer(self, layer, now):
+        self.step += 1
+
+    def _decayed(self, obj):
+        return self.score[obj] * math.exp2(-(self.step - self.stamp[obj]) / self.half_life)
+
+    def on_hit(self, obj, now, next_use):
+        super().on_hit(obj, now, next_use)
+        self.score[obj] = self._decayed(obj) + 1.0
+        self.stamp[obj] = self.step
+
+    def on_insert(self, obj, now, next_use):
+        super().on_insert(obj, now, next_use)
+        self.score[obj] = 1.0
+        self.stamp[obj] = self.step
+
+    def on_remove(self, obj):
+        super().on_remove(obj)
+        del self.score[obj], self.stamp[obj]
+
+    def key(self, obj):
+        return (self._decayed(obj), self.last[obj])
+
+
+@CACHING.register("least-stale")
+class LeastStale(LFU):
+    """SpecMD's least-stale eviction, as we read it for layer-ordered access.
+
+    A forward pass visits MoE layers in order, so an expert of the layer that
+    just ran is the one whose next use lies furthest ahead (a whole pass away),
+    while an expert of the next layer is about to be used. The victim is the
+    evictable expert whose layer comes round again last; ties go to the lower
+    count, then the older access. MoE routing is not LRU-friendly (SpecMD), and
+    this ordering is what a cyclic layer walk calls for.
+    """
+
+    def __init__(self, layout=None, seed: int = 0):
+        super().__init__(layout, seed)
+        self.current = 0
+        self.n_layers = layout.n_layers if layout is not None else 1
+        self.layer: dict[int, int] = {}
+
+    def on_layer(self, layer, now):
+        self.current = layer
+
+    def on_insert(self, obj, now, next_use):
+        super().on_insert(obj, now, next_use)
+        self.layer[obj] = self.layout.layer_of(obj) if self.layout is not None else 0
+
+    def on_remove(self, obj):
+        super().on_remove(obj)
+        del self.layer[obj]
+
+    def key(self, obj):
+        # Distance (in layers) until this expert's layer runs again; larger = staler.
+        wait = (self.layer[obj] - self.current - 1) % self.n_layers
+        return (-wait, self.freq[obj], self.last[obj])
+
+
+@CACHING.register("pinned-hot")
+class PinnedHot(LFU):
+    """Keep the experts that were hottest over the whole run so far (counts survive eviction).
+
+    With a stable routing distribution this converges to pinning the most
+    popular experts, the static choice several offloading systems make.
+    """
+
+    def __init__(self, layout=None, seed: int = 0):
+        super().__init__(layout, seed)
+        self.total: dict[int, int] = {}
+
+    def on_hit(self, obj, now, next_use):
+        super().on_hit(obj, now, next_use)
+        self.total[obj] = self.total.get(obj, 0) + 1
+
+    def on_insert(self, obj, now, next_use):
+        super().on_insert(obj, now, next_use)
+        self.total[obj] = self.total.get(obj, 0) + 1
+
+    def key(self, obj):
+        return (self.total[obj], self.last[obj])
+
+
+@CACHING.register("belady")
+class Belady(CachingPolicy):
+    """Belady's MIN: evict the expert whose next request lies furthest in the future.
+
+    The future comes with the request stream (each request carries the index
+    of the same expert's next request). MIN minimises the number of misses of
+    a demand-paged cache; with prefetching it minimises all fetches, not the
+    demand misses (see Demand-MIN in simulator/README.md).
+    """
+
+    needs_future = True
+
+    def __init__(self, layout=None, seed: int = 0):
+        super().__init__(layout, seed)
+        self.next: dict[int, int] = {}
+
+    def on_hit(self, obj, now, next_use):
+        self.next[obj] = next_use
+
+    def on_insert(self, obj, now, next_use):
+        self.next[obj] = next_use
+
+    def on_remove(self, obj):
+        del self.next[obj]
+
+    def victim(self, protected):
+        best, best_next = None, -1
+        for obj, nxt in self.next.items():
+            if obj not in protected and nxt > best_next:
+                best, best_next = obj, nxt
+        return best

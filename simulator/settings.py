@@ -1,0 +1,84 @@
+"""The settings of one simulation: a typed dataclass whose field help is the CLI help.
+
+Why one dataclass: the command line, the Python API, the JSON summary and the
+README all describe the same knobs. Each field's ``metadata["help"]`` is the
+single source of its description; :mod:`pregate.simulator.cli` builds its
+options from these fields.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+from pregate.simulator.errors import SimulatorError
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to simulate: hardware, policies, cache size and serving scenario."""
+
+    profile: str = _opt("rtx3090", "hardware profile: a built-in name (rtx3090, rtx4090, rtx3060-12gb, t4, "
+                                   "a100-80gb-pcie, h100-pcie, h200), a TOML file, or auto (the visible CUDA device)")
+    speculation: str = _opt("none", "speculation policy: which experts to copy before their layer's router runs")
+    cache_policy: str = _opt("lru", "caching policy: which GPU-resident expert to evict")
+    cache: str = _opt("25%", "GPU expert cache size: a count (96), a fraction of all experts (25%) or bytes (2GB)")
+    per_layer: bool = _opt(False, "split the cache evenly between MoE layers instead of one global cache")
+    buffering: str = _opt("cache", "buffering scheme: resident, double_buffer, cache or cpu_compute")
+    compression: str = _opt("none", "form of the host copies: none, int8, int4 or low-precision-on-miss")
+    host_tier: str = _opt("pinned", "where host copies live: pinned, pageable or nvme", choices=("pinned", "pageable", "nvme"))
+    batch_size: int = _opt(1, "sequences decoded together (one token of each per step); prompts run as prefill")
+    dtype: str = _opt("", "expert dtype on the GPU (default: the trace's dtype)")
+    copy_engines: int = _opt(0, "host-to-device copy engines to use (default 0: the profile's count)")
+    max_prefetch: int = _opt(0, "most prefetches issued per MoE layer (default 0: no limit beyond the cache)")
+    seed: int = _opt(0, "seed for any randomised choice; same inputs and seed give identical output")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "Settings":
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+    @classmethod
+    def help_texts(cls) -> dict[str, str]:
+        return {f.name: f.metadata["help"] for f in fields(cls)}
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z%]*)\s*$")
+_BYTE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_cache_size(text: str | int, total_experts: int, expert_bytes: int) -> int:
+    """Cache capacity in experts from a count, a percentage of all experts, or bytes.
+
+    Fractions round down (a cache holds whole experts); bytes divide by the
+    size of one expert in the GPU dtype.
+    """
+    if isinstance(text, int):
+        count = text
+    else:
+        match = _SIZE.match(str(text))
+        if not match:
+            raise SimulatorError(f"cache size '{text}' is not a count (96), a percentage (25%) or bytes (2GB)")
+        number, unit = float(match.group(1)), match.group(2).lower()
+        if unit == "":
+            if number != int(number):
+                raise SimulatorError(f"cache size '{text}': a count of experts must be a whole number")
+            count = int(number)
+        elif unit == "%":
+            if number > 100:
+                raise SimulatorError(f"cache size '{text}': a percentage must be at most 100%")
+            count = int(total_experts * number / 100.0 + 1e-9)
+        elif unit in _BYTE_UNITS:
+            count = int(number * _BYTE_UNITS[unit] // expert_bytes)
+        else:
+            raise SimulatorError(f"cache size '{text}': unknown unit '{match.group(2)}' (use %, B, KB, MB, GB, GiB)")
+    if count < 0:
+        raise SimulatorError(f"cache size '{text}' is negative")
+    return min(count, total_experts)

@@ -1,0 +1,261 @@
+"""The request stream: a trace turned into integer arrays, built once with polars.
+
+Why precompute: both drivers (fast replay and timed run) walk the same
+sequence of expert requests many times, once per policy setting. Decoding
+Parquet lists row by row in that loop would cost more than the simulation, so
+the trace is flattened once into numpy arrays in the order the hardware sees
+the requests:
+
+* a *forward pass* is one batch of ``batch_size`` sequences at one step
+  (step 0 = prompt prefill and, for encoder-decoder models, the encoder);
+* a *layer step* is one MoE layer within a pass (encoder layers first, then
+  decoder layers, each in order);
+* a *request* is one distinct expert a layer step needs, in order of first
+  appearance (sequences, then positions, then best-first within top-k).
+
+Object ids number every expert of every MoE layer: ``base[layer] + expert``,
+where layers are numbered globally (encoder layers before decoder layers). For
+a single stack with E experts that is ``layer * E + expert``.
+
+Tokens that overflowed expert capacity (``dropped``) skip their expert, so they
+request nothing; they still count towards the dense work of their layer step.
+Future knowledge (the next use of each request, for Belady and the oracle) is
+part of the stream, not a side channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from pregate.simulator.errors import SimulatorError
+from pregate.traces import Trace, TraceMeta
+
+NEVER = np.iinfo(np.int64).max // 4  # "no next use"; larger than any request index
+
+
+@dataclass
+class Layout:
+    """The expert universe: global MoE layers and the object ids of their experts."""
+
+    stacks: list[str]  # stack of each global layer
+    layer_in_stack: np.ndarray
+    experts: np.ndarray  # experts per global layer
+    base: np.ndarray  # first object id of each global layer
+    top_k: np.ndarray
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.experts)
+
+    @property
+    def n_objects(self) -> int:
+        return int(self.experts.sum())
+
+    def layer_of(self, obj: int) -> int:
+        return self.obj_layer[obj]
+
+    @property
+    def obj_layer(self) -> list[int]:
+        """Global MoE layer of every object id (a list: indexing it is the fastest lookup)."""
+        cached = getattr(self, "_obj_layer", None)
+        if cached is None:
+            cached = np.repeat(np.arange(len(self.experts)), self.experts).tolist()
+            self._obj_layer = cached
+        return cached
+
+    @classmethod
+    def from_meta(cls, meta: TraceMeta) -> "Layout":
+        stacks, in_stack, experts, top_k = [], [], [], []
+        for name in ("encoder", "decoder"):
+            if name in meta.stacks:
+                s = meta.stacks[name]
+                stacks += [name] * s.moe_layers
+                in_stack += list(range(s.moe_layers))
+                experts += [s.experts] * s.moe_layers
+                top_k += [s.top_k] * s.moe_layers
+        experts_arr = np.array(experts, dtype=np.int64)
+        base = np.zeros(len(experts), dtype=np.int64)
+        np.cumsum(experts_arr[:-1], out=base[1:])
+        return cls(stacks, np.array(in_stack, np.int64), experts_arr, base, np.array(top_k, np.int64))
+
+
+@dataclass
+class RequestStream:
+    """Integer-coded requests of one trace at one batch size (see module docstring)."""
+
+    meta: TraceMeta
+    layout: Layout
+    batch_size: int
+    # per forward pass
+    pass_group: np.ndarray
+    pass_step: np.ndarray
+    pass_decode: np.ndarray  # bool: a decode step (else prefill)
+    pass_seqs: np.ndarray  # sequences in the pass
+    pass_ls_start: np.ndarray  # (P+1,) offsets into layer steps
+    # per layer step
+    ls_pass: np.ndarray
+    ls_layer: np.ndarray  # global MoE layer
+    ls_tokens: np.ndarray  # rows (tokens) through the layer
+    ls_ctx: np.ndarray  # sum over tokens of their context length (attention work)
+    ls_req_start: np.ndarray  # (S+1,) offsets into requests
+    # per request
+    req_obj: np.ndarray
+    req_tokens: np.ndarray  # tokens routed to this expert in this layer step
+    req_next: np.ndarray  # index of the next request of the same object, or NEVER
+    # ahead predictions: j -> (offsets (S+1,), objects, scores), best first within a layer step
+    ahead: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _occurrences: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def n_requests(self) -> int:
+        return len(self.req_obj)
+
+    @property
+    def n_layer_steps(self) -> int:
+        return len(self.ls_layer)
+
+    @property
+    def n_passes(self) -> int:
+        return len(self.pass_step)
+
+    @property
+    def has_ahead(self) -> bool:
+        return bool(self.ahead)
+
+    def needed(self, ls: int) -> np.ndarray:
+        """Objects layer step ``ls`` needs, in request order."""
+        return self.req_obj[self.ls_req_start[ls] : self.ls_req_start[ls + 1]]
+
+    def next_use(self, obj: int, after: int) -> int:
+        """Index of the first request of ``obj`` at or after request index ``after`` (NEVER if none)."""
+        if self._occurrences is None:
+            order = np.argsort(self.req_obj, kind="stable")
+            starts = np.searchsorted(self.req_obj[order], np.arange(self.layout.n_objects + 1))
+            self._occurrences = (order, starts)
+        order, starts = self._occurrences
+        lo, hi = starts[obj], starts[obj + 1]
+        i = lo + int(np.searchsorted(order[lo:hi], after))
+        return int(order[i]) if i < hi else NEVER
+
+    def max_needed(self) -> int:
+        """Most distinct experts one layer step needs (a cache must at least stream these)."""
+        return int(np.diff(self.ls_req_start).max()) if self.n_layer_steps else 0
+
+
+def build_stream(trace: Trace | pl.DataFrame, meta: TraceMeta | None = None, batch_size: int = 1,
+                 with_ahead: bool = True) -> RequestStream:
+    """Flatten a trace (or its collected frame plus metadata) into a request stream."""
+    if batch_size < 1:
+        raise SimulatorError(f"--batch-size must be at least 1, got {batch_size}")
+    if isinstance(trace, pl.DataFrame):
+        if meta is None:
+            raise SimulatorError("build_stream: a DataFrame needs its TraceMeta")
+        frame = trace
+    else:
+        meta = trace.meta
+        columns = ["seq", "stack", "step", "phase", "pos", "layer", "experts", "dropped"]
+        if with_ahead and meta.ahead_distance:
+            columns += ["probs", "ahead", "ahead_probs"]
+        frame = trace.scan().select(columns).collect()
+    layout = Layout.from_meta(meta)
+    if frame.height == 0:
+        raise SimulatorError("the trace has no rows to simulate")
+    offset = {}
+    first = 0
+    for name in ("encoder", "decoder"):
+        if name in meta.stacks:
+            offset[name] = first
+            first += meta.stacks[name].moe_layers
+    seqs = frame.get_column("seq").unique().sort()
+    rank = pl.DataFrame({"seq": seqs, "group": pl.int_range(0, len(seqs), eager=True) // batch_size})
+    frame = (
+        frame.join(rank, on="seq", how="left")
+        .with_columns(
+            gl=(pl.col("stack").cast(pl.String).replace_strict(offset, return_dtype=pl.Int64) + pl.col("layer").cast(pl.Int64)),
+            decode=pl.col("phase").cast(pl.String) == "decode",
+        )
+        .sort(["group", "step", "gl", "seq", "pos"])
+    )
+    # layer steps and passes, numbered in order
+    frame = frame.with_columns(
+        ls=pl.struct("group", "step", "gl").rle_id(),
+        pas=pl.struct("group", "step").rle_id(),
+    )
+    ls = frame.group_by("ls", maintain_order=True).agg(
+        pl.first("pas"), pl.first("gl"), tokens=pl.len(), ctx=(pl.col("pos") + 1).sum()
+    )
+    passes = frame.group_by("pas", maintain_order=True).agg(
+        pl.first("group"), pl.first("step"), decode=pl.col("decode").any(), seqs=pl.col("seq").n_unique()
+    )
+    rows = (
+        frame.filter(~pl.col("dropped"))
+        .select("ls", "gl", "experts")
+        .with_row_index("row")
+        .explode("experts")
+    )
+    rows = rows.with_columns(obj=pl.Series(layout.base[rows.get_column("gl").to_numpy()]) + pl.col("experts").cast(pl.Int64))
+    req = rows.group_by(["ls", "obj"], maintain_order=True).agg(tokens=pl.len())
+    n_ls = ls.height
+    req_ls = req.get_column("ls").to_numpy()
+    req_start = np.searchsorted(req_ls, np.arange(n_ls + 1)).astype(np.int64)
+    req_obj = req.get_column("obj").to_numpy().astype(np.int64)
+    n = len(req_obj)
+    order = np.lexsort((np.arange(n), req_obj))
+    same = req_obj[order][1:] == req_obj[order][:-1]
+    req_next = np.full(n, NEVER, dtype=np.int64)
+    req_next[order[:-1][same]] = order[1:][same]
+    pass_of_ls = ls.get_column("pas").to_numpy().astype(np.int64)
+    stream = RequestStream(
+        meta=meta,
+        layout=layout,
+        batch_size=batch_size,
+        pass_group=passes.get_column("group").to_numpy().astype(np.int64),
+        pass_step=passes.get_column("step").to_numpy().astype(np.int64),
+        pass_decode=passes.get_column("decode").to_numpy().astype(bool),
+        pass_seqs=passes.get_column("seqs").to_numpy().astype(np.int64),
+        pass_ls_start=np.searchsorted(pass_of_ls, np.arange(passes.height + 1)).astype(np.int64),
+        ls_pass=pass_of_ls,
+        ls_layer=ls.get_column("gl").to_numpy().astype(np.int64),
+        ls_tokens=ls.get_column("tokens").to_numpy().astype(np.int64),
+        ls_ctx=ls.get_column("ctx").to_numpy().astype(np.int64),
+        ls_req_start=req_start,
+        req_obj=req_obj,
+        req_tokens=req.get_column("tokens").to_numpy().astype(np.int64),
+        req_next=req_next,
+    )
+    if with_ahead and meta.ahead_distance and "ahead" in frame.columns:
+        stream.ahead = _ahead_arrays(frame, layout, n_ls, max(s.top_k for s in meta.stacks.values()))
+    return stream
+
+
+def _ahead_arrays(frame: pl.DataFrame, layout: Layout, n_ls: int, top_k: int) -> dict:
+    """Per layer step and distance j: the experts later routers would pick, best first.
+
+    A layer step's score for an expert is the sum over its tokens of the
+    probability the later router gives it; ties break by object id so the
+    order is deterministic. A trace may store runner-ups beyond top-k in each
+    ``ahead`` entry; only the first top-k (the later router's own picks) count.
+    """
+    rows = frame.select("ls", "gl", "ahead", "ahead_probs").filter(pl.col("ahead").list.len() > 0)
+    if rows.height == 0:
+        return {}
+    rows = rows.with_columns(j=pl.int_ranges(1, pl.col("ahead").list.len() + 1)).explode(["ahead", "ahead_probs", "j"])
+    rows = rows.with_columns(pl.col("ahead").list.head(top_k), pl.col("ahead_probs").list.head(top_k))
+    rows = rows.explode(["ahead", "ahead_probs"])
+    target = rows.get_column("gl").to_numpy() + rows.get_column("j").to_numpy()
+    rows = rows.with_columns(obj=pl.Series(layout.base[target] + rows.get_column("ahead").to_numpy().astype(np.int64)))
+    agg = (
+        rows.group_by(["ls", "j", "obj"]).agg(score=pl.col("ahead_probs").sum())
+        .sort(["ls", "j", "score", "obj"], descending=[False, False, True, False])
+    )
+    out = {}
+    for j, part in agg.partition_by("j", as_dict=True, maintain_order=True).items():
+        j = int(j[0]) if isinstance(j, tuple) else int(j)
+        ls_col = part.get_column("ls").to_numpy()
+        starts = np.searchsorted(ls_col, np.arange(n_ls + 1)).astype(np.int64)
+        out[j] = (starts, part.get_column("obj").to_numpy().astype(np.int64),
+                  part.get_column("score").to_numpy().astype(np.float64))
+    return dict(sorted(out.items()))

@@ -1,0 +1,101 @@
+"""Timed run: closed forms, monotonicity of the oracle bound, determinism, outputs."""
+
+import json
+
+import polars as pl
+import pytest
+
+from pregate.simulator import Settings, Simulation, load_profile, simulate
+from pregate.simulator.synthetic import make_trace
+from pregate.traces import open_trace
+
+
+@pytest.fixture(scope="module")
+def top1(tmp_path_factory):
+    path = make_trace(tmp_path_factory.mktemp("t") / "e", seqs=3, prompt_len=0, new_tokens=20, layers=4,
+                      experts=8, top_k=1, ahead=3, seed=7)
+    return open_trace(path)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    path = make_trace(tmp_path_factory.mktemp("t") / "m", seqs=4, prompt_len=4, new_tokens=10, layers=4,
+                      experts=8, top_k=2, ahead=3, encoder_layers=2, seed=9)
+    return open_trace(path)
+
+
+def _compute_only(sim):
+    c, s = sim.costs, sim.stream
+    dense = sum(max(g, h) + c.router_sync for g, h in zip(c.dense_gpu, c.dense_host))
+    experts = sum(max(c.expert_gpu[t], c.expert_host) for t in s.req_tokens.tolist())
+    return dense + experts
+
+
+def test_resident_is_compute_only(mixed):
+    sim = Simulation(mixed, Settings(buffering="resident", batch_size=2))
+    outcome, _ = sim.timed()
+    assert outcome.stall_s == 0 and outcome.bytes_moved == 0
+    assert outcome.total_s == pytest.approx(_compute_only(sim), rel=1e-12)
+
+
+def test_on_demand_is_compute_plus_misses_times_transfer(top1):
+    settings = Settings(cache=5, cache_policy="lru", copy_engines=1)
+    sim = Simulation(top1, settings)
+    outcome, cache = sim.timed()
+    copy = sim.costs.copy[sim.gpu_dtype]
+    expected = _compute_only(sim) + cache.counts.misses * copy
+    assert cache.counts.misses > 0
+    assert outcome.total_s == pytest.approx(expected, rel=1e-12)
+    assert outcome.stall_s == pytest.approx(cache.counts.misses * copy, rel=1e-12)
+
+
+def test_oracle_bound_monotone_in_cache_and_bandwidth(mixed):
+    profile = load_profile("rtx3090")
+    settings = Settings(speculation="oracle", cache_policy="belady", batch_size=2)
+    previous = None
+    for size in (2, 4, 8, 12, 16, 24, 32, 48):
+        sim = Simulation(mixed, settings.replace(cache=size), profile=profile)
+        latency = sim.run(bounds=False).summary["mean_step_latency_s"]
+        if previous is not None:
+            assert latency <= previous * (1 + 1e-12), size
+        previous = latency
+    previous = None
+    for bandwidth in (4e9, 8e9, 16e9, 32e9, 64e9):
+        sim = Simulation(mixed, settings.replace(cache=8), profile=profile.replace(**{"pcie.pinned_bandwidth": bandwidth}))
+        latency = sim.run(bounds=False).summary["mean_step_latency_s"]
+        if previous is not None:
+            assert latency <= previous * (1 + 1e-12), bandwidth
+        previous = latency
+
+
+def test_same_inputs_and_seed_give_identical_json(mixed, tmp_path):
+    settings = Settings(speculation="adaptive", cache_policy="lfu-decay", cache="30%", batch_size=2, seed=4)
+    a, b = simulate(mixed, settings), simulate(mixed, settings)
+    a.write_json(tmp_path / "a.json")
+    b.write_json(tmp_path / "b.json")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_outputs_steps_and_timeline(mixed, tmp_path):
+    result = simulate(mixed, Settings(speculation="layer_minus_1", batch_size=2), timeline=True)
+    for key in ("tokens", "steps", "hits", "late_hits", "misses", "prefetches", "wasted_prefetches", "bytes_moved",
+                "mean_step_latency_s", "p50_step_latency_s", "p95_step_latency_s", "tokens_per_s", "stall_share",
+                "peak_gpu_bytes", "bound_resident_mean_step_latency_s", "bound_oracle_mean_step_latency_s"):
+        assert key in result.summary
+    result.write_steps(tmp_path / "s.parquet")
+    steps = pl.read_parquet(tmp_path / "s.parquet")
+    assert {"latency_s", "compute_s", "stall_s", "dispatch_s"} <= set(steps.columns)
+    assert steps.height == result.summary["steps"] + result.summary["prefill_passes"]
+    result.write_timeline(tmp_path / "t.json")
+    events = json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+    assert any(e["ph"] == "X" and e["name"].startswith("prefetch") for e in events)
+    # latencies add up per step
+    for row in steps.iter_rows(named=True):
+        assert row["latency_s"] == pytest.approx(row["compute_s"] + row["stall_s"] + row["dispatch_s"], rel=1e-9)
+
+
+def test_encoder_decoder_and_batch_counts(mixed):
+    for batch in (1, 2, 4):
+        s = simulate(mixed, Settings(batch_size=batch), bounds=False).summary
+        assert s["tokens"] == 4 * 10  # every generated token counted once
+        assert s["steps"] == 10 * -(-4 // batch)

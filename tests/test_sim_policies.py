@@ -1,0 +1,79 @@
+"""One invariant suite over every registered policy (speculation, caching, buffering, compression)."""
+
+import pytest
+
+from pregate.simulator import Settings, Simulation
+from pregate.simulator.errors import SimulatorError
+from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
+from pregate.simulator.synthetic import make_trace
+from pregate.traces import open_trace
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory):
+    path = make_trace(tmp_path_factory.mktemp("t") / "p", seqs=4, prompt_len=3, new_tokens=10, layers=4,
+                      experts=8, top_k=2, ahead=3, encoder_layers=2, seed=11)
+    return open_trace(path)
+
+
+def _check_run(sim, settings):
+    """Replay through the planner with the invariants checked at every layer step."""
+    cache, planner, buffering, _ = sim._parts(settings)
+
+    def evicted(obj):
+        assert obj not in cache.protected, f"evicted expert {obj} that the current layer uses"
+
+    cache.evict_listener = evicted
+    for ls in range(sim.stream.n_layer_steps):
+        plan = planner.plan(ls)
+        cache.check()
+        needed = set(sim.stream.needed(ls).tolist())
+        served = {o for o, _ in plan.hits} | {o for o, _, _ in plan.misses} | {o for o, _ in plan.cpu}
+        assert served == needed
+        for obj in plan.prefetches:
+            cache.landed(obj)
+        for obj, _, cached in plan.misses:
+            if cached:
+                cache.landed(obj)
+    counts = cache.finish()
+    assert counts.hits + counts.misses == sim.stream.n_requests
+    assert counts.prefetch_hits + counts.wasted_prefetches <= counts.prefetches
+    assert counts.peak_slots <= cache.capacity
+
+
+@pytest.mark.parametrize("spec", SPECULATION.names())
+@pytest.mark.parametrize("policy", CACHING.names())
+def test_speculation_and_caching_invariants(trace, spec, policy):
+    for per_layer in (False, True):
+        settings = Settings(speculation=spec, cache_policy=policy, cache="40%", per_layer=per_layer, batch_size=2)
+        _check_run(Simulation(trace, settings), settings)
+
+
+@pytest.mark.parametrize("buffering", BUFFERING.names())
+@pytest.mark.parametrize("compression", COMPRESSION.names())
+def test_buffering_and_compression_bounds_hold(trace, buffering, compression):
+    settings = Settings(buffering=buffering, compression=compression, cache="25%", speculation="layer_minus_1")
+    result = Simulation(trace, settings).run()
+    s = result.summary
+    assert s["hits"] + s["late_hits"] + s["misses"] == s["requests"]
+    assert s["mean_step_latency_s"] >= s["bound_resident_mean_step_latency_s"] * (1 - 1e-12)
+    assert s["stall_s"] >= 0 and 0 <= s["stall_share"] <= 1
+    if buffering == "resident":
+        assert s["misses"] == 0 and s["bytes_moved"] == 0
+
+
+@pytest.mark.parametrize("policy", CACHING.names())
+def test_oracle_bound_not_slower_than_on_demand(trace, policy):
+    s = Simulation(trace, Settings(cache_policy=policy, cache="30%")).run().summary
+    assert s["bound_oracle_mean_step_latency_s"] <= s["mean_step_latency_s"] * (1 + 1e-9)
+
+
+def test_unknown_policy_suggests_closest(trace):
+    with pytest.raises(SimulatorError, match=r"unknown speculation policy 'layer_minus1'.*did you mean 'layer_minus_1'"):
+        Simulation(trace, Settings(speculation="layer_minus1"))
+
+
+def test_policy_needing_ahead_refuses_trace_without_it(tmp_path):
+    path = make_trace(tmp_path / "na", seqs=1, new_tokens=3, ahead=0)
+    with pytest.raises(SimulatorError, match="needs the trace's 'ahead' column"):
+        Simulation(path, Settings(speculation="layer_minus_1")).replay()

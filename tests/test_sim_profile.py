@@ -1,0 +1,128 @@
+"""Hardware profiles, cache sizes and the command line's one-line errors."""
+
+import json
+import tomllib
+from importlib import resources
+
+import pytest
+
+from pregate.cli import main
+from pregate.simulator.errors import ProfileError, SimulatorError
+from pregate.simulator.profile import builtin_profiles, load_profile, profile_for_device
+from pregate.simulator.settings import parse_cache_size
+from pregate.simulator.synthetic import make_trace
+
+EXPECTED = {"rtx3090", "rtx4090", "rtx3060-12gb", "t4", "a100-80gb-pcie", "h100-pcie", "h200"}
+
+
+def test_builtin_profiles_load_with_units_and_sources():
+    assert EXPECTED <= set(builtin_profiles())
+    for name in builtin_profiles():
+        p = load_profile(name)
+        assert p.values and all(p.sources[k] for k in p.values)
+        assert p["pcie.pinned_bandwidth"] > p["pcie.pageable_bandwidth"]
+
+
+@pytest.mark.parametrize("device,profile", [("NVIDIA GeForce RTX 3090", "rtx3090"), ("Tesla T4", "t4"),
+                                            ("NVIDIA H200", "h200"), ("NVIDIA A100 80GB PCIe", "a100-80gb-pcie"),
+                                            ("NVIDIA GeForce RTX 4090", "rtx4090")])
+def test_device_name_maps_to_profile(device, profile):
+    assert profile_for_device(device) == profile
+
+
+def test_unknown_device_is_one_line_error():
+    with pytest.raises(ProfileError, match="no built-in profile for CUDA device"):
+        profile_for_device("Imaginary GPU 9000")
+
+
+def _write_profile(tmp_path, edit):
+    text = (resources.files("pregate.simulator") / "profiles" / "rtx3090.toml").read_text()
+    path = tmp_path / "bad.toml"
+    path.write_text(edit(text))
+    return path
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.replace("value = 25.0e9", "value = -25.0e9"), "'pcie.pinned_bandwidth' must be a positive number"),
+    (lambda t: t + "\n[extra]\nfoo = 1\n", "unknown key 'extra'"),
+    (lambda t: t.replace("[cpu]", "[cpu]\nturbo = { value = 1, unit = \"s\", source = \"x\" }"), "unknown key 'cpu.turbo'"),
+    (lambda t: t.replace('unit = "B/s", source = "measured pinned', 'unit = "GB/s", source = "measured pinned'),
+     "'pcie.pinned_bandwidth' must have unit \"B/s\""),
+    (lambda t: t.replace('pinned_bandwidth = { value = 25.0e9, unit = "B/s", source = "measured pinned on PCIe Gen4 hosts (DESIGN.md): about 25 GB/s of 31.5 theoretical" }', ""),
+     "missing key 'pcie.pinned_bandwidth'"),
+])
+def test_malformed_profile_names_the_key(tmp_path, edit, message):
+    path = _write_profile(tmp_path, edit)
+    with pytest.raises(ProfileError, match=message.replace("(", r"\(")):
+        load_profile(path)
+
+
+def test_profile_file_round_trip(tmp_path):
+    path = _write_profile(tmp_path, lambda t: t.replace('name = "rtx3090"', 'name = "my-gpu"'))
+    assert load_profile(str(path)).name == "my-gpu"
+    assert tomllib.loads(path.read_text())["schema"] == "pregate.profile/1"
+
+
+@pytest.mark.parametrize("text,expected", [("96", 96), ("25%", 24), ("100%", 96), (10, 10), ("1GB", 10), ("0", 0)])
+def test_cache_size_forms(text, expected):
+    assert parse_cache_size(text, total_experts=96, expert_bytes=100_000_000) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "12 parsecs", "150%", "2.5"])
+def test_bad_cache_size(text):
+    with pytest.raises(SimulatorError):
+        parse_cache_size(text, 96, 1000)
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory):
+    return make_trace(tmp_path_factory.mktemp("t") / "c", seqs=2, prompt_len=2, new_tokens=4, seed=1)
+
+
+def test_cli_help_lists_settings(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--cache-policy" in out and "25%" in out and "--per-layer" in out
+
+
+def test_cli_runs_and_writes_json(trace, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["simulate", str(trace), "--speculation", "layer_minus_1", "--cache", "25%", "--json", str(out)]) == 0
+    assert "step latency" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["settings"]["speculation"] == "layer_minus_1" and data["misses"] >= 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--cache-policy", "lruu"], "unknown caching policy 'lruu'"),
+    (["--speculation", "orcale"], "did you mean 'oracle'"),
+    (["--profile", "rtx9090"], "unknown profile 'rtx9090'"),
+    (["--cache", "many"], "cache size 'many'"),
+])
+def test_cli_bad_input_one_line(trace, capsys, args, message):
+    assert main(["simulate", str(trace), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+
+
+def test_cli_malformed_profile_file(trace, tmp_path, capsys):
+    path = _write_profile(tmp_path, lambda t: t.replace("value = 25.0e9", "value = -1"))
+    assert main(["simulate", str(trace), "--profile", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "positive number" in err
+
+
+def test_cli_invalid_trace(tmp_path, capsys):
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    path = make_trace(tmp_path / "bad", seqs=1, new_tokens=2)
+    part = next(path.glob("part-*.parquet"))
+    table = pq.read_table(part)
+    frame = pl.from_arrow(table).with_columns(pl.col("layer") + 50)
+    pq.write_table(frame.to_arrow().cast(table.schema).replace_schema_metadata(table.schema.metadata), part)
+    assert main(["simulate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "layer" in err
