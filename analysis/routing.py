@@ -73,7 +73,8 @@ def lookahead_accuracy(trace: Trace) -> pl.DataFrame:
         .agg(pl.col("e").alias("frequent"))
     )
     top_k = {name: s.top_k for name, s in meta.stacks.items()}
-    n_recall = max(2, max(top_k.values()))
+    # recall@n needs n predictions per entry: at most what the trace stored
+    n_recall = min(max(2, max(top_k.values())), min(meta.ahead_k(s) for s in meta.stacks))
     experts = {name: s.experts for name, s in meta.stacks.items()}
     out = []
     for j in range(1, meta.ahead_distance + 1):

@@ -12,7 +12,7 @@ SMALL_SWITCH = dict(
     num_sparse_encoder_layers=4, num_sparse_decoder_layers=4,
 )
 
-TINY_FAMILIES = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe"]
+TINY_FAMILIES = ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-olmoe", "pregate-moe-tiny"]
 
 
 @pytest.fixture(scope="session")

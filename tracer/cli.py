@@ -29,6 +29,9 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call and per trace part (default: 8)")
     p.add_argument("--max-prompt-tokens", type=int, default=128, help="truncate prompts to this many tokens (default: 128)")
     p.add_argument("--ahead", type=int, default=3, help="later MoE layers to predict per row, J (default: 3; 0 = none)")
+    p.add_argument("--ahead-width", type=int, default=None,
+                   help="experts kept per ahead entry, best first (default: the model's top-k; 2 on a top-1 "
+                        "model also records each later router's runner-up, at about 2 more bytes per row)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (default: 0)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)")
     p.add_argument("--device", default="cpu", help="torch device to run on: cpu or cuda (default: cpu)")
@@ -52,7 +55,7 @@ def run(args) -> int:
         model=args.model, out=Path(args.out), input=args.input, random_init=args.random_init,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
         limit=args.limit, text_field=args.text_field, seed=args.seed, dtype=args.dtype, device=args.device,
-        ahead=args.ahead, prob_bits=args.prob_bits, tokenizer=args.tokenizer,
+        ahead=args.ahead, ahead_width=args.ahead_width, prob_bits=args.prob_bits, tokenizer=args.tokenizer,
         trust_remote_code=args.trust_remote_code, resume=args.resume, overwrite=args.overwrite,
         progress=not args.quiet,
     )

@@ -11,7 +11,8 @@ Presets: 'tiny' (3.8M parameters, 6 MoE layers x 8 experts; trains on two CPU
 cores in minutes) and 'small-140m' (142M parameters, for a GPU).
 
 The output folder holds model.safetensors, config.json, the tokenizer and
-train_log.json; trace it with 'pregate trace --model DIR'. Training is
+train_log.json and heldout.jsonl (prompts from held-out text);
+trace it with 'pregate trace --model DIR'. Training is
 deterministic for a seed on the CPU and resumes from its last checkpoint.
 
 examples:

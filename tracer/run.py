@@ -47,6 +47,7 @@ class TraceSettings:
     dtype: str = "float32"
     device: str = "cpu"
     ahead: int = DEFAULT_AHEAD
+    ahead_width: int | None = None  # experts kept per ahead entry (None: the model's top-k)
     prob_bits: int = 10
     tokenizer: str | None = None
     trust_remote_code: bool = False
@@ -223,6 +224,16 @@ class BatchTracer:
         )
 
 
+def _ahead_width(settings: TraceSettings, loaded: LoadedModel) -> int | None:
+    if settings.ahead_width is None or settings.ahead_width == loaded.adapter.top_k():
+        return None
+    if not 1 <= settings.ahead_width <= loaded.adapter.num_experts():
+        raise PregateError(
+            f"--ahead-width must be between 1 and the model's {loaded.adapter.num_experts()} experts"
+        )
+    return settings.ahead_width
+
+
 def make_meta(loaded: LoadedModel, settings: TraceSettings, prompts: list[str], tokenizer_name: str) -> TraceMeta:
     described = loaded.adapter.describe()
     digest = hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
@@ -238,8 +249,7 @@ def make_meta(loaded: LoadedModel, settings: TraceSettings, prompts: list[str], 
     return TraceMeta(
         model_id=loaded.model_id,
         ahead_distance=settings.ahead,
-        # At least two experts per ahead entry: a top-1 model's runner-up is a prefetch candidate.
-        ahead_width=min(max(2, loaded.adapter.top_k()), loaded.adapter.num_experts()),
+        ahead_width=_ahead_width(settings, loaded),
         tokenizer=tokenizer_name,
         corpus=f"{settings.input} (sha256:{digest})",
         seed=settings.seed,

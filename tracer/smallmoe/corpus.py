@@ -68,6 +68,28 @@ def read_corpus(paths: list[str | Path] | None) -> list[Document]:
     return docs
 
 
+def heldout_prompts(docs: list[Document], count: int = 64, chars: int = 320) -> list[str]:
+    """Evenly spaced snippets of held-out text, cut at line ends: prompts for tracing.
+
+    Deterministic for the same corpus, so the sample trace can be reproduced.
+    """
+    chunks = []
+    for doc in sorted((d for d in docs if d.held_out), key=lambda d: d.name):
+        lines, size = [], 0
+        for line in doc.text.splitlines():
+            lines.append(line)
+            size += len(line) + 1
+            if size >= chars:
+                chunk = "\n".join(lines).strip()
+                if len(chunk) >= chars // 2:
+                    chunks.append(chunk)
+                lines, size = [], 0
+    if not chunks:
+        return []
+    step = max(1, len(chunks) // count)
+    return chunks[::step][:count]
+
+
 def train_tokenizer(docs: list[Document], vocab_size: int):
     """A byte-level BPE tokenizer trained on the training documents (deterministic for the same input)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers

@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from pregate.errors import PregateError
-from pregate.tracer.smallmoe.corpus import read_corpus, train_tokenizer
+from pregate.tracer.smallmoe.corpus import heldout_prompts, read_corpus, train_tokenizer
 from pregate.tracer.smallmoe.model import PRESETS, SmallMoEModel
 
 CHECKPOINT = "checkpoint.pt"
+HELDOUT = "heldout.jsonl"  # prompts from held-out text, for tracing the trained model
 LOG = "train_log.json"
 
 
@@ -92,6 +93,11 @@ def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def write_heldout_prompts(docs, path: Path) -> None:
+    """Snippets of text the model never trained on, one JSON record each ({"text": ...})."""
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in heldout_prompts(docs)))
 
 
 def train(settings: TrainSettings) -> dict:
@@ -173,6 +179,7 @@ def train(settings: TrainSettings) -> dict:
     model.eval()
     model.save(out, tokenizer)
     (out / LOG).write_text(json.dumps(log) + "\n")
+    write_heldout_prompts(docs, out / HELDOUT)
     if ckpt_path.exists():
         ckpt_path.unlink()
     return log

@@ -1,0 +1,34 @@
+"""The shipped sample trace: valid, and with the learned structure its README claims."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from pregate.analysis.routing import expert_usage, lookahead_accuracy
+from pregate.cli import main
+from pregate.traces import validate_trace
+
+SAMPLE = resources.files("pregate.traces").joinpath("samples/pregate-moe-tiny")
+
+
+def test_sample_validates_and_describes_itself(capsys):
+    trace = validate_trace(SAMPLE)
+    assert trace.meta.family == "pregate_moe" and trace.meta.ahead_distance == 3
+    assert trace.size_bytes < 4_000_000
+    assert main(["trace-info", str(SAMPLE)]) == 0
+    assert main(["trace-stats", str(SAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "lookahead" in out and "recall@2" in out
+
+
+def test_sample_has_learned_routing_structure():
+    trace = validate_trace(SAMPLE)
+    ahead = lookahead_accuracy(trace).sort("distance")
+    j1 = ahead.row(0, named=True)
+    best_baseline = max(j1["chance_top1"], j1["most_frequent_top1"])
+    assert j1["top1_accuracy"] >= 3 * best_baseline
+    assert j1["recall_at_2"] > j1["top1_accuracy"]
+    # accuracy falls with distance: the signal is about the next layers, not a constant guess
+    assert ahead["top1_accuracy"].to_list() == sorted(ahead["top1_accuracy"].to_list(), reverse=True)
+    usage = expert_usage(trace)
+    assert usage.height == 6 and (usage["unused"] == 0).all()
