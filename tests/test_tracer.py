@@ -103,8 +103,9 @@ def expected_rows(loaded, witness, input_ids, mask, output, first_seq=0):
 
 
 def run_witnessed(loaded, prompts_ids, max_new_tokens=6, ahead=3):
+    # Record one runner-up beyond top-k so that the ranking below the router's pick is checked too.
     settings = TraceSettings(model=loaded.model_id, out=Path("unused"), max_new_tokens=max_new_tokens, ahead=ahead,
-                             prob_bits=23)
+                             prob_bits=23, ahead_width=loaded.adapter.top_k() + 1)
     meta = make_meta(loaded, settings, ["x"], "bytes")
     tracer = BatchTracer(loaded, settings, meta)
     input_ids, mask = tracer.pad_batch(prompts_ids)
@@ -154,7 +155,7 @@ def check_against_witness(loaded, frame, expected, meta):
                     probs = torch.softmax(logits.float(), -1).reshape(-1)
                     chosen = ids.reshape(-1).tolist()
             width = meta.ahead_k(stack)
-            assert width == max(2, loaded.adapter.top_k())
+            assert width == loaded.adapter.top_k() + 1
             top_p, top_i = probs.topk(width)
             assert ahead[: len(chosen)] == chosen, (key, j)  # the router's own pick(s) first
             assert ahead == top_i.tolist(), (key, j)
