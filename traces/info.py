@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from pregate.traces.reader import open_trace
+from pregate.traces.schema import STACKS
 
 
 def describe(path: str | Path) -> dict:
@@ -37,7 +38,7 @@ def describe(path: str | Path) -> dict:
         "dtype": meta.dtype,
         "stacks": {
             name: {"moe_layers": s.moe_layers, "experts": s.experts, "top_k": s.top_k}
-            for name, s in meta.stacks.items()
+            for name, s in sorted(meta.stacks.items(), key=lambda item: STACKS.index(item[0]))
         },
         "ahead_distance": meta.ahead_distance,
         "bytes_per_expert": meta.bytes_per_expert.get(meta.dtype),

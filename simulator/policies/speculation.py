@@ -52,9 +52,11 @@ class SpeculationPolicy:
 def require_ahead(policy_name: str, ahead_distance: int) -> None:
     """The one-line refusal for a policy that needs the trace's pre-gating signal."""
     if ahead_distance == 0:
+        without = ", ".join(n for n in SPECULATION.names() if not SPECULATION.get(n).needs_ahead)
         raise SimulatorError(
-            f"speculation '{policy_name}' needs the trace's 'ahead' column, but this trace was "
-            "recorded with --ahead 0; re-record it with 'pregate trace --ahead 3'"
+            f"speculation '{policy_name}' needs the trace's 'ahead' column, which this trace lacks "
+            f"(imported, or traced with --ahead 0); use one that does not ({without}) "
+            "or record the model with 'pregate trace --ahead 3'"
         )
 
 
