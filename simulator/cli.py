@@ -61,7 +61,7 @@ def format_summary(s: dict) -> str:
         f"prefetches {s['prefetches']} (wasted {s['wasted_prefetches']})  moved {s['bytes_moved'] / 1e6:.1f} MB",
         f"  step latency mean {ms(s['mean_step_latency_s'])}  p50 {ms(s['p50_step_latency_s'])}  "
         f"p95 {ms(s['p95_step_latency_s'])}  tokens/s {s['tokens_per_s'] or 0:.1f}  stall share {s['stall_share']:.1%}",
-        f"  peak GPU memory {s['peak_gpu_bytes'] / 1e9:.2f} GB" + ("" if s["fits_gpu_memory"] else " (does NOT fit the GPU)"),
+        f"  peak GPU memory {_bytes(s['peak_gpu_bytes'])}" + ("" if s["fits_gpu_memory"] else " (does NOT fit the GPU)"),
     ]
     if "bound_resident_mean_step_latency_s" in s:
         lines.append(
@@ -101,3 +101,11 @@ def run(args) -> int:
     if args.timeline:
         result.write_timeline(args.timeline)
     return 0
+
+
+def _bytes(n: float) -> str:
+    """Bytes in the largest unit that keeps a digit before the point."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
