@@ -122,3 +122,73 @@ def routing_stats(trace: Trace) -> dict:
         "usage": usage.to_dicts(),
         "lookahead": ahead.to_dicts(),
     }
+
+
+def expert_counts(trace: Trace) -> pl.DataFrame:
+    """Per (stack, layer, expert): tokens routed there and their share of the layer (every expert, zeros kept)."""
+    counts = (
+        trace.scan()
+        .select("stack", "layer", pl.col("experts").alias("expert"))
+        .explode("expert")
+        .group_by("stack", "layer", "expert")
+        .agg(pl.len().alias("n"))
+        .collect()
+    )
+    grid = pl.DataFrame(
+        [
+            {"stack": name, "layer": layer, "expert": e}
+            for name, s in trace.meta.stacks.items()
+            for layer in range(s.moe_layers)
+            for e in range(s.experts)
+        ],
+        schema={"stack": pl.String, "layer": counts["layer"].dtype, "expert": counts["expert"].dtype},
+    )
+    out = grid.join(counts, on=["stack", "layer", "expert"], how="left").with_columns(pl.col("n").fill_null(0))
+    return out.with_columns((pl.col("n") / pl.col("n").sum().over("stack", "layer")).fill_nan(0.0).alias("share")).sort(
+        "stack", "layer", "expert"
+    )
+
+
+def transition_counts(trace: Trace) -> pl.DataFrame:
+    """Per (stack, layer l, expert at l, expert at l+1): tokens that went from one to the other.
+
+    Every pair of the two layers' top-k choices of the same token counts once
+    (for top-1 routing, the single expert at each layer).
+    """
+    frame = trace.scan().select(*TOKEN, "layer", "experts")
+    later = frame.select(*TOKEN, (pl.col("layer") - 1).cast(pl.Int16).alias("layer"), pl.col("experts").alias("dst"))
+    return (
+        frame.rename({"experts": "src"})
+        .join(later, on=[*TOKEN, "layer"], how="inner")
+        .explode("src")
+        .explode("dst")
+        .group_by("stack", "layer", "src", "dst")
+        .agg(pl.len().alias("n"))
+        .sort("stack", "layer", "src", "dst")
+        .collect()
+    )
+
+
+def transition_predictability(transitions: pl.DataFrame) -> pl.DataFrame:
+    """Per (stack, layer): how often the most frequent successor of layer l's expert is layer l+1's expert.
+
+    The ceiling of a transition-matrix predictor that knows the whole trace
+    (a learned-online one does worse), next to always guessing layer l+1's most
+    frequent expert.
+    """
+    if transitions.is_empty():
+        return pl.DataFrame()
+    best_given_src = (
+        transitions.group_by("stack", "layer", "src").agg(pl.col("n").max().alias("best"), pl.col("n").sum().alias("tot"))
+        .group_by("stack", "layer").agg(pl.col("best").sum(), pl.col("tot").sum())
+    )
+    best_dst = (
+        transitions.group_by("stack", "layer", "dst").agg(pl.col("n").sum())
+        .group_by("stack", "layer").agg(pl.col("n").max().alias("freq"))
+    )
+    return (
+        best_given_src.join(best_dst, on=["stack", "layer"])
+        .select("stack", "layer", (pl.col("best") / pl.col("tot")).alias("transition_top1"),
+                (pl.col("freq") / pl.col("tot")).alias("most_frequent_top1"))
+        .sort("stack", "layer")
+    )

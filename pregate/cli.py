@@ -25,6 +25,9 @@ COMMANDS: dict[str, str] = {
     "import": "pregate.traces.cli_import",
     "models": "pregate.tracer.cli_models",
     "simulate": "pregate.simulator.cli",
+    "sweep": "pregate.simulator.cli_sweep",
+    "recommend": "pregate.simulator.cli_recommend",
+    "report": "pregate.analysis.cli_report",
     "train": "pregate.tracer.cli_train",
 }
 

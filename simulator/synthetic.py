@@ -49,10 +49,20 @@ def _route(rng, n, experts, top_k, popularity, previous, stickiness):
 
 def make_trace(folder: str | Path, *, seqs: int = 4, prompt_len: int = 4, new_tokens: int = 8, layers: int = 4,
                experts: int = 8, top_k: int = 1, ahead: int = 3, encoder_layers: int = 0, seed: int = 0,
-               skew: float = 1.0, stickiness: float = 0.3, ahead_accuracy: float = 0.8) -> Path:
-    """Write a trace folder; ``prompt_len=0`` makes a decode-only trace (no prefill rows)."""
+               skew: float = 1.0, stickiness: float = 0.3, ahead_accuracy: float = 0.8,
+               meta: TraceMeta | None = None) -> Path:
+    """Write a trace folder; ``prompt_len=0`` makes a decode-only trace (no prefill rows).
+
+    ``meta`` replaces the default metadata (any expert shape); its stacks then
+    give the layers, experts, top-k and encoder layers, and its ``ahead_distance`` J.
+    """
     rng = np.random.default_rng(seed)
-    meta = synthetic_meta(layers, experts, top_k, ahead, encoder_layers)
+    if meta is None:
+        meta = synthetic_meta(layers, experts, top_k, ahead, encoder_layers)
+    else:
+        dec = meta.stacks["decoder"]
+        layers, experts, top_k, ahead = dec.moe_layers, dec.experts, dec.top_k, meta.ahead_distance
+        encoder_layers = meta.stacks["encoder"].moe_layers if "encoder" in meta.stacks else 0
     popularity = 1.0 / np.arange(1, experts + 1) ** skew
     popularity /= popularity.sum()
     cols: dict[str, list] = {k: [] for k in ("seq", "stack", "phase", "step", "pos", "layer", "token", "experts",

@@ -1,0 +1,50 @@
+"""``pregate report``: plots and tables of sweep results, as one HTML page and a Markdown summary."""
+
+HELP = "turn sweep results into a self-contained HTML report and a Markdown summary"
+DESCRIPTION = """Read the results folder of 'pregate sweep' and write, into DIR:
+  report.html   one page with every table and plot; images embedded (opens offline)
+  report.md     the same tables, linking figures/*.png
+  figures/      the plots as PNG files
+
+Plots: latency against GPU memory (the Pareto front per policy), the latency
+breakdown (compute, stall, dispatch), and for each trace still readable:
+expert usage, layer-to-layer transitions, accuracy of the pre-gating signal by
+lookahead distance, LRU hit rate by cache size and per layer. With
+--measured, simulated against measured latency.
+
+examples:
+  pregate report res -o report
+  pregate report res -o report --trace runs/sb8
+  pregate report res -o report --measured validation.parquet   # columns measured_s, simulated_s[, label]"""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("results", help="results folder written by 'pregate sweep'")
+    parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created)")
+    parser.add_argument("--trace", action="append", metavar="TRACE",
+                        help="analyse this trace's routing instead of the results' own traces (repeatable)")
+    parser.add_argument("--measured", metavar="FILE.parquet",
+                        help="measured vs simulated step latencies (columns measured_s, simulated_s, optional label)")
+    parser.add_argument("--title", default="pregate sweep report", help="page title")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from pregate.analysis.report import write_report
+    from pregate.simulator.sweep import SweepError
+
+    measured = None
+    if args.measured:
+        import polars as pl
+
+        path = Path(args.measured)
+        if not path.is_file():
+            raise SweepError(f"measurements not found: {path}")
+        measured = pl.read_parquet(path)
+        missing = [c for c in ("measured_s", "simulated_s") if c not in measured.columns]
+        if missing:
+            raise SweepError(f"{path}: missing column(s) {', '.join(missing)}")
+    files = write_report(args.results, args.out, traces=args.trace, measured=measured, title=args.title)
+    print(f"wrote {files.html} ({len(files.figures)} plots embedded), {files.markdown} and {Path(args.out) / 'figures'}/")
+    return 0

@@ -1,0 +1,247 @@
+"""Plots of sweep results and routing statistics (matplotlib, Agg backend: no display needed).
+
+Every function takes polars frames (from :mod:`pregate.simulator.sweep`,
+:mod:`pregate.analysis.routing` or :mod:`pregate.analysis.locality`) and returns
+a matplotlib Figure; :func:`png` turns one into PNG bytes.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from pregate.analysis.ranking import with_labels  # noqa: E402
+
+MAX_POLICIES = 8
+
+
+def png(fig, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes (and closed, so that many plots do not pile up in memory)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="0.4", wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def pareto_front(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats on both (lower x and lower y), by increasing x."""
+    order = np.lexsort((ys, xs))
+    keep, best = [], np.inf
+    for i in order:
+        if ys[i] < best:
+            keep.append(i)
+            best = ys[i]
+    return np.array(keep, dtype=np.int64)
+
+
+def plot_pareto(results: pl.DataFrame, title: str = "") -> "plt.Figure":
+    """Mean step latency against peak GPU memory: each policy's Pareto front, the overall front, the bounds."""
+    frame = with_labels(results).filter(pl.col("buffering") != "resident")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if frame.is_empty():
+        _note(ax, "no offloaded points in these results")
+        return fig
+    unit, scale = ("GB", 1.0) if frame["gpu_gb"].max() >= 1 else ("MB", 1e3)
+    frame = frame.with_columns(pl.col("gpu_gb") * scale)
+    best = (frame.group_by("policy").agg(pl.col("mean_step_latency_s").min().alias("m"))
+            .sort(["m", "policy"]).head(MAX_POLICIES)["policy"].to_list())
+    cmap = plt.get_cmap("tab10")
+    for i, policy in enumerate(best):
+        part = frame.filter(pl.col("policy") == policy)
+        xs, ys = part["gpu_gb"].to_numpy(), part["mean_step_latency_s"].to_numpy() * 1e3
+        front = pareto_front(xs, ys)
+        ax.plot(xs[front], ys[front], marker="o", ms=4, lw=1.4, color=cmap(i % 10), label=policy, drawstyle="steps-post")
+        ax.scatter(xs, ys, s=8, color=cmap(i % 10), alpha=0.35)
+    xs, ys = frame["gpu_gb"].to_numpy(), frame["mean_step_latency_s"].to_numpy() * 1e3
+    front = pareto_front(xs, ys)
+    ax.plot(xs[front], ys[front], color="black", lw=2.2, alpha=0.5, label="best of all policies", drawstyle="steps-post")
+    resident = frame["bound_resident_mean_step_latency_s"].min() * 1e3
+    ax.axhline(resident, color="green", ls="--", lw=1, label=f"all-resident bound ({resident:.2f} ms)")
+    oracle = frame.group_by("gpu_gb").agg(pl.col("bound_oracle_mean_step_latency_s").min()).sort("gpu_gb")
+    ax.plot(oracle["gpu_gb"], oracle["bound_oracle_mean_step_latency_s"] * 1e3, color="purple", ls=":", marker="x",
+            lw=1, label="oracle + Belady bound")
+    ax.set_xlabel(f"peak GPU memory ({unit}): dense weights + expert cache")
+    ax.set_ylabel("mean decode step latency (ms)")
+    ax.set_title(title or "latency against GPU memory (Pareto front per policy)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    return fig
+
+
+def plot_latency_breakdown(results: pl.DataFrame, top: int = 12) -> "plt.Figure":
+    """Stacked bars of compute, transfer stall and dispatch (host-bound) time per forward pass, fastest points."""
+    from pregate.analysis.ranking import rank
+
+    ranked = rank(results).head(top)
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * ranked.height + 1)))
+    if ranked.is_empty():
+        _note(ax, "no points")
+        return fig
+    passes = (ranked["steps"] + ranked["prefill_passes"]).to_numpy().clip(min=1)
+    labels = [f"{p} @ {c}" for p, c in zip(ranked["policy"], ranked["cache"])]
+    y = np.arange(ranked.height)[::-1]
+    left = np.zeros(ranked.height)
+    for col, color, name in (("compute_s", "#4c72b0", "compute"), ("stall_s", "#dd8452", "stall on transfers"),
+                             ("dispatch_s", "#8c8c8c", "dispatch (host)")):
+        ms = ranked[col].to_numpy() / passes * 1e3
+        ax.barh(y, ms, left=left, color=color, label=name)
+        left += ms
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel("ms per forward pass (whole trace, prefill included)")
+    ax.set_title("latency breakdown of the fastest points")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.4 / max(1, ranked.height)), ncol=3)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_expert_usage(counts: pl.DataFrame) -> "plt.Figure":
+    """Heatmap of each expert's share of its layer's routed tokens (rows: MoE layers of each stack)."""
+    stacks = counts["stack"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(len(stacks), 1, figsize=(8, 1.2 + 2.6 * len(stacks)), squeeze=False)
+    for ax, stack in zip(axes[:, 0], stacks):
+        part = counts.filter(pl.col("stack") == stack)
+        layers, experts = part["layer"].max() + 1, part["expert"].max() + 1
+        grid = np.zeros((layers, experts))
+        grid[part["layer"].to_numpy(), part["expert"].to_numpy()] = part["share"].to_numpy()
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_ylabel(f"{stack} MoE layer")
+        ax.set_xlabel("expert")
+        fig.colorbar(im, ax=ax, label="share of tokens")
+    axes[0, 0].set_title("expert usage per layer (uniform = 1/experts)")
+    return fig
+
+
+def plot_transitions(transitions: pl.DataFrame, max_pairs: int = 4) -> "plt.Figure":
+    """Row-normalised transition matrices P(expert at l+1 | expert at l) for the first layer pairs."""
+    if transitions.is_empty():
+        fig, ax = plt.subplots(figsize=(6, 3))
+        _note(ax, "no layer pairs (a single MoE layer)")
+        return fig
+    pairs = transitions.select("stack", "layer").unique().sort("stack", "layer", descending=[True, False])
+    pairs = pairs.head(max_pairs)
+    n = pairs.height
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n + 1.0, 3.6), squeeze=False, layout="constrained")
+    size = int(max(transitions["src"].max(), transitions["dst"].max())) + 1
+    im = None
+    for ax, (stack, layer) in zip(axes[0], pairs.iter_rows()):
+        part = transitions.filter((pl.col("stack") == stack) & (pl.col("layer") == layer))
+        grid = np.zeros((size, size))
+        grid[part["src"].to_numpy(), part["dst"].to_numpy()] = part["n"].to_numpy()
+        rows = grid.sum(axis=1, keepdims=True)
+        grid = np.divide(grid, rows, out=np.zeros_like(grid), where=rows > 0)
+        im = ax.imshow(grid, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"{stack} {layer} -> {layer + 1}", fontsize=9)
+        ax.set_xlabel(f"expert at layer {layer + 1}")
+        ax.set_ylabel(f"expert at layer {layer}" if ax is axes[0][0] else "")
+    fig.colorbar(im, ax=list(axes[0]), label="P(next | this)")
+    fig.suptitle("expert transitions between consecutive MoE layers")
+    return fig
+
+
+def plot_lookahead_accuracy(accuracy: pl.DataFrame) -> "plt.Figure":
+    """Top-1 accuracy and recall of ``ahead`` by lookahead distance, next to chance and most-frequent."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if accuracy.is_empty():
+        _note(ax, "no 'ahead' column in this trace (recorded with --ahead 0 or imported)")
+        return fig
+    d = accuracy["distance"].to_numpy()
+    recall = next(c for c in accuracy.columns if c.startswith("recall_at_"))
+    w = 0.25
+    ax.bar(d - w, accuracy["top1_accuracy"], w, label="ahead top-1", color="#4c72b0")
+    ax.bar(d, accuracy["most_frequent_top1"], w, label="most frequent expert", color="#dd8452")
+    ax.bar(d + w, accuracy["chance_top1"], w, label="chance", color="#8c8c8c")
+    ax.plot(d, accuracy[recall], "k-o", ms=4, label=f"ahead {recall.replace('_', ' ')}")
+    ax.set_xticks(d, [f"j = {j}" for j in d])
+    ax.set_xlabel("lookahead distance (layer l predicts layer l + j)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("accuracy of the pre-gating signal by lookahead distance")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def plot_lru_curve(curve: pl.DataFrame, results: pl.DataFrame | None = None) -> "plt.Figure":
+    """LRU hit rate by cache size (stack distances), with the simulated policies' hit rates on top."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(curve["cache_share"] * 100, curve["hit_rate"], "k-", lw=1.8, label="LRU, no prefetch (stack distances)")
+    if results is not None and not results.is_empty() and "cache_capacity_experts" in results.columns:
+        frame = with_labels(results).filter(pl.col("buffering") != "resident")
+        total = curve["cache_experts"].max()
+        best = (frame.group_by("policy").agg(pl.col("hit_rate").max().alias("h")).sort(["h", "policy"], descending=[True, False])
+                .head(MAX_POLICIES)["policy"].to_list())
+        cmap = plt.get_cmap("tab10")
+        for i, policy in enumerate(best):
+            part = frame.filter(pl.col("policy") == policy).group_by("cache_capacity_experts").agg(
+                pl.col("hit_rate").mean()).sort("cache_capacity_experts")
+            ax.plot(part["cache_capacity_experts"] / total * 100, part["hit_rate"], "o--", ms=4, lw=1,
+                    color=cmap(i % 10), label=f"simulated: {policy}")
+    ax.set_xlabel("GPU expert cache (% of all experts)")
+    ax.set_ylabel("hit rate")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("hit rate by cache size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def plot_hit_rate_per_layer(per_layer: pl.DataFrame, n_objects: int | None = None) -> "plt.Figure":
+    """LRU hit rate of each MoE layer's requests, one line per cache size (one global cache)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for size in per_layer["cache_experts"].unique().sort().to_list():
+        part = per_layer.filter(pl.col("cache_experts") == size).sort("layer")
+        label = f"{size} experts" + (f" ({size / n_objects:.0%})" if n_objects else "")
+        ax.plot(part["layer"], part["hit_rate"], "o-", ms=4, label=label)
+    ax.set_xlabel("MoE layer (global: encoder layers first)")
+    ax.set_ylabel("LRU hit rate")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("hit rate per layer (LRU, one global cache, no prefetch)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_sim_vs_measured(pairs: pl.DataFrame, measured: str = "measured_s", simulated: str = "simulated_s",
+                         label: str | None = "label") -> "plt.Figure":
+    """Simulated against measured step latency (one point per setting), with y = x and a +-10% band.
+
+    ``pairs`` has one row per setting with the measured and the simulated
+    latency in seconds (the executor's validation fills it); ``label`` names
+    each point when that column exists.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    if pairs.is_empty():
+        _note(ax, "no measurements yet: run the executor's validation")
+        return fig
+    m, s = pairs[measured].to_numpy() * 1e3, pairs[simulated].to_numpy() * 1e3
+    lo, hi = float(min(m.min(), s.min())) * 0.9, float(max(m.max(), s.max())) * 1.1
+    line = np.linspace(lo, hi, 10)
+    ax.fill_between(line, line * 0.9, line * 1.1, color="green", alpha=0.12, label="+-10%")
+    ax.plot(line, line, "g-", lw=1, label="simulated = measured")
+    ax.scatter(m, s, s=18, color="#4c72b0", zorder=3)
+    if label and label in pairs.columns:
+        for x, y, text in zip(m, s, pairs[label].to_list()):
+            ax.annotate(str(text), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    err = np.abs(s - m) / m
+    ax.set_title(f"simulated vs measured step latency\nmedian |error| {np.median(err):.1%}, "
+                 f"p95 {np.percentile(err, 95):.1%}")
+    ax.set_xlabel("measured (ms)")
+    ax.set_ylabel("simulated (ms)")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig

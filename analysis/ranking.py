@@ -1,0 +1,89 @@
+"""Ranking sweep results: which setting is fastest, and how far from the bounds.
+
+Used by ``pregate sweep``, ``pregate demo``, ``pregate report`` and
+``pregate recommend``: one place decides how a point is named and ordered.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+
+def policy_label(speculation: str, cache_policy: str, buffering: str = "cache", compression: str = "none",
+                 per_layer: bool = False) -> str:
+    """``layer_minus_1 + lfu`` and, when not the default, the buffering, compression and per-layer split."""
+    if buffering == "resident":
+        return "all resident"
+    label = f"{speculation} + {cache_policy}"
+    if per_layer:
+        label += " (per layer)"
+    if buffering not in ("cache",):
+        label += f", {buffering}"
+    if compression != "none":
+        label += f", {compression}"
+    return label
+
+
+def with_labels(frame: pl.DataFrame) -> pl.DataFrame:
+    """Adds ``policy`` (speculation + caching [+ buffering, compression]) and ``gpu_gb``."""
+    labels = [
+        policy_label(r["speculation"], r["cache_policy"], r["buffering"], r["compression"], r["per_layer"])
+        for r in frame.select("speculation", "cache_policy", "buffering", "compression", "per_layer").iter_rows(named=True)
+    ]
+    return frame.with_columns(
+        pl.Series("policy", labels, dtype=pl.String),
+        (pl.col("peak_gpu_bytes") / 1e9).alias("gpu_gb"),
+    )
+
+
+def rank(frame: pl.DataFrame) -> pl.DataFrame:
+    """Fastest first (tokens/s), ties by less GPU memory, then by key (a stable order)."""
+    if frame.is_empty():
+        return with_labels(frame) if "speculation" in frame.columns else frame
+    return with_labels(frame).sort(
+        ["tokens_per_s", "peak_gpu_bytes", "key"], descending=[True, False, False], nulls_last=True
+    )
+
+
+def _bytes(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def format_ranking(ranked: pl.DataFrame, limit: int | None = 15) -> str:
+    """A plain-text table: rank, policy, cache size, tokens/s, stall share, hit rate, bytes moved, bound ratios."""
+    if ranked.is_empty():
+        return "no points"
+    many = {c: ranked[c].n_unique() > 1 for c in ("trace_model", "profile", "batch_size")}
+    head = ranked if limit is None else ranked.head(limit)
+    cols = []
+    if many["trace_model"]:
+        cols.append(("model", 22, lambda r: str(r["trace_model"])[:21]))
+    if many["profile"]:
+        cols.append(("profile", 15, lambda r: str(r["profile"])[:14]))
+    if many["batch_size"]:
+        cols.append(("batch", 6, lambda r: str(r["batch_size"])))
+    cols += [
+        ("policy", 34, lambda r: r["policy"][:33]),
+        ("cache", 14, lambda r: f"{r['cache']} ({r['cache_capacity_experts']})"),
+        ("tok/s", 9, lambda r: f"{r['tokens_per_s']:.1f}" if r["tokens_per_s"] else "n/a"),
+        ("stall", 7, lambda r: f"{r['stall_share']:.0%}"),
+        ("hits", 6, lambda r: f"{r['hit_rate']:.0%}" if r["hit_rate"] is not None else "n/a"),
+        ("moved", 10, lambda r: _bytes(r["bytes_moved"])),
+        ("x resident", 11, lambda r: f"{r['ratio_to_resident']:.2f}" if r["ratio_to_resident"] else "n/a"),
+        ("x oracle", 9, lambda r: f"{r['ratio_to_oracle']:.2f}" if r["ratio_to_oracle"] else "n/a"),
+    ]
+    lines = ["  #  " + "".join(name.ljust(w) if i < len(cols) - 8 + 2 else name.rjust(w)
+                               for i, (name, w, _) in enumerate(cols))]
+    for i, r in enumerate(head.iter_rows(named=True), 1):
+        cells = [fn(r) for _, _, fn in cols]
+        lines.append(f"{i:>3}  " + "".join(c.ljust(w) if j < len(cols) - 8 + 2 else c.rjust(w)
+                                           for j, (c, (_, w, _)) in enumerate(zip(cells, cols))))
+    if limit is not None and ranked.height > limit:
+        lines.append(f"     ... {ranked.height - limit} more points")
+    lines.append("  tok/s: decode tokens per second; stall: share of time waiting for copies; hits: requests "
+                 "found on the GPU;\n  moved: bytes copied host->GPU; x resident / x oracle: step latency over "
+                 "the all-resident and the oracle+Belady bound")
+    return "\n".join(lines)

@@ -1,0 +1,320 @@
+"""A report of sweep results: one self-contained HTML page and a Markdown summary.
+
+The HTML page embeds every image as a base64 ``data:`` URI and its style
+inline, so it opens offline and can be mailed as one file; it references
+nothing outside itself. The Markdown summary holds the same tables and links
+the same images, written as PNG files next to it (``figures/``).
+
+Sections: the ranking (fastest points, with their ratio to both bounds), the
+best point of each policy, latency against GPU memory (the Pareto front per
+policy), the latency breakdown, and, for each trace that is still readable,
+its routing: expert usage, layer-to-layer transitions, accuracy of the
+pre-gating signal by lookahead distance, LRU hit rate by cache size and per
+layer. With measured latencies (from the executor), a simulated-vs-measured plot.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from pregate.analysis.ranking import format_ranking, rank
+
+MAX_GROUPS = 4
+MAX_TRACES = 2
+
+
+@dataclass
+class Figure:
+    id: str
+    title: str
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    tables: list[tuple[str, pl.DataFrame]] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+@dataclass
+class ReportFiles:
+    html: Path
+    markdown: Path
+    figures: list[str]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value != value:
+            return ""
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _ranking_table(ranked: pl.DataFrame, limit: int = 20) -> pl.DataFrame:
+    head = ranked.head(limit)
+    cols = {
+        "policy": head["policy"],
+        "cache": [f"{c} ({n} experts)" for c, n in zip(head["cache"], head["cache_capacity_experts"])],
+        "tokens/s": head["tokens_per_s"],
+        "stall share": head["stall_share"],
+        "hit rate": head["hit_rate"],
+        "MB moved": head["bytes_moved"] / 1e6,
+        "GPU GB": head["gpu_gb"],
+        "x all-resident": head["ratio_to_resident"],
+        "x oracle": head["ratio_to_oracle"],
+    }
+    front = {}
+    for name, col in (("model", "trace_model"), ("profile", "profile"), ("batch", "batch_size")):
+        if ranked[col].n_unique() > 1:
+            front[name] = head[col]
+    return pl.DataFrame({**front, **cols})
+
+
+def _best_per_policy(ranked: pl.DataFrame) -> pl.DataFrame:
+    best = ranked.unique("policy", keep="first", maintain_order=True)
+    return pl.DataFrame({
+        "policy": best["policy"],
+        "best cache": best["cache"],
+        "tokens/s": best["tokens_per_s"],
+        "stall share": best["stall_share"],
+        "hit rate": best["hit_rate"],
+        "x all-resident": best["ratio_to_resident"],
+        "x oracle": best["ratio_to_oracle"],
+    })
+
+
+def _groups(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
+    keys = ["trace_model", "profile", "batch_size"]
+    out = []
+    for (model, profile, batch), part in frame.group_by(keys, maintain_order=True):
+        out.append((f"{model} on {profile}, batch {batch}", part))
+    return out[:MAX_GROUPS]
+
+
+def results_sections(frame: pl.DataFrame) -> list[Section]:
+    from pregate.analysis import plots
+
+    ranked = rank(frame)
+    best = ranked.row(0, named=True)
+    text = (
+        f"{frame.height} simulated points. Fastest: {best['policy']} with a cache of {best['cache']} "
+        f"({best['cache_capacity_experts']} experts): {best['tokens_per_s']:.1f} tokens/s, "
+        f"{best['ratio_to_resident']:.2f}x the all-resident step latency and {best['ratio_to_oracle']:.2f}x the "
+        f"oracle + Belady bound. The all-resident bound keeps every expert on the GPU (no copies); the oracle bound "
+        f"prefetches the true experts and evicts by Belady's MIN, a strong reference rather than a proven optimum."
+    )
+    sections = [Section("Ranking", text, tables=[("fastest points", _ranking_table(ranked)),
+                                                 ("best point of each policy", _best_per_policy(ranked))])]
+    pareto = Section("Latency against GPU memory",
+                     "Each line is one policy's Pareto front: the lowest latency it reaches within a memory budget. "
+                     "Memory is the dense weights plus the expert cache at its peak.")
+    for i, (name, part) in enumerate(_groups(frame)):
+        pareto.figures.append(Figure(f"pareto-{i}", f"Pareto front: {name}", "mean decode step latency against peak "
+                                     "GPU memory, per policy", plots.png(plots.plot_pareto(part, title=name))))
+    sections.append(pareto)
+    sections.append(Section("Where the time goes", "Compute on the GPU, waiting for expert copies (stall), and "
+                            "host-side dispatch beyond the GPU's own time.",
+                            figures=[Figure("breakdown", "latency breakdown", "compute, stall and dispatch per forward "
+                                            "pass of the fastest points",
+                                            plots.png(plots.plot_latency_breakdown(frame)))]))
+    return sections
+
+
+def trace_sections(trace_path: str | Path, results: pl.DataFrame | None = None, suffix: str = "") -> list[Section]:
+    from pregate.analysis import plots
+    from pregate.analysis.locality import lru_curve, lru_hit_rate_per_layer, request_frame, reuse_summary
+    from pregate.analysis.routing import (expert_counts, expert_usage, lookahead_accuracy, transition_counts,
+                                          transition_predictability)
+    from pregate.traces import open_trace
+
+    trace = open_trace(trace_path)
+    name = trace.meta.model_id
+    counts = expert_counts(trace)
+    usage = expert_usage(trace)
+    transitions = transition_counts(trace)
+    accuracy = lookahead_accuracy(trace)
+    batch = 1
+    if results is not None and not results.is_empty():
+        batch = int(results["batch_size"].mode().sort()[0])
+    requests = request_frame(trace, batch_size=batch)
+    n_objects = int(requests["n_objects"][0]) if requests.height else 0
+    curve = lru_curve(requests)
+    sizes = []
+    if results is not None and not results.is_empty():
+        sizes = sorted(set(results.filter(pl.col("buffering") == "cache")["cache_capacity_experts"].to_list()))
+    if not sizes:
+        sizes = sorted({max(1, int(n_objects * f)) for f in (0.1, 0.25, 0.5)})
+    if len(sizes) > 4:
+        sizes = [sizes[round(i * (len(sizes) - 1) / 3)] for i in range(4)]
+    per_layer = lru_hit_rate_per_layer(requests, sizes)
+    sections = [
+        Section(f"Routing of {name}", f"Trace {trace_path}: {requests.height} expert requests at batch {batch}, "
+                f"{n_objects} experts in all.",
+                tables=[("expert use per MoE layer (max/mean 1 and entropy 1 = perfectly even)", usage),
+                        ("reuse per MoE layer (in requests; stack distance = distinct experts in between)",
+                         reuse_summary(requests))],
+                figures=[Figure("usage" + suffix, "expert usage", "share of each layer's tokens per expert",
+                                plots.png(plots.plot_expert_usage(counts)))]),
+        Section("Layer-to-layer transitions", "How well layer l's expert tells layer l+1's: the best a transition "
+                "matrix learned on the whole trace can do, next to guessing the most frequent expert.",
+                tables=[("transition predictability", transition_predictability(transitions))],
+                figures=[Figure("transitions" + suffix, "transition heatmaps", "P(expert at l+1 | expert at l)",
+                                plots.png(plots.plot_transitions(transitions)))]),
+        Section("The pre-gating signal", "How often layer l's hidden state through layer l+j's router names the "
+                "expert layer l+j chose.",
+                tables=[("accuracy by lookahead distance", accuracy)] if not accuracy.is_empty() else [],
+                figures=[Figure("lookahead" + suffix, "accuracy by lookahead distance", "ahead top-1 and recall against chance "
+                                "and the most frequent expert", plots.png(plots.plot_lookahead_accuracy(accuracy)))]),
+        Section("Caching", "LRU hit rate at every cache size from stack distances (no prefetch), with the simulated "
+                "policies' hit rates; and per layer at the swept cache sizes.",
+                figures=[Figure("lru-curve" + suffix, "hit rate by cache size", "LRU curve and simulated policies",
+                                plots.png(plots.plot_lru_curve(curve, results))),
+                         Figure("hit-rate-per-layer" + suffix, "hit rate per layer", "LRU hit rate of each MoE layer",
+                                plots.png(plots.plot_hit_rate_per_layer(per_layer, n_objects)))]),
+    ]
+    return sections
+
+
+def measured_section(pairs: pl.DataFrame) -> Section:
+    from pregate.analysis import plots
+
+    return Section("Simulated vs measured", "Step latency the simulator predicted against what the executor "
+                   "measured on the GPU.",
+                   figures=[Figure("sim-vs-measured", "simulated vs measured", "one point per setting",
+                                   plots.png(plots.plot_sim_vs_measured(pairs)))])
+
+
+def build_sections(frame: pl.DataFrame, traces: list[str | Path] | None = None,
+                   measured: pl.DataFrame | None = None) -> tuple[list[Section], list[str]]:
+    """All sections, and notes about what could not be shown."""
+    notes = []
+    sections = results_sections(frame)
+    if traces is None:
+        traces = list(dict.fromkeys(frame["trace"].to_list()))
+    for i, path in enumerate(traces[:MAX_TRACES]):
+        if not Path(path).exists():
+            notes.append(f"trace {path} is not readable here, so its routing analysis is left out")
+            continue
+        part = frame.filter(pl.col("trace") == str(path)) if "trace" in frame.columns else frame
+        sections += trace_sections(path, part if not part.is_empty() else frame, suffix=f"-{i}" if i else "")
+    if len(traces) > MAX_TRACES:
+        notes.append(f"routing analysis of {len(traces) - MAX_TRACES} more trace(s) left out")
+    if measured is not None:
+        sections.append(measured_section(measured))
+    return sections, notes
+
+
+# ---------------------------------------------------------------------------- writing
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;
+margin-top:2em}table{border-collapse:collapse;font-size:.85em;margin:.6em 0 1.2em}th,td{border:1px solid #ddd;
+padding:.25em .55em;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
+.note{color:#8a5a00}pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}"""
+
+
+def _html_table(frame: pl.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in frame.iter_rows())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _md_table(frame: pl.DataFrame) -> str:
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    for row in frame.iter_rows():
+        lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines)
+
+
+def render_html(title: str, intro: str, sections: list[Section], notes: list[str]) -> str:
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"]
+    for note in notes:
+        parts.append(f"<p class=\"note\">{html.escape(note)}</p>")
+    for s in sections:
+        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        if s.text:
+            parts.append(f"<p>{html.escape(s.text)}</p>")
+        for caption, table in s.tables:
+            parts.append(f"<h3>{html.escape(caption)}</h3>{_html_table(table)}")
+        for f in s.figures:
+            data = base64.b64encode(f.png).decode("ascii")
+            parts.append(f"<figure id=\"{html.escape(f.id)}\"><img src=\"data:image/png;base64,{data}\" "
+                         f"alt=\"{html.escape(f.title)}\"><figcaption>{html.escape(f.title)}: "
+                         f"{html.escape(f.caption)}</figcaption></figure>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def render_markdown(title: str, intro: str, sections: list[Section], notes: list[str], ranking_text: str) -> str:
+    lines = [f"# {title}", "", intro, ""]
+    lines += [f"> {n}" for n in notes]
+    lines += ["", "```", ranking_text, "```", ""]
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        if s.text:
+            lines += [s.text, ""]
+        for caption, table in s.tables:
+            lines += [f"**{caption}**", "", _md_table(table), ""]
+        for f in s.figures:
+            lines += [f"![{f.title}](figures/{f.id}.png)", "", f"*{f.title}: {f.caption}*", ""]
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def write_report(results, out: str | Path, *, traces: list[str | Path] | None = None,
+                 measured: pl.DataFrame | None = None, title: str = "pregate sweep report") -> ReportFiles:
+    """Write ``report.html`` (self-contained), ``report.md`` and ``figures/*.png`` into ``out``.
+
+    ``results`` is a results folder (from a sweep) or its frame; ``traces``
+    overrides the traces whose routing is analysed (default: the results' own,
+    when they are readable); ``measured`` holds measured/simulated latency pairs.
+    """
+    from pregate.simulator.sweep import read_results
+
+    frame = results if isinstance(results, pl.DataFrame) else read_results(results)
+    if frame.is_empty():
+        from pregate.simulator.sweep import SweepError
+
+        raise SweepError("no points to report")
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    sections, notes = build_sections(frame, traces, measured)
+    models = ", ".join(dict.fromkeys(frame["trace_model"].to_list()))
+    profiles = ", ".join(dict.fromkeys(frame["profile"].to_list()))
+    intro = (f"{frame.height} points of {models} on {profiles}: speculation "
+             f"{', '.join(sorted(set(frame['speculation'])))}; caching {', '.join(sorted(set(frame['cache_policy'])))}; "
+             f"cache sizes {', '.join(sorted(set(frame['cache'])))}; compression "
+             f"{', '.join(sorted(set(frame['compression'])))}; batch sizes "
+             f"{', '.join(str(b) for b in sorted(set(frame['batch_size'])))}.")
+    ids = []
+    for s in sections:
+        for f in s.figures:
+            _atomic_write(out / "figures" / f"{f.id}.png", f.png)
+            ids.append(f.id)
+    html_path, md_path = out / "report.html", out / "report.md"
+    _atomic_write(html_path, render_html(title, intro, sections, notes).encode("utf-8"))
+    ranking = format_ranking(rank(frame), limit=15)
+    _atomic_write(md_path, render_markdown(title, intro, sections, notes, ranking).encode("utf-8"))
+    return ReportFiles(html=html_path, markdown=md_path, figures=ids)

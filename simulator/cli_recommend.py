@@ -1,0 +1,58 @@
+"""``pregate recommend``: what to run for a model on a GPU, and how close it is to the best possible."""
+
+HELP = "recommend speculation, caching, cache size and compression for a model on a GPU"
+DESCRIPTION = """Answer "what should I run on my GPU, and why?": the best speculation, caching
+policy, cache size and compression that fit the GPU's memory, the expected
+tokens/s, and the gap to both bounds (all experts resident; oracle prefetch
+with Belady eviction).
+
+The expert cache gets the GPU memory (the profile's, or --vram) minus the
+dense weights minus a working margin (default 0.5 GB + 8% of the memory).
+MODEL is a trace folder (its recorded routing is used) or a known model shape
+(see 'pregate models': switch-base-8..256, switch-large-128, mixtral-8x7b,
+olmoe-1b-7b, qwen1.5-moe-a2.7b, qwen3-30b-a3b, tiny-* and pregate-moe-*), for
+which a synthetic trace of that shape is generated and the answer says the
+routing is synthetic. Without --model, the shipped sample trace is used.
+
+examples:
+  pregate recommend --model mixtral-8x7b --gpu rtx3090
+  pregate recommend --model runs/sb8 --gpu t4 --batch-size 8
+  pregate recommend --model switch-base-128 --gpu rtx3060-12gb --vram 10 --json"""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", metavar="M", help="trace folder or known model shape (default: the shipped sample trace)")
+    parser.add_argument("--gpu", default="rtx3090", help="hardware profile: built-in name, TOML file or auto (default: rtx3090)")
+    parser.add_argument("--vram", type=float, metavar="GB", help="GPU memory to plan for, in GB (default: the profile's)")
+    parser.add_argument("--margin", type=float, metavar="GB", help="memory kept free besides dense weights and cache "
+                        "(default: 0.5 GB + 8%% of the GPU memory)")
+    parser.add_argument("--batch-size", type=int, default=1, help="sequences decoded together (default: 1)")
+    parser.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
+    parser.add_argument("--results", metavar="DIR", help="keep the simulated points in this sweep results folder")
+    parser.add_argument("--json", action="store_true", help="print the recommendation as JSON")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+
+
+def run(args) -> int:
+    import json
+    import sys
+
+    from pregate.simulator.recommend import format_recommendation, recommend
+    from pregate.simulator.sweep import sample_trace, sample_trace_path
+
+    model = args.model
+    if model is None:
+        try:
+            model = str(sample_trace())
+        except Exception:
+            from pregate.simulator.sweep import SweepError
+
+            raise SweepError(f"no --model given and the shipped sample trace is missing ({sample_trace_path()})") from None
+        print(f"no --model given: using the shipped sample trace {model}", file=sys.stderr)
+    rec = recommend(model, args.gpu, vram_gb=args.vram, batch_size=args.batch_size, margin_gb=args.margin,
+                    workers=args.workers, results=args.results, progress=args.progress)
+    if args.json:
+        print(json.dumps(rec.to_dict(), indent=2, sort_keys=True))
+    else:
+        print(format_recommendation(rec))
+    return 0

@@ -1,0 +1,106 @@
+"""``pregate sweep``: simulate a grid of settings over traces, in parallel, resumable."""
+
+from pregate.simulator.settings import Settings
+
+HELP = "simulate a grid of policies, cache sizes, compression and batch sizes; results in Parquet"
+DESCRIPTION = """Simulate every point of a grid: traces x profiles x speculation x caching x
+buffering x cache sizes x compression x batch sizes (any Settings field can be
+an axis). The grid comes from a TOML config (Settings field names; a list is an
+axis) and/or from flags that take comma-separated values; a flag replaces the
+config's axis of the same name.
+
+Results go to RESULTS/points-NNNNN.parquet, one row per point, keyed by a hash
+of the point's settings and the content of its trace and profile. A rerun
+skips finished points; an interrupted sweep keeps the points that finished
+(they are written at least once a second and whenever the sweep stops).
+Runs on all local cores (--workers N), or on a Ray cluster with --ray ADDRESS
+(or RAY_ADDRESS set; --ray local starts a local Ray): the numbers are the same.
+
+examples:
+  pregate sweep --trace runs/sb8 --speculation none,layer_minus_1 --cache-policy lru,lfu --cache 10%,25%,50% -o res
+  pregate sweep grid.toml -o res --workers 2
+  pregate sweep grid.toml -o res --ray auto                # an existing Ray cluster
+  pregate sweep --trace sample:pregate-moe-tiny --profile rtx3090,t4 --batch-size 1,8 -o res
+  pregate report res -o report                             # plots and a summary of the results
+
+config (grid.toml):
+  trace = ["runs/sb8", "runs/mixtral"]      # relative to the config file; sample:NAME = shipped sample
+  profile = "rtx3090"
+  speculation = ["none", "layer_minus_1", "multi_layer"]
+  cache_policy = ["lru", "lfu"]
+  cache = ["10%", "25%", "50%"]
+  compression = ["none", "int8"]
+  batch_size = [1, 8]"""
+
+
+def add_arguments(p) -> None:
+    from dataclasses import fields
+
+    p.add_argument("config", nargs="?", help="sweep config (TOML); optional when --trace is given")
+    p.add_argument("-o", "--out", required=True, metavar="RESULTS", help="results folder (created; reruns resume)")
+    p.add_argument("--trace", action="append", metavar="TRACE",
+                   help="trace folder (repeat or comma-separate for several; sample:NAME for a shipped sample)")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"].replace("%", "%%") + "; comma-separated values make an axis"
+        p.add_argument(flag, dest=f"axis_{f.name}", metavar="V[,V...]", help=help_text)
+    p.add_argument("--workers", type=int, help="local worker processes (default: all cores of this machine)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run on a Ray cluster (auto, HOST:PORT, ray://HOST:PORT, or local); default: $RAY_ADDRESS")
+    p.add_argument("--local", action="store_true", help="use the local process pool even when RAY_ADDRESS is set")
+    p.add_argument("--dry-run", action="store_true", help="check the grid and count the points; run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_spec(args):
+    """The config file's spec with the flags' axes on top."""
+    from dataclasses import fields
+
+    from pregate.simulator.sweep import SweepSpec, field_kind, load_config, parse_list
+
+    spec = load_config(args.config) if args.config else SweepSpec(traces=[], source="command line")
+    if args.trace:
+        spec.traces = [t for item in args.trace for t in parse_list(item)]
+    for f in fields(Settings):
+        raw = getattr(args, f"axis_{f.name}")
+        if raw is not None:
+            spec.grid[f.name] = parse_list(raw, field_kind(f.name))
+    return spec
+
+
+def run(args) -> int:
+    import os
+    import sys
+
+    from pregate.analysis.ranking import format_ranking, rank
+    from pregate.simulator.sweep import SweepError, plan_sweep, read_results, run_sweep
+
+    if not args.config and not args.trace:
+        raise SweepError("give a sweep config (CONFIG.toml) or --trace TRACE")
+    if args.workers is not None and args.workers < 1:
+        raise SweepError("--workers must be at least 1")
+    plan = plan_sweep(build_spec(args))
+    ray_address = None if args.local else (args.ray or os.environ.get("RAY_ADDRESS") or None)
+    if args.dry_run:
+        from pregate.simulator.sweep import finished_keys
+
+        done = finished_keys(args.out) if os.path.isdir(args.out) else set()
+        left = sum(1 for p in plan.points if p.key not in done)
+        print(f"{len(plan.points)} points, {len(plan.points) - left} already in {args.out}, {left} to run")
+        return 0
+    where = f"Ray ({ray_address})" if ray_address else f"{args.workers or 'all'} local worker(s)"
+    print(f"sweep: {len(plan.points)} points on {where} -> {args.out}")
+    try:
+        outcome = run_sweep(plan, args.out, workers=args.workers, ray_address=ray_address, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished points are kept in {args.out}; rerun the same command to continue",
+              file=sys.stderr)
+        return 130
+    print(f"{outcome.ran} points simulated in {outcome.seconds:.1f} s, {outcome.skipped} already done")
+    frame = read_results(args.out)
+    keys = {p.key for p in plan.points}
+    frame = frame.filter(frame["key"].is_in(list(keys)))
+    print(format_ranking(rank(frame), limit=10))
+    print(f"\nall points: pregate.simulator.sweep.read_results('{args.out}') (polars; one row per point); "
+          f"plots: pregate report {args.out} -o REPORT")
+    return 0
