@@ -29,6 +29,9 @@ COMMANDS: dict[str, str] = {
     "recommend": "pregate.simulator.cli_recommend",
     "report": "pregate.analysis.cli_report",
     "train": "pregate.tracer.cli_train",
+    "execute": "pregate.executor.cli_execute",
+    "calibrate": "pregate.executor.cli_calibrate",
+    "validate": "pregate.executor.cli_validate",
 }
 
 

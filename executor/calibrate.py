@@ -1,0 +1,397 @@
+"""``pregate calibrate``: measure this machine into a hardware profile the simulator loads.
+
+Every number is measured with the executor's own code paths (its copies, its
+expert function, its synthetic dense block and router), so that the
+simulator, fed this profile, prices exactly what the executor does:
+
+* host-to-device copies by size, pinned and pageable, fitted to
+  ``latency + bytes / bandwidth`` (the cost model's form);
+* expert FFN time by token count for each expert shape asked for
+  (``[[expert_table]]``): gather, matmuls, activation, gate product, scatter-add,
+  back to back, so the host's dispatch is included when it is the bound;
+* peak matmul rate per dtype, device memory bandwidth, GPU time per tiny
+  kernel (``gpu.kernel_launch``), host time per kernel of the dense block
+  (``host.dispatch_per_kernel``: the block's host time / the cost model's 20
+  kernels per block), the router's read-back (``host.router_sync``);
+* host matmul rate and memory bandwidth (``cpu_compute``), dequantisation output
+  rate (int8 and int4, the slower is kept);
+* how much a copy on the side stream slows a concurrent matmul loop, and the
+  dense block's time by token count (the profile schema has no key for these:
+  they are in the file's comments and in the JSON written next to it).
+
+The profile records the device, driver and library versions in its
+description and header; ``PROFILE.calibration.json`` holds every raw table.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import platform
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pregate.executor.device import Device, ExecutorError, now
+from pregate.executor.runtime import torch_dtype
+from pregate.executor.store import ExpertSpec, gated_spec, switch_spec
+from pregate.simulator.costs import DENSE_KERNELS_PER_BLOCK
+
+DEFAULT_SHAPES = {"cuda": ["768x3072", "4096x14336:gated"], "cpu": ["768x3072"]}
+
+
+def parse_shape(text: str) -> tuple[int, int, bool]:
+    m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*(:gated)?\s*", text)
+    if not m:
+        raise ExecutorError(f"expert shape '{text}' is not D_MODELxD_FF or D_MODELxD_FF:gated (e.g. 768x3072)")
+    return int(m.group(1)), int(m.group(2)), bool(m.group(3))
+
+
+def environment(device: Device) -> dict:
+    import transformers
+
+    env = {
+        "device": device.description(),
+        "device_type": device.name,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "host": platform.platform(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    if device.cuda:
+        env["cuda"] = torch.version.cuda
+        try:
+            import subprocess
+
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10)
+            env["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
+        except (OSError, IndexError, subprocess.SubprocessError):
+            env["driver"] = "unknown"
+    else:
+        env["driver"] = "n/a (cpu)"
+    return env
+
+
+class Timer:
+    """Seconds per repetition of ``fn``: CUDA events on the GPU, the wall clock on the CPU."""
+
+    def __init__(self, device: Device):
+        self.device = device
+
+    def per_call(self, fn, reps: int, warmup: int = 2, stream=None, trials: int = 3) -> float:
+        """The best of ``trials`` batches of ``reps`` calls (robust to other load on the machine)."""
+        for _ in range(warmup):
+            fn()
+        return min(self._batch(fn, reps, stream) for _ in range(trials))
+
+    def _batch(self, fn, reps: int, stream) -> float:
+        d = self.device
+        d.synchronize()
+        if d.cuda:
+            s = stream or d.compute
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record(s)
+            with torch.cuda.stream(s):
+                for _ in range(reps):
+                    fn()
+            e1.record(s)
+            e1.synchronize()
+            return e0.elapsed_time(e1) / 1e3 / reps
+        t = now()
+        for _ in range(reps):
+            fn()
+        return (now() - t) / reps
+
+    def host_per_call(self, fn, reps: int, warmup: int = 2, trials: int = 3) -> float:
+        """Host time only (the GPU may still be busy when a batch returns); best of ``trials``."""
+        for _ in range(warmup):
+            fn()
+        best = math.inf
+        for _ in range(trials):
+            self.device.synchronize()
+            t = now()
+            for _ in range(reps):
+                fn()
+            best = min(best, (now() - t) / reps)
+            self.device.synchronize()
+        return best
+
+
+def fit_copy(sizes, seconds) -> tuple[float, float]:
+    """latency, bandwidth of ``t = latency + bytes / bandwidth``, fitted in relative error."""
+    s, t = np.asarray(sizes, float), np.asarray(seconds, float)
+    A = np.stack([np.ones_like(s), s], axis=1) / t[:, None]
+    (lat, inv_bw), *_ = np.linalg.lstsq(A, np.ones_like(t), rcond=None)
+    if inv_bw <= 0:  # degenerate: fall back to the largest copy's rate
+        inv_bw = t[-1] / s[-1]
+    return max(float(lat), 1e-7), 1.0 / float(inv_bw)
+
+
+def _spec(d: int, f: int, gated: bool) -> ExpertSpec:
+    return gated_spec(d, f, torch.nn.functional.silu) if gated else switch_spec(d, f, torch.relu)
+
+
+def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = None, dtype: str = "",
+              log=print) -> tuple[str, dict]:
+    """Measure the device; returns the profile's TOML text and the details for the JSON."""
+    device = Device(device_name)
+    dev = device.torch
+    dtype = dtype or ("bfloat16" if device.cuda else "float32")
+    tdtype = torch_dtype(dtype)
+    env = environment(device)
+    timer = Timer(device)
+    where = f"{env['device']}, {env['date']}"
+    source = f"measured by pregate calibrate on {where}"
+    small = quick and not device.cuda
+    reps = 3 if quick else 20
+    details: dict = {"environment": env, "quick": quick, "dtype": dtype}
+    values: dict[str, tuple[float, str, str]] = {}  # key -> (value, unit, what)
+
+    # ---- copies --------------------------------------------------------------------
+    log("copies: host to device by size, pinned and pageable")
+    sizes = [2**18, 2**20, 2**22] if small else ([2**16, 2**18, 2**20, 2**22, 2**24, 2**26] if quick
+                                                else [2**16, 2**18, 2**20, 2**22, 2**23, 2**24, 2**26, 2**28])
+    copy_table = {"bytes": sizes}
+    for kind, pin in (("pinned", device.cuda), ("pageable", False)):
+        times = []
+        for size in sizes:
+            src = torch.empty(size, dtype=torch.uint8, pin_memory=pin)
+            src.fill_(1)
+            dst = torch.empty(size, dtype=torch.uint8, device=dev)
+            r = max(2, min(reps, int(2**26 // size) + 2))
+            times.append(timer.per_call(lambda: dst.copy_(src, non_blocking=pin), r, stream=device.copy))
+        copy_table[f"{kind}_seconds"] = times
+        lat, bw = fit_copy(sizes, times)
+        copy_table[f"{kind}_fit"] = {"latency_s": lat, "bandwidth_Bps": bw}
+        values[f"pcie.{kind}_bandwidth"] = (bw, "B/s", f"{kind} host-to-device copies of {sizes[0]}-{sizes[-1]} B, "
+                                                       "fitted to latency + bytes/bandwidth")
+        if kind == "pinned":
+            values["pcie.copy_latency"] = (lat, "s", "fixed cost per copy from the same fit (pinned)")
+    details["copies"] = copy_table
+
+    # ---- matmul peaks, memory bandwidth ----------------------------------------------------
+    log("matmul rate per dtype, memory bandwidth")
+    n = 256 if small else (2048 if quick else 8192) if device.cuda else (512 if quick else 1024)
+    for name, key in (("float32", "gpu.fp32_flops"), ("bfloat16", "gpu.bf16_flops"), ("float16", "gpu.fp16_flops")):
+        a = torch.randn(n, n, device=dev).to(torch_dtype(name))
+        b = torch.randn(n, n, device=dev).to(torch_dtype(name))
+        t = timer.per_call(lambda: a @ b, max(2, reps // 2))
+        values[key] = (2 * n**3 / t, "FLOP/s", f"{name} matmul {n}x{n}x{n}")
+    size = 2**24 if small else (2**27 if quick else 2**29) if device.cuda else (2**26 if quick else 2**28)
+    a = torch.empty(size, dtype=torch.uint8, device=dev)
+    b = torch.empty_like(a)
+    t = timer.per_call(lambda: b.copy_(a), max(2, reps // 2))
+    values["gpu.hbm_bandwidth"] = (2 * size / t, "B/s", f"device-to-device copy of {size} B (read + write)")
+    values["gpu.memory"] = (float(device.memory_bytes()), "B", "total memory of the device")
+
+    # ---- kernels: launch gap, host dispatch, router read-back -------------------------------
+    log("kernel launch, host dispatch per kernel, router read-back")
+    tiny = torch.zeros(16, device=dev)
+    if device.cuda:
+        k = 500
+        torch.cuda.synchronize()
+        torch.cuda._sleep(50_000_000)  # back up the queue so the kernels run back to back
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        for _ in range(k):
+            tiny.add_(1.0)
+        e1.record()
+        e1.synchronize()
+        launch = e0.elapsed_time(e1) / 1e3 / k
+        launch_what = "GPU time per tiny kernel queued back to back"
+    else:
+        launch = timer.per_call(lambda: tiny.add_(1.0), 200)
+        launch_what = "time per tiny operation (no GPU: host and device are the same)"
+    values["gpu.kernel_launch"] = (max(launch, 1e-8), "s", launch_what)
+
+    from pregate.executor.synthetic import SyntheticModel
+    from pregate.executor.shapes import shape_meta
+
+    d0, f0, g0 = parse_shape((shapes or DEFAULT_SHAPES[device.name])[0])
+    meta = shape_meta("tiny")
+    meta.d_model, meta.d_ff = d0, f0
+    meta.dense_bytes_per_layer = 4 * d0 * d0 * 4 + 2 * d0 * (4 * d0) * 4  # attention + a 4x FFN, float32 bytes
+    meta.dtype = "float32"
+    meta.extra = {"blocks": 1}
+    for s in meta.stacks.values():
+        s.block_indices = []
+    model = SyntheticModel(meta, dev, tdtype, 256, 256)
+    x1 = model.start(1)
+    blocks = model.blocks
+    host_block = timer.host_per_call(lambda: model.dense(0, x1, True, 64), 20 if quick else 100)
+    dispatch = host_block / (blocks * DENSE_KERNELS_PER_BLOCK)
+    values["host.dispatch_per_kernel"] = (dispatch, "s", f"host time to issue the executor's dense block "
+                                          f"(d_model {d0}, 1 token) / {DENSE_KERNELS_PER_BLOCK} kernels per block")
+    route_total = timer.per_call(lambda: model.route(0, x1), 20 if quick else 100)
+    values["host.router_sync"] = (max(route_total - 3 * dispatch, 1e-7), "s",
+                                  "router (matmul, softmax, top-k) with its read-back to the host, minus 3 dispatches")
+    dense_table = {"d_model": d0, "blocks": blocks, "host_seconds_1_token": host_block}
+    for T in ([1, 16] if small else [1, 16, 128]):
+        x = model.start(T)
+        dense_table[f"decode_{T}_tokens_ctx64_s"] = timer.per_call(lambda: model.dense(0, x, True, 64 * T), reps)
+    xp = model.start(min(128, model.x0.shape[0]))
+    dense_table["prefill_128_tokens_s"] = timer.per_call(lambda: model.dense(0, xp, False, 0), reps)
+    details["dense_block"] = dense_table
+
+    # ---- host (cpu_compute) ------------------------------------------------------------------
+    log("host matmul rate and memory bandwidth")
+    nc = 256 if quick else 1024
+    a, b = torch.randn(nc, nc), torch.randn(nc, nc)
+    host_timer = Timer(Device("cpu"))
+    t = host_timer.per_call(lambda: a @ b, max(2, reps // 2))
+    values["cpu.flops"] = (2 * nc**3 / t, "FLOP/s", f"host float32 matmul {nc}x{nc}x{nc}")
+    hs = 2**24 if quick else 2**27
+    a, b = torch.empty(hs, dtype=torch.uint8), torch.empty(hs, dtype=torch.uint8)
+    t = host_timer.per_call(lambda: b.copy_(a), max(2, reps // 2))
+    values["cpu.memory_bandwidth"] = (2 * hs / t, "B/s", f"host copy of {hs} B (read + write)")
+
+    # ---- dequantisation ----------------------------------------------------------------------
+    log("dequantisation rate (int8, int4)")
+    from pregate.executor import quant
+
+    numel = 2**18 if small else (2**20 if quick else _spec(d0, f0, g0).numel)
+    flat = torch.randn(numel)
+    out = torch.empty(numel, dtype=tdtype, device=dev)
+    deq = {}
+    for form in quant.FORMS:
+        buf = quant.quantize(flat, form).to(dev)
+        t = timer.per_call(lambda: quant.dequantize_into(buf, out, form), reps)
+        deq[form] = numel * tdtype.itemsize / t
+    details["dequant_Bps"] = deq
+    values["dequant.bandwidth"] = (min(deq.values()), "B/s", f"dequantised {dtype} bytes written per second "
+                                   f"({numel} weights; slower of int8 {deq['int8']:.3g} and int4 {deq['int4']:.3g} B/s)")
+
+    # ---- copy/compute overlap ------------------------------------------------------------------
+    if device.cuda:
+        log("copy on the side stream during compute")
+        m = 4096
+        a = torch.randn(m, m, device=dev, dtype=tdtype)
+        src = torch.empty(2**26, dtype=torch.uint8, pin_memory=True)
+        dst = torch.empty(2**26, dtype=torch.uint8, device=dev)
+        loop = 20
+
+        def compute():
+            for _ in range(loop):
+                a @ a
+
+        alone = timer.per_call(compute, 3)
+        torch.cuda.synchronize()
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        with torch.cuda.stream(device.copy):
+            for _ in range(4):
+                dst.copy_(src, non_blocking=True)
+        compute()
+        e1.record()
+        torch.cuda.synchronize()
+        together = e0.elapsed_time(e1) / 1e3
+        details["copy_compute_overlap"] = {"matmul_loop_alone_s": alone, "with_256MB_of_copies_s": together,
+                                           "slowdown": together / alone}
+    else:
+        details["copy_compute_overlap"] = {"note": "not measured on the cpu: copies are synchronous"}
+
+    # ---- expert tables -------------------------------------------------------------------------
+    tables = []
+    for text in shapes or DEFAULT_SHAPES[device.name]:
+        d, f, gated = parse_shape(text)
+        spec = _spec(d, f, gated)
+        log(f"expert FFN {d}x{f}{' gated' if gated else ''} ({dtype}) by token count")
+        counts = [1, 4, 16, 64] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+        slot = torch.randn(spec.numel, device=dev).to(tdtype) * 0.02
+        w = spec.views(slot)
+        x = torch.randn(max(counts), d, device=dev).to(tdtype)
+        idx = torch.arange(max(counts), device=dev)
+        gate = torch.full((max(counts), 1), 0.5, device=dev, dtype=tdtype)
+        outb = torch.zeros_like(x)
+        secs = []
+        for c in counts:
+            i = idx[:c]
+
+            def one():
+                y = spec.compute(x.index_select(0, i), w)
+                outb.index_add_(0, i, y * gate[:c])
+
+            secs.append(timer.per_call(one, reps if c <= 64 else max(3, reps // 4)))
+        secs = list(np.maximum.accumulate(secs))  # more tokens never cost less
+        tables.append({"d_model": d, "d_ff": f, "dtype": dtype, "tokens": counts, "seconds": secs,
+                       "source": f"{source}: the executor's expert function ({'gated' if gated else 'two matmuls'}), "
+                                 "gather to scatter-add, back to back"})
+    details["expert_tables"] = tables
+    details["values"] = {k: {"value": v, "unit": u, "source": f"{source}: {what}"} for k, (v, u, what) in values.items()}
+    return render_profile(env, values, source, tables, details), details
+
+
+def _num(v: float) -> str:
+    if float(v).is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.6g}"
+
+
+def _str(s: str) -> str:
+    return json.dumps(s)  # a TOML basic string
+
+
+def render_profile(env: dict, values: dict, source: str, tables: list[dict], details: dict) -> str:
+    name = "calibrated-" + re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-")
+    description = (f"measured on {env['device']} ({env['date']}); driver {env.get('driver')}, "
+                   f"torch {env['torch']}, transformers {env['transformers']}")
+    lines = [
+        "# Hardware profile, schema pregate.profile/1 (see simulator/README.md).",
+        f"# Written by pregate calibrate on {env['device']}, {env['date']}.",
+        f"# driver {env.get('driver')}, CUDA {env.get('cuda', 'n/a')}, torch {env['torch']}, "
+        f"transformers {env['transformers']}, python {env['python']}, {env['host']}",
+        'schema = "pregate.profile/1"',
+        f"name = {_str(name)}",
+        f"description = {_str(description)}",
+    ]
+    if env["device_type"] == "cuda":
+        lines.append(f"cuda_names = [{_str(env['device'])}]")
+    sections: dict[str, list[str]] = {}
+    for key, (value, unit, what) in values.items():
+        section, field = key.split(".")
+        sections.setdefault(section, []).append(
+            f"{field} = {{ value = {_num(value)}, unit = {_str(unit)}, source = {_str(f'{source}: {what}')} }}")
+    sections.setdefault("pcie", []).append(
+        'copy_engines = { value = 1, unit = "count", source = "the executor issues every copy on one side stream" }')
+    for section in ("gpu", "host", "pcie", "cpu", "dequant"):
+        lines += ["", f"[{section}]"] + sections.get(section, [])
+    overlap = details.get("copy_compute_overlap", {})
+    lines += ["", "# Not in the schema (see PROFILE.calibration.json):"]
+    if "slowdown" in overlap:
+        lines.append(f"# copy/compute overlap: a matmul loop takes {overlap['slowdown']:.3f}x as long with copies "
+                     "running on the side stream")
+    else:
+        lines.append(f"# copy/compute overlap: {overlap.get('note', 'n/a')}")
+    for key, value in details.get("dense_block", {}).items():
+        lines.append(f"# dense block {key} = {value:.6g}" if isinstance(value, float) else f"# dense block {key} = {value}")
+    for table in tables:
+        lines += [
+            "",
+            "[[expert_table]]",
+            f"d_model = {table['d_model']}",
+            f"d_ff = {table['d_ff']}",
+            f"dtype = {_str(table['dtype'])}",
+            f"tokens = [{', '.join(str(t) for t in table['tokens'])}]",
+            f"seconds = [{', '.join(_num(s) for s in table['seconds'])}]",
+            f"source = {_str(table['source'])}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_profile(path: str | Path, text: str, details: dict) -> tuple[Path, Path]:
+    from pregate.simulator.profile import load_profile
+
+    path = Path(path)
+    if path.suffix != ".toml":
+        raise ExecutorError(f"profile file must end in .toml: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    side = path.with_suffix(".calibration.json")
+    side.write_text(json.dumps(details, indent=2, default=float) + "\n")
+    load_profile(path)  # the simulator must accept what we wrote
+    return path, side

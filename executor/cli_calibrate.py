@@ -1,0 +1,62 @@
+"""``pregate calibrate``: measure this machine into a hardware profile."""
+
+HELP = "measure the present device into a hardware profile (TOML) the simulator loads"
+DESCRIPTION = """Measure host-to-device copies (pinned and pageable, by size; fitted to a fixed
+cost per copy plus bytes / bandwidth), expert FFN time by token count for the
+given expert shapes, matmul rates, memory bandwidth, kernel launch and host
+dispatch costs, the router's read-back, dequantisation throughput and how
+much a copy slows concurrent compute. Writes a profile in the simulator's
+schema (every value with unit and source, device, driver and library versions
+in its header) and PROFILE.calibration.json with the raw tables.
+
+examples:
+  pregate calibrate --device cuda -o profiles/my-gpu.toml
+  pregate calibrate --device cuda -o my-gpu.toml --expert-shape 768x3072 --expert-shape 4096x14336:gated
+  pregate calibrate --device cuda -o my-gpu.toml --trace runs/sb8 --dtype bfloat16
+  pregate calibrate --device cpu -o cpu.toml --quick          # a few seconds"""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("-o", "--out", required=True, metavar="PROFILE.toml", help="profile file to write")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (seconds, not minutes)")
+    p.add_argument("--expert-shape", action="append", default=[], metavar="DxF[:gated]",
+                   help="expert shape to time (repeatable; default: 768x3072, and 4096x14336:gated on cuda)")
+    p.add_argument("--trace", action="append", default=[], help="also time the expert shape of this trace (repeatable)")
+    p.add_argument("--dtype", default="", help="dtype of expert timings (default: bfloat16 on cuda, float32 on cpu)")
+
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads on the cpu (default: 1, for stable timings when cores are shared)")
+
+def _run(args) -> int:
+    from pregate.executor.calibrate import calibrate, parse_shape, write_profile
+    from pregate.executor.device import check_device
+
+    check_device(args.device)
+    shapes = list(args.expert_shape)
+    for text in shapes:
+        parse_shape(text)
+    for trace in args.trace:
+        from pregate.traces import open_trace
+
+        meta = open_trace(trace).meta
+        act = (meta.activation or "").lower()
+        shapes.append(f"{meta.d_model}x{meta.d_ff}" + (":gated" if "gated" in act or "glu" in act else ""))
+    shapes = list(dict.fromkeys(shapes)) or None
+    text, details = calibrate(args.device, quick=args.quick, shapes=shapes, dtype=args.dtype,
+                              log=lambda m: print(f"  {m}"))
+    path, side = write_profile(args.out, text, details)
+    v = details["values"]
+    print(f"wrote {path} (and {side.name}): pinned {v['pcie.pinned_bandwidth']['value'] / 1e9:.1f} GB/s, "
+          f"pageable {v['pcie.pageable_bandwidth']['value'] / 1e9:.1f} GB/s, "
+          f"copy latency {v['pcie.copy_latency']['value'] * 1e6:.1f} us, "
+          f"dispatch {v['host.dispatch_per_kernel']['value'] * 1e6:.1f} us/kernel")
+    return 0
+
+
+def run(args) -> int:
+    from pregate.executor.device import check_device, cpu_threads
+
+    check_device(args.device)
+    with cpu_threads(args.device, args.threads):
+        return _run(args)

@@ -1,0 +1,156 @@
+"""``pregate execute``: offloaded inference for real, with the simulator's policies."""
+
+HELP = "run a model (or a trace's synthetic model) with experts offloaded to host memory; measure it"
+DESCRIPTION = """Run Mixture-of-Experts inference with every expert in host memory (pinned on
+CUDA) and a device cache of expert slots, driven by the simulator's own
+speculation and caching policies. With --model, a Hugging Face Switch /
+Mixtral / Qwen-MoE / OLMoE model or pregate's small MoE generates greedily;
+with --trace, a synthetic model of the trace's shapes replays its routing
+(any trace, including imported ones). Prints a summary with the simulator's
+keys (hits, late_hits, misses, bytes_moved, step latencies, tokens_per_s,
+stall_share); --json writes it, with the generated token ids for a model.
+
+--compare checks the result: for a model, against the all-resident model in
+full precision (identical tokens; with --compression int8/int4 the logits'
+relative error and token agreement); for a trace, against the simulator.
+
+examples:
+  pregate execute --model google/switch-base-8 --random-init --device cpu --speculation layer_minus_1 \\
+      --cache-policy lru --cache 25% --max-new-tokens 16
+  pregate execute --model runs/tiny-moe --device cuda --cache 50% --compression int8 --compare
+  pregate execute --trace runs/sb8 --device cuda --speculation multi_layer --cache-policy lfu --cache 2GB \\
+      --batch-size 16 --profile my-gpu.toml --compare --json out.json"""
+
+
+def add_arguments(p) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="local checkpoint folder, cached model id, or known shape name (with --random-init)")
+    src.add_argument("--trace", help="trace folder: execute its routing with a synthetic model of its shapes")
+    p.add_argument("--random-init", action="store_true", help="build the model's exact shape with seeded random weights")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--speculation", default="none", help="speculation policy (default: none)")
+    p.add_argument("--cache-policy", default="lru", help="caching policy (default: lru)")
+    p.add_argument("--cache", default="25%", help="device expert cache: a count, a percentage or bytes (default: 25%%)")
+    p.add_argument("--per-layer", action="store_true", help="split the cache evenly between MoE layers")
+    p.add_argument("--buffering", default="cache", help="cache, resident, double_buffer or cpu_compute (default: cache)")
+    p.add_argument("--compression", default="none", help="none, int8, int4 or low-precision-on-miss (default: none)")
+    p.add_argument("--batch-size", type=int, default=1, help="sequences per step (default: 1)")
+    p.add_argument("--max-prefetch", type=int, default=0, help="most prefetches per MoE layer (default: no limit)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate per prompt (default: 16)")
+    p.add_argument("--input", default="builtin", help="prompts: .txt, .jsonl or 'builtin' (default)")
+    p.add_argument("--limit", type=int, default=4, help="use the first N prompts (default: 4)")
+    p.add_argument("--dtype", default="", help="float32, bfloat16 or float16 (default: float32 for a model, the trace's dtype)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights (default: 0)")
+    p.add_argument("--seqs", type=int, default=None, help="with --trace: use only the first N sequences")
+    p.add_argument("--profile", default=None, help="hardware profile: the cache must fit its GPU memory; "
+                                                  "with --trace --compare, the simulator prices this profile")
+    p.add_argument("--compare", action="store_true", help="compare with the all-resident model, or with the simulator")
+    p.add_argument("--poison", action="store_true", help="fill evicted slots with NaN (a check that no slot is reused early)")
+    p.add_argument("--json", metavar="OUT", help="write the summary as JSON")
+
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads on the cpu (default: 1, for stable timings when cores are shared)")
+
+def _print(summary: dict) -> None:
+    def ms(x):
+        return "n/a" if x is None else f"{x * 1e3:.3f} ms"
+
+    print(f"{summary.get('model') or summary.get('trace')} on {summary['device']}: {summary['steps']} steps, "
+          f"{summary['tokens']} tokens, cache {summary['cache_capacity_experts']} experts")
+    print(f"  hits {summary['hits']}  late hits {summary['late_hits']}  misses {summary['misses']}  "
+          f"prefetches {summary['prefetches']} (wasted {summary['wasted_prefetches']})  "
+          f"moved {summary['bytes_moved'] / 1e6:.1f} MB")
+    print(f"  step latency mean {ms(summary['mean_step_latency_s'])}  p50 {ms(summary['p50_step_latency_s'])}  "
+          f"p95 {ms(summary['p95_step_latency_s'])}  tokens/s {summary['tokens_per_s'] or 0:.1f}  "
+          f"stall share {summary['stall_share']:.1%}")
+    cmp = summary.get("compare")
+    if cmp and "identical_tokens" in cmp:
+        print(f"  vs all-resident: identical tokens {cmp['identical_tokens']}, token agreement "
+              f"{cmp['generated_token_agreement']:.1%}, logits relative error {cmp['logits_relative_error']:.2e}, "
+              f"teacher-forced agreement {cmp['teacher_forced_token_agreement']:.1%}")
+    elif cmp:
+        print(f"  simulated: mean {ms(cmp['mean_step_latency_s'])} ({cmp['rel_error_mean']:+.1%})  "
+              f"p50 {ms(cmp['p50_step_latency_s'])}  p95 {ms(cmp['p95_step_latency_s'])}  "
+              f"hits+late {cmp['hits'] + cmp['late_hits']} vs {summary['hits'] + summary['late_hits']}, "
+              f"misses {cmp['misses']} vs {summary['misses']}")
+
+
+def _run(args) -> int:
+    import json
+
+    from pregate.executor.device import ExecutorError, check_device
+    from pregate.simulator.api import resolve_policies
+    from pregate.simulator.settings import Settings
+
+    check_device(args.device)
+    if args.batch_size < 1:
+        raise ExecutorError(f"--batch-size must be at least 1, got {args.batch_size}")
+    settings = Settings(speculation=args.speculation, cache_policy=args.cache_policy, cache=args.cache,
+                        per_layer=args.per_layer, buffering=args.buffering, compression=args.compression,
+                        batch_size=args.batch_size, dtype=args.dtype if args.trace else "",
+                        max_prefetch=args.max_prefetch, seed=args.seed,
+                        profile=args.profile or "rtx3090")
+    resolve_policies(settings)
+    profile = None
+    if args.profile:
+        from pregate.simulator.profile import load_profile
+
+        profile = load_profile(args.profile)
+    if args.trace:
+        summary = _run_trace(args, settings, profile)
+    else:
+        from pregate.executor.run import execute_model
+
+        memory = profile["gpu.memory"] if profile else None
+        result = execute_model(args.model, settings, random_init=args.random_init, device=args.device,
+                               dtype=args.dtype or "float32", seed=args.seed, source=args.input, limit=args.limit,
+                               max_new_tokens=args.max_new_tokens, poison=args.poison, compare=args.compare,
+                               memory=memory, memory_where=f"the GPU in profile {profile.name}" if profile else "")
+        summary = result.summary
+    summary["settings"] = settings.to_dict()
+    _print(summary)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(summary, fh, indent=2, default=float)
+            fh.write("\n")
+    return 0
+
+
+def _run_trace(args, settings, profile) -> dict:
+    from pregate.executor.run import TraceExecutor, check_fits
+    from pregate.executor.stats import ks_statistic
+    from pregate.simulator.api import Simulation
+    from pregate.traces import validate_trace
+
+    trace = validate_trace(args.trace)
+    ex = TraceExecutor(trace, args.device, settings.dtype, seed=args.seed, seqs=args.seqs)
+    settings = settings.replace(dtype=ex.dtype_name)
+    stream = ex.stream(settings.batch_size)
+    sim = Simulation(None, settings, profile=profile, stream=stream)
+    if profile is not None:
+        check_fits(profile["gpu.memory"], sim.costs.dense_bytes, ex.capacity(settings), ex.expert_bytes,
+                   f"the GPU in profile {profile.name}")
+    runtime = ex.run(settings, poison=args.poison)
+    summary = runtime.summary()
+    summary["trace"] = str(args.trace)
+    if args.compare:
+        result = sim.run(settings, bounds=False)
+        s = result.summary
+        simu = [st.latency_s for st in result.steps if st.decode] or [st.latency_s for st in result.steps]
+        mean = summary["mean_step_latency_s"]
+        summary["compare"] = {
+            "profile": sim.profile.name,
+            **{k: s[k] for k in ("hits", "late_hits", "misses", "prefetches", "bytes_moved", "mean_step_latency_s",
+                                 "p50_step_latency_s", "p95_step_latency_s", "tokens_per_s", "stall_share")},
+            "rel_error_mean": (s["mean_step_latency_s"] - mean) / mean if mean else None,
+            "ks": ks_statistic(runtime.step_latencies(), simu),
+        }
+    return summary
+
+
+def run(args) -> int:
+    from pregate.executor.device import check_device, cpu_threads
+
+    check_device(args.device)
+    with cpu_threads(args.device, args.threads):
+        return _run(args)

@@ -1,0 +1,116 @@
+"""The device the executor runs on: CUDA with a side stream and events, or the CPU.
+
+On CUDA, expert copies run on a side *copy stream* while the model runs on the
+*compute stream*; events order the two (see executor/README.md, "Slots,
+streams and events"). On the CPU the same code runs with every stream and
+event operation a no-op: copies are plain host copies that complete before
+the call returns, so nothing can overlap and nothing needs ordering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+from pregate.errors import PregateError
+
+DEVICES = ("cpu", "cuda")
+
+
+class ExecutorError(PregateError):
+    """Bad executor input (device, model, settings), explained in one line."""
+
+
+def check_device(name: str) -> str:
+    """The device name, refused in one line if unknown or absent."""
+    if name not in DEVICES:
+        raise ExecutorError(f"unknown device '{name}' (valid: {', '.join(DEVICES)})")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ExecutorError("--device cuda: no CUDA device is visible on this machine (use --device cpu)")
+    return name
+
+
+class Device:
+    """Streams, events and timing for one device; every operation is a no-op on the CPU."""
+
+    def __init__(self, name: str):
+        self.name = check_device(name)
+        self.cuda = self.name == "cuda"
+        self.torch = torch.device("cuda", torch.cuda.current_device()) if self.cuda else torch.device("cpu")
+        self.compute = torch.cuda.current_stream() if self.cuda else None
+        self.copy = torch.cuda.Stream() if self.cuda else None
+
+    # ---- events ---------------------------------------------------------------
+    def event(self, timing: bool = False):
+        return torch.cuda.Event(enable_timing=timing) if self.cuda else None
+
+    def record_compute(self, event) -> None:
+        if event is not None:
+            event.record(self.compute)
+
+    def record_copy(self, event) -> None:
+        if event is not None:
+            event.record(self.copy)
+
+    def compute_waits(self, event) -> None:
+        if event is not None:
+            self.compute.wait_event(event)
+
+    def copy_waits(self, event) -> None:
+        if event is not None:
+            self.copy.wait_event(event)
+
+    @staticmethod
+    def done(event) -> bool:
+        return event is None or event.query()
+
+    # ---- streams ----------------------------------------------------------------
+    def on_copy_stream(self):
+        return torch.cuda.stream(self.copy) if self.cuda else contextlib.nullcontext()
+
+    def sync_compute(self) -> None:
+        if self.cuda:
+            self.compute.synchronize()
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    # ---- description --------------------------------------------------------------
+    def description(self) -> str:
+        if self.cuda:
+            return torch.cuda.get_device_name(self.torch)
+        import platform
+
+        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+    def memory_bytes(self) -> int:
+        if self.cuda:
+            return int(torch.cuda.get_device_properties(self.torch).total_memory)
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+@contextlib.contextmanager
+def cpu_threads(device: str, threads: int | None):
+    """On the CPU, run with ``threads`` torch threads (default 1) and restore the count afterwards.
+
+    One thread keeps CPU measurements stable when other processes share the
+    cores: a parallel region whose threads are descheduled can take 100x longer.
+    """
+    if device != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads or 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,294 @@
+"""The offloading runtime: the simulator's cache mechanism and policies driving real slots.
+
+One :class:`OffloadRuntime` per run. At every MoE layer step the model (a
+Hugging Face model, the small MoE, or the trace-driven synthetic model) asks
+:meth:`OffloadRuntime.layer` for the experts it needs. The runtime asks the
+simulator's own :class:`~pregate.simulator.planner.Planner` (which drives the
+same :class:`~pregate.simulator.cache.ExpertCache` and the same registered
+speculation and caching policy objects as the simulator's replay and timed
+run) for the plan of that layer step, and carries it out: evictions free
+slots, demand misses and then prefetches are copied on the copy stream,
+and the experts come back in the planner's order (hits first, then misses,
+then experts computed on the host for ``cpu_compute``).
+
+Because the planner's decisions depend only on what is in the cache, not on
+whether a copy has landed yet, the executor makes exactly the decisions of
+the fast replay on the same request stream. Only the split of hits into hits
+and late hits (in flight when needed) depends on timing, and on the CPU,
+where copies complete synchronously, there are no late hits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from pregate.executor.device import Device, ExecutorError, now
+from pregate.executor.slots import SlotPool
+from pregate.executor.store import HostStore
+from pregate.simulator.cache import IN_FLIGHT, RESIDENT, ExpertCache
+from pregate.simulator.planner import Planner
+from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
+from pregate.simulator.settings import Settings
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ExecutorError(f"unknown dtype '{name}' (valid: {', '.join(DTYPES)})")
+    return DTYPES[name]
+
+
+def form_of(dtype_name: str, gpu_dtype: str) -> str:
+    """Host copy form for a compression dtype name: 'full' when it is the GPU dtype."""
+    return "full" if dtype_name == gpu_dtype or dtype_name in DTYPES else dtype_name
+
+
+@dataclass
+class Work:
+    """One expert of a layer step: where its weights are (``slot`` -1: on the host)."""
+
+    obj: int
+    tokens: int
+    slot: int
+
+
+@dataclass
+class StepStat:
+    """One forward pass as measured: latency and what the cache did in it."""
+
+    pass_index: int
+    decode: bool
+    tokens: int
+    latency_s: float
+    stall_s: float
+    hits: int = 0
+    late_hits: int = 0
+    misses: int = 0
+    prefetches: int = 0
+
+
+@dataclass
+class Decision:
+    """What the planner decided at one layer step (for comparing with the replay)."""
+
+    ls: int
+    hits: list[int] = field(default_factory=list)
+    misses: list[tuple[int, bool]] = field(default_factory=list)
+    prefetches: list[int] = field(default_factory=list)
+    evicted: list[int] = field(default_factory=list)
+
+
+def make_policies(settings: Settings, layout, capacity: int, planner_factory):
+    """Cache, speculation and planner exactly as the simulator builds them for ``settings``."""
+    spec_cls, cache_cls = SPECULATION.get(settings.speculation), CACHING.get(settings.cache_policy)
+    buffering = BUFFERING.get(settings.buffering)()
+    cache = ExpertCache(layout, capacity, lambda: cache_cls(layout=layout, seed=settings.seed),
+                        per_layer=settings.per_layer)
+    spec = spec_cls(layout=layout, seed=settings.seed)
+    planner = planner_factory(cache, spec, cpu_misses=buffering.cpu_misses, max_prefetch=settings.max_prefetch,
+                              future_for_cache=cache_cls.needs_future)
+    return cache, planner, buffering
+
+
+class OffloadRuntime:
+    """Slots on the device, experts on the host, decisions from the simulator's planner."""
+
+    def __init__(self, device: Device, store: HostStore, layout, settings: Settings, capacity: int,
+                 planner_factory, gpu_dtype: str, poison: bool = False, record: bool = False):
+        self.device = device
+        self.store = store
+        self.spec = store.spec
+        self.settings = settings
+        self.layout = layout
+        self.gpu_dtype = gpu_dtype
+        comp = COMPRESSION.get(settings.compression)()
+        self.demand_form = form_of(comp.demand_dtype(gpu_dtype), gpu_dtype)
+        self.prefetch_form = form_of(comp.prefetch_dtype(gpu_dtype), gpu_dtype)
+        for form in {self.demand_form, self.prefetch_form} - {"full"}:
+            store.add_form(form)
+        self.cache, self.planner, self.buffering = make_policies(settings, layout, capacity, planner_factory)
+        self.resident = self.buffering.all_resident
+        n_slots = layout.n_objects if self.resident else capacity
+        self.pool = SlotPool(device, store, n_slots, torch_dtype(gpu_dtype), poison=poison)
+        if self.resident:
+            self.pool.load_all()
+        self.cache.evict_listener = self._evicted
+        self.record = record
+        self.decisions: list[Decision] = []
+        self._current: Decision | None = None
+        self._views: dict[int, dict[str, torch.Tensor]] = {}
+        self.steps: list[StepStat] = []
+        self._pass: StepStat | None = None
+        self._stall_events: list = []
+        self._pass_start = 0.0
+        self._copy_start = 0.0
+        self.late_hits = 0
+        self.requests = 0
+        self._finished = False
+
+    # ---- planner callbacks ---------------------------------------------------------
+    def _evicted(self, obj: int) -> None:
+        self.pool.release(obj)
+        if self._current is not None:
+            self._current.evicted.append(obj)
+
+    # ---- one layer step -------------------------------------------------------------
+    def layer(self, ls: int) -> list[Work]:
+        """Plan layer step ``ls``, start its copies, and return its experts in compute order."""
+        pool = self.pool
+        pool.begin_layer()
+        stat = self._pass
+        planner = self.planner
+        if self.resident:
+            lo, hi = planner.req_start[ls], planner.req_start[ls + 1]
+            self.requests += hi - lo
+            if stat is not None:
+                stat.hits += hi - lo
+            slot_of = pool.slot_of
+            return [Work(planner.req_obj[i], planner.req_tokens[i], slot_of[planner.req_obj[i]]) for i in range(lo, hi)]
+        if self.record:
+            self._current = Decision(ls)
+        plan = planner.plan(ls)
+        works: list[Work] = []
+        late = 0
+        for obj, tokens in plan.hits:
+            slot = pool.slot_of[obj]
+            if not pool.landed(slot):
+                late += 1
+            works.append(Work(obj, tokens, slot))
+        for obj, tokens, cached in plan.misses:
+            slot = pool.assign(obj) if cached else pool.take_bypass()
+            pool.load(obj, slot, self.demand_form)
+            works.append(Work(obj, tokens, slot))
+        for obj, tokens in plan.cpu:
+            works.append(Work(obj, tokens, -1))
+        for obj in plan.prefetches:
+            pool.load(obj, pool.assign(obj), self.prefetch_form)
+        self.late_hits += late
+        self.requests += len(works)
+        if stat is not None:
+            stat.hits += len(plan.hits) - late
+            stat.late_hits += late
+            stat.misses += len(plan.misses) + len(plan.cpu)
+            stat.prefetches += len(plan.prefetches)
+        if self.record:
+            d = self._current
+            d.hits = [o for o, _ in plan.hits]
+            d.misses = [(o, c) for o, _, c in plan.misses] + [(o, False) for o, _ in plan.cpu]
+            d.prefetches = list(plan.prefetches)
+            self.decisions.append(d)
+            self._current = None
+        if not self.device.cuda:
+            state = self.cache.state
+            for obj in plan.prefetches:
+                state[obj] = RESIDENT
+            for obj, _, cached in plan.misses:
+                if cached:
+                    state[obj] = RESIDENT
+        return works
+
+    def weights(self, work: Work) -> dict[str, torch.Tensor]:
+        """The expert's weights, with the compute stream ordered after their copy."""
+        if work.slot < 0:
+            return self.spec.views(self.store.full[work.obj])
+        buffer = self.pool.acquire(work.slot, self._stall_events)
+        views = self._views.get(work.slot)
+        if views is None or views["__buffer__"] is not buffer:
+            views = dict(self.spec.views(buffer))
+            views["__buffer__"] = buffer
+            self._views[work.slot] = views
+        return views
+
+    def compute(self, work: Work, x: torch.Tensor) -> torch.Tensor:
+        """Apply the expert to ``x``; host-resident experts (cpu_compute) run on the host."""
+        if work.slot < 0:
+            y = self.spec.compute(x.to("cpu"), self.spec.views(self.store.full[work.obj]))
+            return y.to(x.device)
+        y = self.spec.compute(x, self.weights(work))
+        self.pool.release_use(work.slot)
+        return y
+
+    # ---- passes ----------------------------------------------------------------------
+    def begin_pass(self, pass_index: int, decode: bool, tokens: int) -> None:
+        self._pass = StepStat(pass_index, decode, tokens, 0.0, 0.0)
+        self._stall_events = []
+        self._copy_start = self.pool.copy_seconds
+        self._pass_start = now()
+
+    def end_pass(self) -> StepStat:
+        self.device.sync_compute()
+        stat = self._pass
+        stat.latency_s = now() - self._pass_start
+        if self.device.cuda:
+            stat.stall_s = sum(a.elapsed_time(b) for a, b in self._stall_events) / 1e3
+            state = self.cache.state
+            for obj, slot in self.pool.slot_of.items():
+                if state.get(obj) == IN_FLIGHT and self.pool.landed(slot):
+                    self.cache.landed(obj)
+        else:
+            stat.stall_s = self.pool.copy_seconds - self._copy_start
+        self.steps.append(stat)
+        self._pass = None
+        return stat
+
+    # ---- results -------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """The run's figures under the simulator's keys for the same quantities."""
+        if not self._finished and not self.resident:
+            self.cache.finish()
+            self._finished = True
+        c = self.cache.counts
+        decode = [s for s in self.steps if s.decode] or self.steps
+        lat = np.array([s.latency_s for s in decode]) if decode else np.zeros(1)
+        tokens = int(sum(s.tokens for s in decode))
+        decode_s = float(lat.sum())
+        total_s = float(sum(s.latency_s for s in self.steps))
+        stall_s = float(sum(s.stall_s for s in self.steps))
+        total_hits = self.requests if self.resident else c.hits
+        return {
+            "device": self.device.description(),
+            "requests": self.requests,
+            "tokens": tokens,
+            "steps": len(decode),
+            "prefill_passes": sum(1 for s in self.steps if not s.decode),
+            "cache_capacity_experts": self.pool.n_slots,
+            "hits": total_hits - self.late_hits,
+            "late_hits": self.late_hits,
+            "misses": 0 if self.resident else c.misses,
+            "bypasses": 0 if self.resident else c.bypasses,
+            "prefetches": 0 if self.resident else c.prefetches,
+            "prefetch_hits": 0 if self.resident else c.prefetch_hits,
+            "wasted_prefetches": 0 if self.resident else c.wasted_prefetches,
+            "evictions": 0 if self.resident else c.evictions,
+            "bytes_moved": int(self.pool.bytes_moved),
+            "total_s": total_s,
+            "decode_s": decode_s,
+            "mean_step_latency_s": float(lat.mean()),
+            "p50_step_latency_s": float(np.percentile(lat, 50)),
+            "p95_step_latency_s": float(np.percentile(lat, 95)),
+            "tokens_per_s": tokens / decode_s if decode_s > 0 else None,
+            "stall_s": stall_s,
+            "stall_share": stall_s / total_s if total_s else 0.0,
+            "peak_gpu_bytes_experts": int((self.pool.n_slots + len(self.pool.bypass)) * self.pool.numel
+                                          * self.pool.dtype.itemsize),
+        }
+
+    def step_latencies(self, decode_only: bool = True) -> list[float]:
+        steps = [s for s in self.steps if s.decode] if decode_only else self.steps
+        return [s.latency_s for s in (steps or self.steps)]
+
+    def decision_dicts(self) -> list[dict]:
+        return [asdict(d) for d in self.decisions]
+
+
+def trace_planner_factory(stream):
+    """Planner over a trace's request stream (the simulator's own class)."""
+
+    def factory(cache, spec, **kw):
+        return Planner(stream, cache, spec, **kw)
+
+    return factory

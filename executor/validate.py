@@ -1,0 +1,234 @@
+"""``pregate validate``: the executor and the simulator on the same traces, point by point.
+
+For every trace, batch size, speculation + caching pair and cache size, the
+trace-driven synthetic model runs on the device (measured) and the SimPy
+timed run prices the same request stream with the given profile (simulated).
+Both use the same planner, cache mechanism and policy objects, so their hit
+and miss counts agree (``counts_agree``: the replay's hits = measured hits +
+late hits); what is compared is time.
+
+Per point: mean, P50 and P95 decode-step latency, measured and simulated,
+their relative errors ``(simulated - measured) / measured``, and the two-sample
+KS statistic between the per-step latency distributions. Overall: the median
+and P95 of the absolute relative error of the mean, and Kendall's tau between
+the rankings of the points by measured and by simulated mean latency. Each
+batch size also gets an all-resident run (the executor with every expert on
+the device), and the best offloaded point's ratio to it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pregate.executor.device import ExecutorError
+from pregate.executor.run import TraceExecutor, check_fits
+from pregate.executor.stats import kendall_tau, ks_statistic, latency_stats
+from pregate.simulator.api import Simulation
+from pregate.simulator.policies import CACHING, SPECULATION
+from pregate.simulator.profile import load_profile
+from pregate.simulator.settings import Settings
+
+DEFAULT_POLICIES = ["none+lru", "layer_minus_1+lru", "none+lfu", "multi_layer+least-stale"]
+QUICK_POLICIES = ["none+lru", "layer_minus_1+lru"]
+NO_AHEAD_FALLBACK = {"layer_minus_1": "transition", "multi_layer": "eam", "adaptive": "transition"}
+
+
+def parse_policies(text: str | list[str]) -> list[tuple[str, str]]:
+    items = text.split(",") if isinstance(text, str) else text
+    out = []
+    for item in items:
+        if "+" not in item:
+            raise ExecutorError(f"policy pair '{item}' is not SPECULATION+CACHING (e.g. layer_minus_1+lru)")
+        spec, cache = item.strip().split("+", 1)
+        SPECULATION.get(spec)
+        CACHING.get(cache)
+        out.append((spec, cache))
+    return out
+
+
+def _rel(sim: float, meas: float) -> float:
+    return (sim - meas) / meas if meas else float("nan")
+
+
+def validate(traces: list[str], profile_path: str, device: str = "cpu", *, policies=None, caches=None,
+             batch_sizes=None, dtype: str = "", groups: int | None = None, warmup: int | None = None,
+             quick: bool = False, log=print) -> dict:
+    profile = load_profile(profile_path)
+    policies = parse_policies(policies or (QUICK_POLICIES if quick else DEFAULT_POLICIES))
+    caches = caches or (["50%"] if quick else ["25%", "50%"])
+    batch_sizes = batch_sizes or ([1] if quick else [1, 16])
+    if groups is None and quick:
+        groups = 2
+    points, residents = [], []
+    for trace in traces:
+        ex = TraceExecutor(trace, device, dtype)
+        name = Path(str(trace)).name
+        pairs = policies
+        if not ex.meta.ahead_distance and any(s in NO_AHEAD_FALLBACK for s, _ in policies):
+            pairs = [(NO_AHEAD_FALLBACK.get(s, s), c) for s, c in policies]
+            log(f"{name}: no 'ahead' column; speculation that reads it replaced by "
+                f"{', '.join(sorted({NO_AHEAD_FALLBACK[s] for s, _ in policies if s in NO_AHEAD_FALLBACK}))}")
+        pairs = list(dict.fromkeys(pairs))
+        for batch in batch_sizes:
+            stream = ex.stream(batch, groups)
+            base = Settings(profile=str(profile_path), batch_size=batch, dtype=ex.dtype_name)
+            sim = Simulation(None, base, profile=profile, stream=stream)
+            for cache in caches:  # refuse before measuring anything
+                st = base.replace(cache=cache)
+                check_fits(profile["gpu.memory"], sim.costs.dense_bytes, ex.capacity(st, groups),
+                           ex.expert_bytes, f"the GPU in profile {profile.name}")
+            res_settings = base.replace(buffering="resident")
+            rt = ex.run(res_settings, warmup=warmup, groups=groups)
+            simulated = sim.run(res_settings, bounds=False)
+            residents.append(_point(name, res_settings, rt, simulated, ex.capacity(res_settings, groups)))
+            log(_line(residents[-1]))
+            for spec, cache_policy in pairs:
+                for cache in caches:
+                    st = base.replace(speculation=spec, cache_policy=cache_policy, cache=cache)
+                    rt = ex.run(st, warmup=warmup, groups=groups)
+                    simulated = sim.run(st, bounds=False)
+                    replay = sim.replay(st, fast=False)
+                    point = _point(name, st, rt, simulated, ex.capacity(st, groups))
+                    m = rt.summary()
+                    point["counts_agree"] = bool(replay.hits == m["hits"] + m["late_hits"]
+                                                 and replay.misses == m["misses"]
+                                                 and replay.prefetches == m["prefetches"])
+                    points.append(point)
+                    log(_line(point))
+    return summarise(points, residents, profile, device, batch_sizes)
+
+
+def _point(trace: str, st: Settings, rt, simulated, capacity: int) -> dict:
+    meas = rt.step_latencies()
+    steps = [s for s in simulated.steps if s.decode] or simulated.steps
+    simu = [s.latency_s for s in steps]
+    m, s = latency_stats(meas), latency_stats(simu)
+    summary = rt.summary()
+    return {
+        "trace": trace, "batch_size": st.batch_size, "speculation": st.speculation, "cache_policy": st.cache_policy,
+        "cache": st.cache if st.buffering != "resident" else "resident", "cache_experts": capacity,
+        "steps": len(meas),
+        "measured_mean_s": m["mean"], "measured_p50_s": m["p50"], "measured_p95_s": m["p95"],
+        "simulated_mean_s": s["mean"], "simulated_p50_s": s["p50"], "simulated_p95_s": s["p95"],
+        "rel_error_mean": _rel(s["mean"], m["mean"]), "rel_error_p50": _rel(s["p50"], m["p50"]),
+        "rel_error_p95": _rel(s["p95"], m["p95"]), "ks": ks_statistic(meas, simu),
+        "measured_hits": summary["hits"], "measured_late_hits": summary["late_hits"],
+        "measured_misses": summary["misses"], "measured_prefetches": summary["prefetches"],
+        "simulated_hits": simulated.summary["hits"], "simulated_late_hits": simulated.summary["late_hits"],
+        "simulated_misses": simulated.summary["misses"],
+        "measured_stall_share": summary["stall_share"], "simulated_stall_share": simulated.summary["stall_share"],
+        "bytes_moved": summary["bytes_moved"],
+    }
+
+
+def _line(p: dict) -> str:
+    return (f"{p['trace']} b{p['batch_size']} {p['speculation']}+{p['cache_policy']} cache {p['cache']}: "
+            f"measured {p['measured_mean_s'] * 1e3:.3f} ms, simulated {p['simulated_mean_s'] * 1e3:.3f} ms "
+            f"({p['rel_error_mean']:+.1%}), KS {p['ks']:.2f}")
+
+
+def summarise(points: list[dict], residents: list[dict], profile, device: str, batch_sizes) -> dict:
+    errors = np.abs([p["rel_error_mean"] for p in points]) if points else np.zeros(0)
+    summary = {
+        "points": len(points),
+        "median_abs_error": float(np.median(errors)) if len(errors) else None,
+        "p95_abs_error": float(np.percentile(errors, 95)) if len(errors) else None,
+        "kendall_tau": kendall_tau([p["measured_mean_s"] for p in points], [p["simulated_mean_s"] for p in points]),
+        "counts_agree": all(p.get("counts_agree", True) for p in points),
+    }
+    by_trace: dict = {}
+    for p in points:
+        by_trace.setdefault((p["trace"], p["batch_size"]), []).append(p)
+    taus = {f"{t}/b{b}": kendall_tau([p["measured_mean_s"] for p in ps], [p["simulated_mean_s"] for p in ps])
+            for (t, b), ps in by_trace.items()}
+    summary["kendall_tau_by_trace_and_batch"] = taus
+    for batch in batch_sizes:
+        ratios = []
+        for r in residents:
+            if r["batch_size"] != batch:
+                continue
+            ps = [p for p in points if p["trace"] == r["trace"] and p["batch_size"] == batch]
+            half = [p for p in ps if p["cache"] == "50%"] or ps
+            if half and r["measured_mean_s"]:
+                ratios.append(min(p["measured_mean_s"] for p in half) / r["measured_mean_s"])
+        summary[f"best_offload_vs_resident_ratio_b{batch}"] = max(ratios) if ratios else None
+    return {"summary": summary, "device": device, "profile": profile.name, "profile_path": profile.path,
+            "points": points, "resident": residents}
+
+
+def write_outputs(result: dict, out: str | Path) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "validation.json", out / "points.csv"]
+    files[0].write_text(json.dumps(result, indent=2, default=float) + "\n")
+    rows = result["points"] + result["resident"]
+    if rows:
+        with files[1].open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()) + ["counts_agree"] * ("counts_agree" not in rows[0]),
+                                    extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    png = out / "scatter.png"
+    if scatter_plot(result, png):
+        files.append(png)
+    return files
+
+
+def scatter_plot(result: dict, path: Path) -> bool:
+    """Simulated vs measured mean step latency, one point per setting; False without matplotlib."""
+    points = result["points"] + result["resident"]
+    if not points:
+        return False
+    try:  # the analysis part's plot, when it is there
+        import polars as pl
+
+        from pregate.analysis.plots import plot_sim_vs_measured, png
+
+        pairs = pl.DataFrame({
+            "measured_s": [p["measured_mean_s"] for p in points],
+            "simulated_s": [p["simulated_mean_s"] for p in points],
+            "label": [f"{p['trace']} b{p['batch_size']} "
+                      + ("resident" if p["cache"] == "resident" else f"{p['speculation']}+{p['cache_policy']} {p['cache']}")
+                      for p in points],
+        })
+        path.write_bytes(png(plot_sim_vs_measured(pairs)))
+        return True
+    except ImportError:
+        pass
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    batches = sorted({p["batch_size"] for p in points})
+    for b in batches:
+        ps = [p for p in points if p["batch_size"] == b]
+        ax.scatter([p["measured_mean_s"] * 1e3 for p in ps], [p["simulated_mean_s"] * 1e3 for p in ps],
+                   label=f"batch {b}", s=18)
+    values = [v * 1e3 for p in points for v in (p["measured_mean_s"], p["simulated_mean_s"])]
+    lo, hi = min(values) * 0.8, max(values) * 1.25
+    grid = np.geomspace(lo, hi, 50)
+    ax.plot(grid, grid, "k-", lw=0.8, label="simulated = measured")
+    ax.fill_between(grid, grid * 0.85, grid * 1.15, color="grey", alpha=0.15, label="+-15%")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured mean step latency (ms)")
+    ax.set_ylabel("simulated mean step latency (ms)")
+    s = result["summary"]
+    tau = s.get("kendall_tau")
+    ax.set_title(f"{result['device']} / {result['profile']}: median |err| "
+                 f"{(s.get('median_abs_error') or 0):.1%}, tau {tau if tau is None else round(tau, 2)}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

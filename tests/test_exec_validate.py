@@ -1,0 +1,171 @@
+"""Executor vs simulator: same decisions on a trace; calibrate and validate end to end; bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pregate.cli import main
+from pregate.executor.run import TraceExecutor
+from pregate.executor.shapes import make_shape_trace
+from pregate.simulator.api import Simulation
+from pregate.simulator.replay import replay_general
+from pregate.simulator.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory):
+    return make_shape_trace(tmp_path_factory.mktemp("exec") / "tiny", "tiny", seqs=4, prompt_len=4, new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def executor(trace):
+    return TraceExecutor(trace, "cpu")
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory, trace):
+    path = tmp_path_factory.mktemp("cal") / "cpu.toml"
+    assert main(["calibrate", "--device", "cpu", "--quick", "-o", str(path), "--trace", str(trace)]) == 0
+    return path
+
+
+def _replay_decisions(executor, settings):
+    """The simulator's own parts, walked by its fast replay, with every decision logged."""
+    sim = Simulation(None, settings, stream=executor.stream(settings.batch_size))
+    cache, planner, _, _ = sim._parts(settings)
+    log, evicted = [], []
+    cache.evict_listener = evicted.append
+    plan_one = planner.plan
+
+    def plan(ls):
+        p = plan_one(ls)
+        log.append((ls, [o for o, _ in p.hits], [(o, c) for o, _, c in p.misses] + [(o, False) for o, _ in p.cpu],
+                    list(p.prefetches), list(evicted)))
+        evicted.clear()
+        return p
+
+    planner.plan = plan
+    counts = replay_general(sim.stream, cache, planner, 1, 1)
+    return log, counts
+
+
+@pytest.mark.parametrize("settings", [
+    Settings(cache="25%"),
+    Settings(cache="8", speculation="layer_minus_1", batch_size=2),
+    Settings(cache="6", speculation="multi_layer", cache_policy="lfu", per_layer=True),
+    Settings(cache="5", speculation="eam", cache_policy="least-stale", compression="int4", batch_size=2),
+    Settings(cache="10", speculation="oracle", cache_policy="belady"),
+    Settings(cache="5", speculation="transition", buffering="cpu_compute"),
+    Settings(cache="7", speculation="adaptive", cache_policy="pinned-hot", compression="low-precision-on-miss"),
+], ids=lambda s: f"{s.speculation}-{s.cache_policy}-{s.cache}-b{s.batch_size}")
+def test_executor_makes_the_replays_decisions(executor, settings):
+    runtime = executor.run(settings, record=True, poison=True, warmup=0)
+    mine = [(d.ls, d.hits, d.misses, d.prefetches, d.evicted) for d in runtime.decisions]
+    log, counts = _replay_decisions(executor, settings)
+    assert mine == log
+    s = runtime.summary()
+    # no clock in the replay: its hits are the executor's hits plus late hits (none on the cpu)
+    assert (s["hits"] + s["late_hits"], s["misses"], s["prefetches"], s["evictions"], s["wasted_prefetches"]) == \
+        (counts.hits, counts.misses, counts.prefetches, counts.evictions, counts.wasted_prefetches)
+    # and the simulator's public replay agrees
+    public = Simulation(None, settings, stream=executor.stream(settings.batch_size)).replay(settings, fast=False)
+    assert (public.hits, public.misses) == (counts.hits, counts.misses)
+
+
+def test_quantisation_round_trip():
+    from pregate.executor import quant
+    from pregate.tracer.adapters.base import bytes_per_dtype
+
+    w = torch.randn(64 * 40)
+    for form, tol in (("int8", 0.01), ("int4", 0.2)):
+        buf = quant.quantize(w, form)
+        assert buf.numel() == quant.packed_nbytes(w.numel(), form) == bytes_per_dtype(w.numel())[form]
+        out = torch.empty_like(w)
+        quant.dequantize_into(buf, out, form)
+        assert float((out - w).norm() / w.norm()) < tol
+
+
+def test_stats():
+    from pregate.executor.stats import kendall_tau, ks_statistic
+
+    assert ks_statistic([1, 2, 3], [1, 2, 3]) == 0
+    assert ks_statistic([1, 2], [5, 6]) == 1
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+    assert kendall_tau([1, 2, 3], [1, 1, 2]) == pytest.approx(2 / np.sqrt(6))  # tau-b with a tie
+
+
+def test_calibrate_writes_a_profile_the_simulator_loads(profile):
+    from pregate.simulator.profile import load_profile
+
+    p = load_profile(profile)
+    assert p.expert_table(64, 128) is not None
+    assert "torch" in p.description and p["pcie.copy_engines"] == 1
+    text = profile.read_text()
+    assert "measured by pregate calibrate on" in text
+    details = json.loads(profile.with_suffix(".calibration.json").read_text())
+    assert details["environment"]["torch"] == torch.__version__
+
+
+def test_validate_quick_end_to_end(trace, profile, tmp_path):
+    out = tmp_path / "v"
+    assert main(["validate", str(trace), "--profile", str(profile), "--device", "cpu", "--quick", "-o", str(out)]) == 0
+    result = json.loads((out / "validation.json").read_text())
+    s = result["summary"]
+    assert s["points"] == 2 and s["counts_agree"]
+    for key in ("median_abs_error", "p95_abs_error", "kendall_tau"):
+        assert key in s
+    point = result["points"][0]
+    for key in ("measured_mean_s", "simulated_p95_s", "rel_error_p50", "ks"):
+        assert point[key] is not None
+    assert (out / "points.csv").read_text().count("\n") == 3 + 1  # 2 points + 1 resident + header
+
+
+def test_execute_trace_json(trace, tmp_path):
+    out = tmp_path / "e.json"
+    assert main(["execute", "--trace", str(trace), "--device", "cpu", "--speculation", "layer_minus_1",
+                 "--cache-policy", "lru", "--cache", "50%", "--compare", "--json", str(out)]) == 0
+    s = json.loads(out.read_text())
+    for key in ("tokens", "steps", "hits", "late_hits", "misses", "bytes_moved", "mean_step_latency_s",
+                "p50_step_latency_s", "p95_step_latency_s", "tokens_per_s", "stall_share"):
+        assert key in s
+    assert s["compare"]["hits"] + s["compare"]["late_hits"] == s["hits"] + s["late_hits"]
+
+
+def test_execute_model_json(tmp_path):
+    out = tmp_path / "m.json"
+    assert main(["execute", "--model", "tiny-mixtral", "--random-init", "--device", "cpu", "--cache", "4",
+                 "--max-new-tokens", "3", "--limit", "1", "--json", str(out)]) == 0
+    s = json.loads(out.read_text())
+    assert len(s["generated"]) == 1 and len(s["generated"][0]) == 3
+
+
+def _one_line_error(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    return err
+
+
+def test_bad_input_is_refused_in_one_line(capsys, trace, profile, tmp_path):
+    err = _one_line_error(capsys, ["execute", "--trace", str(trace), "--device", "tpu"])
+    assert "unknown device 'tpu'" in err
+    _one_line_error(capsys, ["calibrate", "--device", "gpu", "-o", str(tmp_path / "x.toml")])
+    bad = tmp_path / "bad.toml"
+    bad.write_text(profile.read_text().replace('unit = "B/s"', 'unit = "GB/s"', 1))
+    err = _one_line_error(capsys, ["validate", str(trace), "--profile", str(bad), "--device", "cpu", "--quick"])
+    assert "unit" in err
+    small = tmp_path / "small.toml"
+    text = profile.read_text()
+    line = next(l for l in text.splitlines() if l.startswith("memory = "))
+    small.write_text(text.replace(line, line.split("value = ")[0] + 'value = 1000, unit = "B", source = "test" }'))
+    err = _one_line_error(capsys, ["validate", str(trace), "--profile", str(small), "--device", "cpu", "--quick"])
+    assert "more than" in err
+    err = _one_line_error(capsys, ["execute", "--trace", str(trace), "--device", "cpu", "--cache", "100%",
+                                   "--profile", str(small)])
+    assert "more than" in err
+    _one_line_error(capsys, ["execute", "--trace", str(trace), "--device", "cpu", "--speculation", "psychic"])
