@@ -371,24 +371,13 @@ def run_point(trace_path: str, trace_id: str, settings: Settings, profile) -> di
     The two bound runs depend on fewer settings than the point itself, so they
     are memoised per worker and shared by the points that have the same bounds.
     """
+    from pregate.simulator.api import add_bounds, bound_settings
+
     group, sim = _simulation(trace_path, trace_id, settings, profile)
     outcome, cache = sim.timed(settings)
     summary = sim.summarise(settings, outcome, cache)
-    # The all-resident run never touches the cache, the planner or a copy: it
-    # depends only on the prepared stream and costs.
-    resident = settings.replace(buffering="resident", speculation="none", cache_policy="lru", cache="100%",
-                                per_layer=False, compression="none", max_prefetch=0, copy_engines=0, seed=0)
-    oracle = settings.replace(speculation="oracle", cache_policy="belady",
-                              buffering="cache" if settings.buffering != "resident" else "resident")
-    r_mean, o_mean = _bound_mean(group, sim, resident), _bound_mean(group, sim, oracle)
-    mean = summary["mean_step_latency_s"]
-    summary.update(
-        bound_resident_mean_step_latency_s=r_mean,
-        bound_oracle_mean_step_latency_s=o_mean,
-        ratio_to_resident=mean / r_mean if r_mean else None,
-        ratio_to_oracle=mean / o_mean if o_mean else None,
-    )
-    return summary
+    resident, oracle = bound_settings(settings)
+    return add_bounds(summary, _bound_mean(group, sim, resident), _bound_mean(group, sim, oracle))
 
 
 def point_row(point: Point, summary: dict) -> dict:

@@ -28,13 +28,6 @@ def test_expert_sizes():
     assert known_model("switch-large-128").stacks == {"encoder": 12, "decoder": 12}
 
 
-def test_same_formula_as_the_tracer():
-    from pregate.tracer.adapters.base import bytes_per_dtype as tracer_bytes
-
-    for params in (1, 63, 64, 4_718_592, 3 * 4096 * 14336):
-        assert bytes_per_dtype(params) == tracer_bytes(params)
-
-
 def test_known_shapes_agree_with_the_tracer_variants():
     from pregate.tracer.adapters import all_adapters
 

@@ -54,6 +54,22 @@ def arrow_schema() -> pa.Schema:
 COLUMNS = tuple(arrow_schema().names)
 
 
+def bytes_per_dtype(params: int) -> dict[str, int]:
+    """``bytes_per_expert`` of the metadata: one expert of ``params`` weights in each storage dtype.
+
+    int4 packs two weights a byte; the group-quantised formats add one fp16
+    scale per 64 weights (the executor's host copies have exactly these sizes).
+    """
+    scales = (params // 64) * 2
+    return {
+        "float32": params * 4,
+        "bfloat16": params * 2,
+        "float16": params * 2,
+        "int8": params + scales,
+        "int4": params // 2 + scales,
+    }
+
+
 @dataclass
 class StackMeta:
     """One stack of the model (encoder or decoder) as the trace sees it."""

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from pregate.errors import PregateError
+from pregate.traces.schema import bytes_per_dtype
 
 _ADAPTERS: dict[str, type["ModelAdapter"]] = {}
 
@@ -186,16 +187,3 @@ class ModelAdapter:
 
     def capacity(self) -> dict[str, Any]:
         return {"kind": "none"}
-
-
-def bytes_per_dtype(params: int) -> dict[str, int]:
-    """Bytes of one expert in each storage dtype (int4 packs two weights a byte;
-    the group-quantised formats add one fp16 scale per 64 weights)."""
-    scales = (params // 64) * 2
-    return {
-        "float32": params * 4,
-        "bfloat16": params * 2,
-        "float16": params * 2,
-        "int8": params + scales,
-        "int4": params // 2 + scales,
-    }

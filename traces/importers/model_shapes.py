@@ -20,29 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from pregate.traces.errors import TraceError
-from pregate.traces.schema import STACKS
+from pregate.traces.schema import STACKS, bytes_per_dtype  # noqa: F401  (re-exported for importers)
 
 DTYPES = ("float32", "bfloat16", "float16", "int8", "int4")
 # Bytes per weight of the dense (non-expert) parameters, by storage dtype.
 _DENSE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "int4": 0.5}
-
-
-def bytes_per_dtype(params: int) -> dict[str, int]:
-    """Bytes of one expert of ``params`` weights in each storage dtype.
-
-    The same formula as ``bytes_per_dtype`` in tracer/adapters/base.py (kept in
-    step by hand, since this package may not import the tracer): int4 packs two
-    weights a byte and the group-quantised formats add one fp16 scale per 64
-    weights.
-    """
-    scales = (params // 64) * 2
-    return {
-        "float32": params * 4,
-        "bfloat16": params * 2,
-        "float16": params * 2,
-        "int8": params + scales,
-        "int4": params // 2 + scales,
-    }
 
 
 def is_gated(activation: str) -> bool:
