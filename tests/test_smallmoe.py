@@ -117,4 +117,18 @@ def test_training_refuses_a_used_folder_and_a_tiny_corpus(corpus, tmp_path, caps
     small.mkdir()
     (small / "a.txt").write_text("hello")
     assert main(["train", "--corpus", str(small), "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    assert "at least 10 files" in capsys.readouterr().err
+    assert "at least two readable" in capsys.readouterr().err
+
+
+def test_split_is_by_name_and_never_empty(tmp_path):
+    from pregate.tracer.smallmoe.corpus import read_corpus
+
+    for n in (2, 3, 7):
+        folder = tmp_path / f"c{n}"
+        folder.mkdir()
+        for i in range(n):
+            (folder / f"f{i}.txt").write_text(f"text {i}")
+        docs = read_corpus([folder])
+        held = [d.name for d in docs if d.held_out]
+        assert 1 <= len(held) < n
+        assert all(d.name.startswith(f"c{n}/") for d in docs)  # names do not depend on where the corpus lies

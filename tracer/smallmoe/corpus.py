@@ -22,12 +22,13 @@ HELD_OUT_EVERY = 10  # one file in ten (by name hash) is held out
 
 @dataclass
 class Document:
-    name: str
+    name: str  # a path relative to the corpus argument it came from: the same on every machine
     text: str
+    held_out: bool = False
 
-    @property
-    def held_out(self) -> bool:
-        return zlib.crc32(self.name.encode()) % HELD_OUT_EVERY == 0
+
+def _hash(name: str) -> int:
+    return zlib.crc32(name.encode())
 
 
 def default_corpus_paths() -> list[Path]:
@@ -36,35 +37,39 @@ def default_corpus_paths() -> list[Path]:
 
 
 def read_corpus(paths: list[str | Path] | None) -> list[Document]:
-    """Documents from files and folders (recursively, text files only), sorted by path."""
+    """Documents from files and folders (recursively, text files only), sorted by name.
+
+    One file in ten, by a hash of its name, is held out; a corpus where the
+    hash picks none holds out the file with the smallest hash, so any corpus of
+    two or more files has both parts.
+    """
+    named: list[tuple[str, Path]] = []
     if not paths:
-        files = default_corpus_paths()
-        root = files[0].parent if files else Path(".")
+        named = [(f.name, f) for f in default_corpus_paths()]
     else:
-        files = []
         for raw in paths:
             path = Path(raw)
             if path.is_dir():
-                files += [p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES]
+                named += [(f"{path.name}/{p.relative_to(path).as_posix()}", p)
+                          for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES]
             elif path.is_file():
-                files.append(path)
+                named.append((path.name, path))
             else:
                 raise PregateError(f"corpus path not found: {raw}")
-        files = sorted(set(files))
-        root = None
     docs = []
-    for file in files:
+    for name, file in sorted(dict(named).items()):
         try:
             text = file.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue  # binary or unreadable files are not text to learn from
         if text.strip():
-            name = file.name if root is not None else str(file)
-            docs.append(Document(name, text))
-    if not docs:
-        raise PregateError("the corpus holds no readable UTF-8 text files")
-    if not any(d.held_out for d in docs) or all(d.held_out for d in docs):
-        raise PregateError(f"the corpus needs at least {HELD_OUT_EVERY} files so that some are held out for validation")
+            docs.append(Document(name, text, _hash(name) % HELD_OUT_EVERY == 0))
+    if len(docs) < 2:
+        raise PregateError("the corpus needs at least two readable UTF-8 text files (one is held out for validation)")
+    if not any(d.held_out for d in docs):
+        min(docs, key=lambda d: _hash(d.name)).held_out = True
+    if all(d.held_out for d in docs):
+        max(docs, key=lambda d: _hash(d.name)).held_out = False
     return docs
 
 
