@@ -145,8 +145,47 @@ def _lru_fifo(objs, bounds, capacity, is_lru):
     return hits, n - hits, bypass, evictions, peak
 
 
+def _lfu_single(objs, capacity):
+    """``_lfu`` for one request per layer step (nothing to protect): the tightest loop.
+
+    A heap entry is current iff its stamp is the object's stamp (stamps are unique).
+    """
+    freq: dict[int, int] = {}
+    stamp: dict[int, int] = {}
+    heap: list[tuple[int, int, int]] = []
+    push, pop = heapq.heappush, heapq.heappop
+    hits = evictions = size = 0
+    limit = 8 * capacity + 64
+    for tick, obj in enumerate(objs, 1):
+        f = freq.get(obj)
+        if f is not None:
+            freq[obj] = f + 1
+            stamp[obj] = tick
+            push(heap, (f + 1, tick, obj))
+            hits += 1
+            continue
+        if size >= capacity:
+            while True:
+                _, t, cand = pop(heap)
+                if stamp.get(cand) == t:
+                    break
+            del freq[cand], stamp[cand]
+            evictions += 1
+        else:
+            size += 1
+        freq[obj] = 1
+        stamp[obj] = tick
+        push(heap, (1, tick, obj))
+        if len(heap) > limit:
+            heap = [(freq[o], stamp[o], o) for o in freq]
+            heapq.heapify(heap)
+    return hits, len(objs) - hits, 0, evictions, capacity if evictions else len(freq)
+
+
 def _lfu(objs, bounds, capacity):
     """LFU with LRU tie-break: a heap of (freq, stamp, obj) with lazy invalidation."""
+    if bounds is None:
+        return _lfu_single(objs, capacity)
     freq: dict[int, int] = {}
     stamp: dict[int, int] = {}
     heap: list[tuple[int, int, int]] = []
@@ -196,8 +235,41 @@ def _lfu(objs, bounds, capacity):
     return hits, n - hits, bypass, evictions, peak
 
 
+def _belady_single(objs, nexts, capacity):
+    """``_belady`` for one request per layer step (nothing to protect): the tightest loop."""
+    nxt: dict[int, int] = {}
+    heap: list[tuple[int, int]] = []
+    push, pop = heapq.heappush, heapq.heappop
+    get = nxt.get
+    hits = evictions = size = 0
+    limit = 8 * capacity + 64
+    for obj, n_i in zip(objs, nexts):
+        if obj in nxt:
+            nxt[obj] = n_i
+            push(heap, (-n_i, obj))
+            hits += 1
+            continue
+        if size >= capacity:
+            while True:
+                neg, cand = pop(heap)
+                if get(cand) == -neg:
+                    break
+            del nxt[cand]
+            evictions += 1
+        else:
+            size += 1
+        nxt[obj] = n_i
+        push(heap, (-n_i, obj))
+        if len(heap) > limit:
+            heap = [(-v, o) for o, v in nxt.items()]
+            heapq.heapify(heap)
+    return hits, len(objs) - hits, 0, evictions, capacity if evictions else len(nxt)
+
+
 def _belady(objs, nexts, bounds, capacity):
     """Belady's MIN: a max-heap on next use with lazy invalidation."""
+    if bounds is None:
+        return _belady_single(objs, nexts, capacity)
     nxt: dict[int, int] = {}
     heap: list[tuple[int, int]] = []
     push, pop = heapq.heappush, heapq.heappop
