@@ -22,7 +22,7 @@ examples:
 
 
 def add_arguments(p) -> None:
-    from pregate.tracer.smallmoe.train import TrainSettings
+    from pregate.tracer.smallmoe.settings import TrainSettings
 
     d = TrainSettings()
     p.add_argument("--preset", default=d.preset, help="model size: tiny or small-140m (default: tiny)")

@@ -1,5 +1,24 @@
-"""pregate's own small MoE model: the model, its tokenizer and corpus, and its trainer."""
+"""pregate's own small MoE model: the model, its tokenizer and corpus, and its trainer.
 
-from pregate.tracer.smallmoe.model import PRESETS, SmallMoEConfig, SmallMoEModel, is_small_moe_folder, load_small_moe
+Names are loaded on first use, so that the command line can read the training
+settings without importing torch.
+"""
 
-__all__ = ["PRESETS", "SmallMoEConfig", "SmallMoEModel", "is_small_moe_folder", "load_small_moe"]
+from importlib import import_module
+
+_EXPORTS = {
+    "PRESETS": "model",
+    "SmallMoEConfig": "model",
+    "SmallMoEModel": "model",
+    "is_small_moe_folder": "model",
+    "load_small_moe": "model",
+    "TrainSettings": "settings",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,30 +24,11 @@ import torch.nn.functional as F
 from pregate.errors import PregateError
 from pregate.tracer.smallmoe.corpus import heldout_prompts, read_corpus, train_tokenizer
 from pregate.tracer.smallmoe.model import PRESETS, SmallMoEModel
+from pregate.tracer.smallmoe.settings import TrainSettings
 
 CHECKPOINT = "checkpoint.pt"
 HELDOUT = "heldout.jsonl"  # prompts from held-out text, for tracing the trained model
 LOG = "train_log.json"
-
-
-@dataclass
-class TrainSettings:
-    preset: str = "tiny"
-    out: Path = Path("runs/pregate-moe-tiny")
-    corpus: list[str] = field(default_factory=list)  # empty: the default corpus
-    steps: int = 1200
-    batch_size: int = 16
-    seq_len: int = 128
-    lr: float = 3e-3
-    warmup: int = 50
-    weight_decay: float = 0.01
-    seed: int = 0
-    eval_every: int = 100
-    eval_windows: int = 64
-    checkpoint_every: int = 100
-    device: str = "cpu"
-    resume: bool = False
-    progress: bool = True
 
 
 def _encode(tokenizer, docs) -> np.ndarray:
