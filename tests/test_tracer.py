@@ -285,3 +285,13 @@ def test_bad_input_file(tmp_path, capsys):
     assert main(["trace", "--model", "tiny-mixtral", "--random-init", "--input", str(bad),
                  "--out", str(tmp_path / "o")]) == 2
     assert "p.jsonl:2: no string field 'text'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device,message", [("gpu", "unknown device 'gpu'"), ("cuda", "no CUDA device")])
+def test_bad_device_is_one_line(tmp_path, capsys, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert main(["trace", "--model", "tiny-mixtral", "--random-init", "--out", str(tmp_path / "o"),
+                 "--device", device]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

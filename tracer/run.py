@@ -264,6 +264,12 @@ def trace(settings: TraceSettings, loaded: LoadedModel | None = None) -> Path:
     """Record a trace as settings say; returns the trace folder."""
     if settings.batch_size < 1 or settings.max_new_tokens < 1:
         raise PregateError("--batch-size and --max-new-tokens must be at least 1")
+    try:
+        device = torch.device(settings.device)
+    except RuntimeError:
+        raise PregateError(f"unknown device '{settings.device}' (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PregateError("--device cuda asked for, but this torch sees no CUDA device; use --device cpu")
     prompts = read_prompts(settings.input, settings.text_field, settings.limit)
     if loaded is None:
         loaded = load_model(
