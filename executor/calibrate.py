@@ -136,9 +136,48 @@ def _spec(d: int, f: int, gated: bool) -> ExpertSpec:
     return gated_spec(d, f, torch.nn.functional.silu) if gated else switch_spec(d, f, torch.relu)
 
 
+DENSE_CONTEXTS = (64, 512)  # contexts per sequence at which dense blocks are timed (the cost is a line between)
+
+
+def dense_block_tables(meta, device: Device, dtype: str, counts: list[int], reps: int, timer, source: str) -> list:
+    """``dense_block_table`` at each of DENSE_CONTEXTS (fewer token counts at the long one)."""
+    return [dense_block_table(meta, device, dtype, counts if c == DENSE_CONTEXTS[0] else [t for t in counts if t <= 64],
+                              reps, timer, source, c) for c in DENSE_CONTEXTS]
+
+
+def dense_block_table(meta, device: Device, dtype: str, counts: list[int], reps: int, timer, source: str,
+                      context: int) -> dict:
+    """The executor's dense block for ``meta``'s shape, timed decoding ``T`` sequences at once.
+
+    The simulator looks the table up by d_model, dtype and the block's weight
+    count computed as its cost model does (dense bytes per layer / dtype size).
+    """
+    from pregate.executor.synthetic import SyntheticModel
+    from pregate.simulator.costs import DTYPE_BYTES
+
+    model = SyntheticModel(meta, device.torch, torch_dtype(dtype), max(counts), context)
+    seconds = []
+    for T in counts:
+        x = model.start(T)
+        seconds.append(timer.per_call(lambda: model.dense(0, x, True, context * T), reps) / model.blocks)
+    return {
+        "d_model": int(meta.d_model),
+        "block_params": int(round(meta.dense_bytes_per_layer / DTYPE_BYTES.get(meta.dtype, 4))),
+        "dtype": dtype,
+        "context": context,
+        "tokens": list(counts),
+        "seconds": list(np.maximum.accumulate(seconds)),  # more tokens never cost less
+        "source": f"{source}: the executor's dense block (attention over {context} tokens per sequence, "
+                  f"dense FFN of {model.ffn}), per block, back to back",
+    }
+
+
 def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = None, dtype: str = "",
-              log=print) -> tuple[str, dict]:
-    """Measure the device; returns the profile's TOML text and the details for the JSON."""
+              log=print, traces: list | None = None) -> tuple[str, dict]:
+    """Measure the device; returns the profile's TOML text and the details for the JSON.
+
+    ``traces`` (trace metadata) add a dense-block table for each trace's model shape.
+    """
     device = Device(device_name)
     dev = device.torch
     dtype = dtype or ("bfloat16" if device.cuda else "float32")
@@ -230,6 +269,12 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
     route_total = timer.per_call(lambda: model.route(0, x1), 20 if quick else 100)
     values["host.router_sync"] = (max(route_total - 3 * dispatch, 1e-7), "s",
                                   "router (matmul, softmax, top-k) with its read-back to the host, minus 3 dispatches")
+    dense_counts = [1, 4, 16, 64] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    dense_tables = dense_block_tables(meta, device, dtype, dense_counts, reps, timer, source)
+    for trace_meta in traces or []:
+        log(f"dense block of {trace_meta.model_id} (d_model {trace_meta.d_model}) by token count")
+        dense_tables += dense_block_tables(trace_meta, device, dtype, dense_counts, reps, timer, source)
+    details["dense_tables"] = dense_tables
     dense_table = {"d_model": d0, "blocks": blocks, "host_seconds_1_token": host_block}
     for T in ([1, 16] if small else [1, 16, 128]):
         x = model.start(T)
@@ -369,6 +414,18 @@ def render_profile(env: dict, values: dict, source: str, tables: list[dict], det
         lines.append(f"# copy/compute overlap: {overlap.get('note', 'n/a')}")
     for key, value in details.get("dense_block", {}).items():
         lines.append(f"# dense block {key} = {value:.6g}" if isinstance(value, float) else f"# dense block {key} = {value}")
+    for table in details.get("dense_tables", []):
+        lines += [
+            "",
+            "[[dense_table]]",
+            f"d_model = {table['d_model']}",
+            f"block_params = {table['block_params']}",
+            f"dtype = {_str(table['dtype'])}",
+            f"context = {table['context']}",
+            f"tokens = [{', '.join(str(t) for t in table['tokens'])}]",
+            f"seconds = [{', '.join(_num(s) for s in table['seconds'])}]",
+            f"source = {_str(table['source'])}",
+        ]
     for table in tables:
         lines += [
             "",

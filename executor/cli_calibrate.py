@@ -36,15 +36,17 @@ def _run(args) -> int:
     shapes = list(args.expert_shape)
     for text in shapes:
         parse_shape(text)
+    metas = []
     for trace in args.trace:
         from pregate.traces import open_trace
 
         meta = open_trace(trace).meta
+        metas.append(meta)
         act = (meta.activation or "").lower()
         shapes.append(f"{meta.d_model}x{meta.d_ff}" + (":gated" if "gated" in act or "glu" in act else ""))
     shapes = list(dict.fromkeys(shapes)) or None
     text, details = calibrate(args.device, quick=args.quick, shapes=shapes, dtype=args.dtype,
-                              log=lambda m: print(f"  {m}"))
+                              log=lambda m: print(f"  {m}"), traces=metas)
     path, side = write_profile(args.out, text, details)
     v = details["values"]
     print(f"wrote {path} (and {side.name}): pinned {v['pcie.pinned_bandwidth']['value'] / 1e9:.1f} GB/s, "

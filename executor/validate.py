@@ -77,6 +77,13 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
             stream = ex.stream(batch, groups)
             base = Settings(profile=str(profile_path), batch_size=batch, dtype=ex.dtype_name)
             sim = Simulation(None, base, profile=profile, stream=stream)
+            if batch == batch_sizes[0]:
+                missing = [what for what, used in (("expert", sim.costs.used_table), ("dense block", sim.costs.used_dense_table))
+                           if not used]
+                if missing:
+                    log(f"{name}: profile {profile.name} has no measured {' or '.join(missing)} time for this "
+                        f"model's shape ({ex.meta.d_model} wide, {ex.dtype_name}); the roofline prices it "
+                        f"(pregate calibrate --trace {trace} measures it)")
             for cache in caches:  # refuse before measuring anything
                 st = base.replace(cache=cache)
                 check_fits(profile["gpu.memory"], sim.costs.dense_bytes, ex.capacity(st, groups),

@@ -196,6 +196,7 @@ class Simulation:
             "peak_gpu_bytes": int(peak_bytes),
             "fits_gpu_memory": bool(peak_bytes <= self.profile["gpu.memory"]),
             "expert_table": self.costs.used_table or None,
+            "dense_table": self.costs.used_dense_table or None,
         }
 
 

@@ -13,9 +13,12 @@ Model (DESIGN.md "Simulator model"):
   launch gap per kernel; the host spends ``dispatch_per_kernel`` per kernel to
   issue it (at batch 1 on a fast GPU that, not the GPU, is the bound);
 * dense work per MoE layer step (attention, projections, norms, the non-MoE
-  blocks between MoE layers): roofline over the dense weights and the tokens,
-  plus attention over the context (``ctx`` = sum of context lengths), plus a
-  fixed number of kernels; then the router's result is read by the host;
+  blocks between MoE layers): a measured table (tokens -> seconds per block,
+  at a known context per sequence) when the profile has one for this block,
+  with attention beyond that context priced by the roofline; else the
+  roofline over the dense weights and the tokens, plus attention over the
+  context (``ctx`` = sum of context lengths), plus a fixed number of kernels;
+  then the router's result is read by the host;
 * a copy: ``copy_latency + bytes / bandwidth`` by host tier (pinned, pageable,
   NVMe staged through pinned memory) and by the dtype of the host copy;
 * dequantisation when the host copy is compressed: output bytes / rate;
@@ -43,6 +46,22 @@ EXPERT_KERNELS = {False: 5, True: 7}
 DENSE_KERNELS_PER_BLOCK = 20
 
 
+def interpolate(x, xs, ys) -> np.ndarray:
+    """Piecewise-linear through the measured points, extended linearly past the last two.
+
+    A measured table rarely reaches the largest token counts of a prefill; the
+    straight line through its last two points prices those instead of clamping.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    out = np.interp(x, xs, ys)
+    if len(xs) >= 2:
+        slope = max((ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), 0.0)
+        past = x > xs[-1]
+        out[past] = ys[-1] + slope * (x[past] - xs[-1])
+    return out
+
+
 @dataclass
 class CostTables:
     """Everything the engine needs, in seconds; index by layer step, token count or dtype."""
@@ -59,6 +78,7 @@ class CostTables:
     dequant: dict[str, float]  # dtype of the host copy -> GPU seconds to dequantise
     dense_bytes: int  # GPU bytes of all dense weights
     used_table: str = ""  # source of the measured expert table, if used
+    used_dense_table: str = ""  # source of the measured dense-block table, if used
 
 
 def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str = "",
@@ -81,7 +101,7 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
     table = profile.expert_table(meta.d_model, meta.d_ff)
     used = ""
     if table is not None:
-        expert_gpu = np.interp(n, table.tokens, table.seconds)
+        expert_gpu = interpolate(n, table.tokens, table.seconds)
         expert_host = 0.0  # a measured time already includes the host's part
         used = table.source
     else:
@@ -107,9 +127,31 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
     tokens = stream.ls_tokens.astype(np.float64)
     ctx = stream.ls_ctx.astype(np.float64)
     weights = np.maximum(2.0 * tokens * dense_params / peak, dense_bytes_gpu / hbm)
-    attention = np.maximum(4.0 * ctx * meta.d_model / peak, 2.0 * ctx * meta.d_model * DTYPE_BYTES[gpu_dtype] / hbm)
-    dense_gpu = blocks_per_layer * (weights + attention + DENSE_KERNELS_PER_BLOCK * launch)
-    dense_host = np.full(len(tokens), blocks_per_layer * DENSE_KERNELS_PER_BLOCK * dispatch)
+
+    def attention(context):
+        return np.maximum(4.0 * context * meta.d_model / peak, 2.0 * context * meta.d_model * DTYPE_BYTES[gpu_dtype] / hbm)
+
+    dense_tables = profile.dense_table(meta.d_model, dense_params, gpu_dtype)
+    used_dense = ""
+    if dense_tables:
+        # A measured time includes the host's dispatch. With tables at two contexts the
+        # cost per sequence's context is the line through them; with one, context
+        # beyond it costs the roofline's extra attention.
+        short = dense_tables[0]
+        measured = interpolate(tokens, short.tokens, short.seconds)
+        per_seq_ctx = ctx / np.maximum(tokens, 1.0)
+        if len(dense_tables) >= 2 and dense_tables[-1].context > short.context:
+            long = dense_tables[-1]
+            slope = (interpolate(tokens, long.tokens, long.seconds) - measured) / (long.context - short.context)
+            dense_one = np.maximum(measured + slope * (per_seq_ctx - short.context), 0.5 * measured)
+        else:
+            dense_one = measured + np.maximum(attention(ctx) - attention(tokens * short.context), 0.0)
+        dense_gpu = blocks_per_layer * dense_one
+        dense_host = np.zeros(len(tokens))
+        used_dense = "; ".join(dict.fromkeys(t.source for t in dense_tables))
+    else:
+        dense_gpu = blocks_per_layer * (weights + attention(ctx) + DENSE_KERNELS_PER_BLOCK * launch)
+        dense_host = np.full(len(tokens), blocks_per_layer * DENSE_KERNELS_PER_BLOCK * dispatch)
     # copies by dtype of the host copy
     latency = profile["pcie.copy_latency"]
     copy = {}
@@ -141,4 +183,5 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
         dequant=dequant,
         dense_bytes=int(dense_bytes_gpu * n_blocks_total),
         used_table=used,
+        used_dense_table=used_dense,
     )

@@ -53,8 +53,9 @@ FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
         "latency": ("s", False),
     },
 }
-TOP_LEVEL = {"schema", "name", "description", "cuda_names", "expert_table", *FIELDS}
+TOP_LEVEL = {"schema", "name", "description", "cuda_names", "expert_table", "dense_table", *FIELDS}
 TABLE_KEYS = {"d_model", "d_ff", "dtype", "tokens", "seconds", "source"}
+DENSE_TABLE_KEYS = {"d_model", "block_params", "dtype", "context", "tokens", "seconds", "source"}
 VALUE_KEYS = {"value", "unit", "source"}
 
 
@@ -71,6 +72,23 @@ class ExpertTable:
 
 
 @dataclass(frozen=True)
+class DenseTable:
+    """Measured time (seconds) of one dense transformer block by token count, decoding.
+
+    ``block_params`` is the block's weight count (attention and dense FFN);
+    each token is one sequence's query attending to ``context`` earlier tokens.
+    """
+
+    d_model: int
+    block_params: int
+    dtype: str
+    context: int
+    tokens: tuple[int, ...]
+    seconds: tuple[float, ...]
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     """One GPU with its host: the numbers the cost model needs, in SI units."""
 
@@ -81,6 +99,7 @@ class HardwareProfile:
     cuda_names: tuple[str, ...] = ()
     expert_tables: tuple[ExpertTable, ...] = ()
     path: str = ""
+    dense_tables: tuple[DenseTable, ...] = ()
 
     def __getitem__(self, key: str) -> float:
         return self.values[key]
@@ -96,13 +115,20 @@ class HardwareProfile:
                 raise ProfileError(f"profile {self.name}: unknown key '{key}'")
             values[key] = float(value)
         return HardwareProfile(self.name, self.description, values, self.sources, self.cuda_names,
-                               self.expert_tables, self.path)
+                               self.expert_tables, self.path, self.dense_tables)
 
     def expert_table(self, d_model: int, d_ff: int) -> ExpertTable | None:
         for table in self.expert_tables:
             if table.d_model == d_model and table.d_ff == d_ff:
                 return table
         return None
+
+    def dense_table(self, d_model: int, block_params: float, dtype: str) -> list[DenseTable]:
+        """Measured dense blocks of this width and dtype, size within 5% of ``block_params``, by context."""
+        found = [t for t in self.dense_tables
+                 if t.d_model == d_model and t.dtype == dtype
+                 and abs(t.block_params - block_params) <= 0.05 * max(block_params, 1.0)]
+        return sorted(found, key=lambda t: t.context)
 
 
 def builtin_profiles() -> list[str]:
@@ -129,14 +155,14 @@ def _check_value(where: str, key: str, raw, unit: str) -> float:
     return float(value)
 
 
-def _check_table(where: str, index: int, raw) -> ExpertTable:
-    name = f"expert_table[{index}]"
+def _check_table(where: str, index: int, raw, kind: str = "expert_table", keys: set = TABLE_KEYS):
+    name = f"{kind}[{index}]"
     if not isinstance(raw, dict):
         raise ProfileError(f"{where}: '{name}' must be a table")
-    extra = set(raw) - TABLE_KEYS
+    extra = set(raw) - keys
     if extra:
         raise ProfileError(f"{where}: '{name}' has unknown key(s) {', '.join(sorted(extra))}")
-    missing = sorted(TABLE_KEYS - set(raw))
+    missing = sorted(keys - set(raw))
     if missing:
         raise ProfileError(f"{where}: '{name}' lacks {', '.join(missing)}")
     tokens, seconds = raw["tokens"], raw["seconds"]
@@ -146,6 +172,12 @@ def _check_table(where: str, index: int, raw) -> ExpertTable:
         raise ProfileError(f"{where}: '{name}.tokens' must be increasing positive integers")
     if any(isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0 for s in seconds):
         raise ProfileError(f"{where}: '{name}.seconds' must be positive numbers")
+    if kind == "dense_table":
+        for key in ("d_model", "block_params", "context"):
+            if isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < 0:
+                raise ProfileError(f"{where}: '{name}.{key}' must be a non-negative integer")
+        return DenseTable(raw["d_model"], raw["block_params"], str(raw["dtype"]), raw["context"], tuple(tokens),
+                          tuple(float(s) for s in seconds), str(raw["source"]))
     return ExpertTable(int(raw["d_model"]), int(raw["d_ff"]), str(raw["dtype"]), tuple(tokens),
                        tuple(float(s) for s in seconds), str(raw["source"]))
 
@@ -180,6 +212,9 @@ def parse_profile(data: dict, where: str) -> HardwareProfile:
     tables = data.get("expert_table", [])
     if not isinstance(tables, list):
         raise ProfileError(f"{where}: 'expert_table' must be an array of tables ([[expert_table]])")
+    dense = data.get("dense_table", [])
+    if not isinstance(dense, list):
+        raise ProfileError(f"{where}: 'dense_table' must be an array of tables ([[dense_table]])")
     cuda_names = data.get("cuda_names", [])
     if not isinstance(cuda_names, list) or not all(isinstance(n, str) for n in cuda_names):
         raise ProfileError(f"{where}: 'cuda_names' must be a list of strings")
@@ -191,6 +226,7 @@ def parse_profile(data: dict, where: str) -> HardwareProfile:
         cuda_names=tuple(cuda_names),
         expert_tables=tuple(_check_table(where, i, t) for i, t in enumerate(tables)),
         path=where,
+        dense_tables=tuple(_check_table(where, i, t, "dense_table", DENSE_TABLE_KEYS) for i, t in enumerate(dense)),
     )
 
 

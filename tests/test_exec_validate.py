@@ -99,11 +99,15 @@ def test_stats():
     assert kendall_tau([1, 2, 3], [1, 1, 2]) == pytest.approx(2 / np.sqrt(6))  # tau-b with a tie
 
 
-def test_calibrate_writes_a_profile_the_simulator_loads(profile):
+def test_calibrate_writes_a_profile_the_simulator_loads(profile, trace):
     from pregate.simulator.profile import load_profile
 
     p = load_profile(profile)
     assert p.expert_table(64, 128) is not None
+    # the trace's own dense block was timed at two contexts, and the simulator prices that trace with it
+    sim = Simulation(trace, Settings(profile=str(profile)))
+    assert "the executor's dense block" in sim.costs.used_dense_table
+    assert len(p.dense_table(64, sim.stream.meta.dense_bytes_per_layer / 4, "float32")) == 2
     assert "torch" in p.description and p["pcie.copy_engines"] == 1
     text = profile.read_text()
     assert "measured by pregate calibrate on" in text

@@ -126,3 +126,60 @@ def test_cli_invalid_trace(tmp_path, capsys):
     assert main(["simulate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "layer" in err
+
+
+DENSE_TABLES = """
+[[dense_table]]
+d_model = 768
+block_params = 2359296
+dtype = "float32"
+context = 64
+tokens = [1, 8]
+seconds = [1e-4, 3e-4]
+source = "test"
+
+[[dense_table]]
+d_model = 768
+block_params = 2359296
+dtype = "float32"
+context = 512
+tokens = [1, 8]
+seconds = [2e-4, 7e-4]
+source = "test"
+"""
+
+
+def test_measured_dense_tables_price_dense_work(tmp_path):
+    """A dense-block table at two contexts replaces the roofline: the line through them, per block."""
+    import numpy as np
+
+    from pregate.simulator import Settings, Simulation
+
+    profile = _write_profile(tmp_path, lambda t: t + DENSE_TABLES)
+    assert len(load_profile(profile).dense_tables) == 2
+    trace = make_trace(tmp_path / "t", seqs=2, prompt_len=3, new_tokens=4, layers=3)
+    sim = Simulation(trace, Settings(profile=str(profile), batch_size=2))
+    stream, costs = sim.stream, sim.costs
+    assert costs.used_dense_table == "test"
+    for ls in range(stream.n_layer_steps):
+        if not stream.pass_decode[stream.ls_pass[ls]]:
+            continue
+        T, ctx = stream.ls_tokens[ls], stream.ls_ctx[ls]
+        short = np.interp(T, [1, 8], [1e-4, 3e-4])
+        long = np.interp(T, [1, 8], [2e-4, 7e-4])
+        expected = 2 * (short + (long - short) * (ctx / T - 64) / (512 - 64))  # two blocks per MoE layer
+        assert costs.dense_gpu[ls] == pytest.approx(max(expected, 2 * 0.5 * short))
+        assert costs.dense_host[ls] == 0.0
+    # without the tables the roofline prices it, and differently
+    plain = Simulation(trace, Settings(batch_size=2))
+    assert plain.costs.used_dense_table == "" and plain.costs.dense_gpu != costs.dense_gpu
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.replace("context = 64", "context = -1"), "'dense_table\\[0\\].context' must be a non-negative integer"),
+    (lambda t: t.replace("block_params = 2359296\ndtype", "dtype", 1), "'dense_table\\[0\\]' lacks block_params"),
+])
+def test_malformed_dense_table(tmp_path, edit, message):
+    path = _write_profile(tmp_path, lambda t: edit(t + DENSE_TABLES))
+    with pytest.raises(ProfileError, match=message):
+        load_profile(path)
