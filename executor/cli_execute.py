@@ -22,20 +22,20 @@ examples:
       --batch-size 16 --profile my-gpu.toml --compare --json out.json"""
 
 
+# The simulator's knobs that the executor takes as they are (one definition: simulator/settings.py).
+POLICY_SETTINGS = ("speculation", "cache_policy", "cache", "per_layer", "buffering", "compression", "batch_size",
+                   "max_prefetch")
+
+
 def add_arguments(p) -> None:
+    from pregate.simulator.settings import add_settings_arguments
+
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="local checkpoint folder, cached model id, or known shape name (with --random-init)")
     src.add_argument("--trace", help="trace folder: execute its routing with a synthetic model of its shapes")
     p.add_argument("--random-init", action="store_true", help="build the model's exact shape with seeded random weights")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--speculation", default="none", help="speculation policy (default: none)")
-    p.add_argument("--cache-policy", default="lru", help="caching policy (default: lru)")
-    p.add_argument("--cache", default="25%", help="device expert cache: a count, a percentage or bytes (default: 25%%)")
-    p.add_argument("--per-layer", action="store_true", help="split the cache evenly between MoE layers")
-    p.add_argument("--buffering", default="cache", help="cache, resident, double_buffer or cpu_compute (default: cache)")
-    p.add_argument("--compression", default="none", help="none, int8, int4 or low-precision-on-miss (default: none)")
-    p.add_argument("--batch-size", type=int, default=1, help="sequences per step (default: 1)")
-    p.add_argument("--max-prefetch", type=int, default=0, help="most prefetches per MoE layer (default: no limit)")
+    add_settings_arguments(p, POLICY_SETTINGS)
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate per prompt (default: 16)")
     p.add_argument("--input", default="builtin", help="prompts: .txt, .jsonl or 'builtin' (default)")
     p.add_argument("--limit", type=int, default=4, help="use the first N prompts (default: 4)")
@@ -80,16 +80,13 @@ def _run(args) -> int:
 
     from pregate.executor.device import ExecutorError, check_device
     from pregate.simulator.api import resolve_policies
-    from pregate.simulator.settings import Settings
+    from pregate.simulator.settings import settings_from_args
 
     check_device(args.device)
     if args.batch_size < 1:
         raise ExecutorError(f"--batch-size must be at least 1, got {args.batch_size}")
-    settings = Settings(speculation=args.speculation, cache_policy=args.cache_policy, cache=args.cache,
-                        per_layer=args.per_layer, buffering=args.buffering, compression=args.compression,
-                        batch_size=args.batch_size, dtype=args.dtype if args.trace else "",
-                        max_prefetch=args.max_prefetch, seed=args.seed,
-                        profile=args.profile or "rtx3090")
+    settings = settings_from_args(args, POLICY_SETTINGS, dtype=args.dtype if args.trace else "", seed=args.seed,
+                                  profile=args.profile or "rtx3090")
     resolve_policies(settings)
     profile = None
     if args.profile:

@@ -1,8 +1,6 @@
 """``pregate simulate``: replay a trace against a hardware profile and policies."""
 
-from dataclasses import MISSING, fields
-
-from pregate.simulator.settings import Settings
+from pregate.simulator.settings import add_settings_arguments, settings_from_args
 
 HELP = "simulate offloaded MoE inference on a trace: latency, hits/misses, bounds"
 DESCRIPTION = """Replay a routing trace in a discrete-event simulation of one GPU with its
@@ -27,27 +25,12 @@ policies:
 
 def add_arguments(p) -> None:
     p.add_argument("trace", help="trace folder (from 'pregate trace') or one Parquet part")
-    for f in fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
-        default = f.default if f.default is not MISSING else None
-        if f.type in (bool, "bool"):
-            p.add_argument(flag, action="store_true", help=help_text)
-        else:
-            kind = int if f.type in (int, "int") else str
-            extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
-            shown = f" (default: {default})".replace("%", "%%") if default not in ("", 0) else ""
-            p.add_argument(flag, type=kind, default=default, help=help_text + shown, **extra)
+    add_settings_arguments(p)
     p.add_argument("--json", metavar="OUT", help="write the summary and settings as JSON")
     p.add_argument("--steps-out", metavar="FILE.parquet", help="write per-step latency and its breakdown")
     p.add_argument("--timeline", metavar="FILE.json", help="write a Chrome/Perfetto trace of the simulated streams")
     p.add_argument("--no-bounds", action="store_true", help="skip the two bound runs (faster)")
     p.add_argument("--replay-only", action="store_true", help="counts only (fast replay), no timing")
-
-
-def _settings(args) -> Settings:
-    values = {f.name: getattr(args, f.name) for f in fields(Settings)}
-    return Settings(**values)
 
 
 def format_summary(s: dict) -> str:
@@ -78,7 +61,7 @@ def run(args) -> int:
     from pregate.simulator.profile import detect_profile
     from pregate.traces import validate_trace
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     if settings.profile == "auto":
         settings = settings.replace(profile=detect_profile())
     resolve_policies(settings)  # a typo fails before the trace is read

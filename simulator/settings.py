@@ -50,6 +50,28 @@ class Settings:
         return {f.name: f.metadata["help"] for f in fields(cls)}
 
 
+def add_settings_arguments(parser, names: tuple[str, ...] | None = None) -> None:
+    """One ``--flag`` per Settings field (or per field in ``names``), with the field's help and default."""
+    for f in fields(Settings):
+        if names is not None and f.name not in names:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        else:
+            kind = int if f.type in (int, "int") else str
+            extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
+            shown = f" (default: {f.default})".replace("%", "%%") if f.default not in ("", 0) else ""
+            parser.add_argument(flag, type=kind, default=f.default, help=help_text + shown, **extra)
+
+
+def settings_from_args(args, names: tuple[str, ...] | None = None, **others) -> Settings:
+    """Settings from the options :func:`add_settings_arguments` added, plus ``others``."""
+    values = {f.name: getattr(args, f.name) for f in fields(Settings) if names is None or f.name in names}
+    return Settings(**values, **others)
+
+
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z%]*)\s*$")
 _BYTE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 

@@ -287,10 +287,9 @@ def trace(settings: TraceSettings, loaded: LoadedModel | None = None) -> Path:
     ) if loaded.tokenizer is not None else BYTE_TOKENIZER
     meta = make_meta(loaded, settings, prompts, tokenizer_name)
     writer = TraceWriter(settings.out, meta, resume=settings.resume, overwrite=settings.overwrite)
-    eos, _ = _eos_pad(loaded.model)
-    ids = tokenize(prompts, loaded.tokenizer, loaded.model.config.vocab_size, eos, settings.max_prompt_tokens)
-    batches = [(i, ids[i : i + settings.batch_size]) for i in range(0, len(ids), settings.batch_size)]
     tracer = BatchTracer(loaded, settings, meta)
+    ids = tokenize(prompts, loaded.tokenizer, loaded.model.config.vocab_size, tracer.eos, settings.max_prompt_tokens)
+    batches = [(i, ids[i : i + settings.batch_size]) for i in range(0, len(ids), settings.batch_size)]
     todo = [(n, start, chunk) for n, (start, chunk) in enumerate(batches) if not writer.has_part(n)]
 
     from tqdm.auto import tqdm

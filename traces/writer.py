@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -215,8 +216,6 @@ class TraceWriter:
 
 def _comparable(meta_json: str) -> dict:
     """Metadata minus fields that may legitimately differ between two runs."""
-    import json
-
     try:
         data = json.loads(meta_json)
     except ValueError:
