@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: complete parts are kept; rerun with --resume to continue", file=sys.stderr)
+        print("interrupted: what was already written is kept; the command's --help says how it resumes",
+              file=sys.stderr)
         return 130
 
 
