@@ -19,35 +19,51 @@
 #      kendall_tau, resident_vs_hf_ratio, best_offload_vs_resident_ratio_b16; a short table last.
 #
 # Requirements: torch with CUDA, transformers, pyarrow, numpy (present on the GPU machine), and
-# simpy and polars (not present there). With no network, carry their wheels in a folder named
-# wheels/ at the repository root (e.g. made here with
-# `pip download simpy polars polars-runtime-32 tqdm safetensors -d wheels --only-binary=:all:`);
-# the script installs them with `pip install --no-index --find-links wheels/ ...` and pregate
-# itself with `pip install --no-deps --no-build-isolation -e .` when `import pregate` fails.
-set -euo pipefail
+# simpy and polars (not present there). With no network, carry their wheels in a folder .whl/ (or
+# wheels/) at the repository root, made on a machine with an index, e.g.
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_17_x86_64 -d .whl simpy==4.1.2 polars==2.1.0 polars-runtime-32==2.1.0
+# The script installs them into /tmp/pregate-site and, when pregate is not installed, puts this
+# checkout on the path under the pregate namespace (no build step, nothing else to fetch).
+# Each step's failure is reported and the later steps still run; the log is $OUT/log.txt.
+set -uo pipefail
 
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"
 QUICK="${QUICK:-0}"
 OUT="${OUT:-./gpu-out}"
-PY="${PYTHON:-python}"
-mkdir -p "$OUT"
+TRACES_DIR="${TRACES_DIR:-$OUT/traces}"
+PY="${PYTHON:-python3}"
+mkdir -p "$OUT" "$TRACES_DIR"
+exec > >(tee "$OUT/log.txt") 2>&1
+T0=$(date +%s)
+step() { echo "== $1 (at $(( $(date +%s) - T0 )) s)"; }
+export PYTHONUNBUFFERED=1
 
 if ! "$PY" -c "import simpy, polars" 2>/dev/null; then
-    if [ -d wheels ]; then
-        "$PY" -m pip install --quiet --no-index --find-links wheels/ simpy polars
-    else
-        echo "simpy/polars missing and no wheels/ folder: see the header of $0" >&2
+    WHEELS=$(ls .whl/*.whl wheels/*.whl 2>/dev/null || true)
+    if [ -z "$WHEELS" ]; then
+        echo "simpy/polars missing and no wheels in .whl/ or wheels/: see the header of $0" >&2
         exit 2
     fi
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/pregate-site $WHEELS || exit 2
+    export PYTHONPATH="/tmp/pregate-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 if ! "$PY" -c "import pregate.executor" 2>/dev/null; then
-    "$PY" -m pip install --quiet --no-deps --no-build-isolation -e .
+    # the checkout's folders under one pregate package, as pyproject.toml's package-dir maps them
+    rm -rf /tmp/pregate-src && mkdir -p /tmp/pregate-src/pregate
+    cp pregate/*.py /tmp/pregate-src/pregate/
+    for part in traces tracer simulator executor analysis; do ln -s "$PWD/$part" "/tmp/pregate-src/pregate/$part"; done
+    export PYTHONPATH="/tmp/pregate-src${PYTHONPATH:+:$PYTHONPATH}"
+    "$PY" -c "import pregate.executor, simpy, polars" || exit 2
 fi
+PREGATE=("$PY" -m pregate)
+[ "$DEVICE" = "cuda" ] && { nvidia-smi --query-gpu=name,driver_version,memory.total,pcie.link.gen.max,pcie.link.width.max --format=csv || true; }
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 
 if [ "$QUICK" = "1" ]; then
     SHAPES="tiny-switch tiny"; BATCHES="1,4"; CACHES="50%"; POLICIES="none+lru,layer_minus_1+lru"
-    SEQS=8; NGROUPS=1; QFLAG="--quick"; DTYPE=float32
+    SEQS=8; NGROUPS=1; QFLAG="--quick"; DTYPE=bfloat16
 else
     SHAPES="switch-base-8 switch-base-64 mixtral-like"; BATCHES="1,16"; CACHES="25%,50%"
     POLICIES="none+lru,layer_minus_1+lru,none+lfu,multi_layer+least-stale"
@@ -55,26 +71,32 @@ else
 fi
 [ "$DEVICE" = "cpu" ] && DTYPE=float32
 
-echo "== 1. traces ($SHAPES)"
+step "1. traces ($SHAPES)"
 TRACES=()
 for shape in $SHAPES; do
-    "$PY" - "$OUT/traces/$shape" "$shape" "$SEQS" "$DTYPE" <<'PYEOF'
+    # the Mixtral-like shape copies 350 MB experts: fewer decode steps keep the run short
+    NEW=24; [ "$shape" = "mixtral-like" ] && NEW=8
+    "$PY" - "$TRACES_DIR/$shape" "$shape" "$SEQS" "$DTYPE" "$NEW" <<'PYEOF' || exit 1
 import sys
 from pregate.executor.shapes import make_shape_trace
-folder, shape, seqs, dtype = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-make_shape_trace(folder, shape, seqs=seqs, prompt_len=16, new_tokens=24, dtype=dtype)
+folder, shape, seqs, dtype, new = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+make_shape_trace(folder, shape, seqs=seqs, prompt_len=16, new_tokens=new, dtype=dtype)
 PYEOF
-    TRACES+=("$OUT/traces/$shape")
+    TRACES+=("$TRACES_DIR/$shape")
 done
 
-echo "== 2. calibrate"
+step "2. calibrate"
 TRACE_FLAGS=()
 for t in "${TRACES[@]}"; do TRACE_FLAGS+=(--trace "$t"); done
-pregate calibrate --device "$DEVICE" $QFLAG --dtype "$DTYPE" -o "$OUT/profile.toml" "${TRACE_FLAGS[@]}"
+"${PREGATE[@]}" calibrate --device "$DEVICE" $QFLAG --dtype "$DTYPE" -o "$OUT/profile.toml" "${TRACE_FLAGS[@]}" || exit 1
 
-echo "== 3. validate"
-pregate validate "${TRACES[@]}" --profile "$OUT/profile.toml" --device "$DEVICE" --policies "$POLICIES" \
+step "3. validate"
+"${PREGATE[@]}" validate "${TRACES[@]}" --profile "$OUT/profile.toml" --device "$DEVICE" --policies "$POLICIES" \
     --cache "$CACHES" --batch-size "$BATCHES" --groups "$NGROUPS" -o "$OUT/validate"
+VALIDATE_RC=$?
 
-echo "== 4-5. resident executor vs Hugging Face generate; summary"
+step "4-5. resident executor vs Hugging Face generate; summary"
 "$PY" bench/gpu_validate.py --device "$DEVICE" --out "$OUT" --batches "$BATCHES" $QFLAG
+RC=$?
+step "done (validate rc $VALIDATE_RC, summary rc $RC)"
+exit $(( VALIDATE_RC || RC ))

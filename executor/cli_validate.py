@@ -59,8 +59,10 @@ def _run(args) -> int:
 
     print(f"{s['points']} points: median |error| {pct(s['median_abs_error'])}, P95 |error| {pct(s['p95_abs_error'])}, "
           f"Kendall tau {s['kendall_tau']:.3f}, counts agree {s['counts_agree']}")
+    if s.get("skipped"):
+        print(f"{s['skipped']} point(s) could not run (listed under 'skipped' in validation.json)")
     print("wrote " + ", ".join(str(f) for f in files))
-    return 0
+    return 1 if s.get("skipped") else 0
 
 
 def run(args) -> int:

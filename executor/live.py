@@ -230,7 +230,7 @@ class LiveSession:
             planner.begin_pass(self.group, self.n_layers[stack])
         flat = ids.reshape(-1)
         if valid is not None:
-            flat = torch.where(valid.reshape(-1), flat, torch.full_like(flat, -1))
+            flat = torch.where(valid.reshape(-1), flat, -1)
         chosen = flat.tolist()  # the router's decision reaches the host (one sync per layer)
         counts: dict[int, int] = {}
         for e in chosen:
@@ -240,9 +240,13 @@ class LiveSession:
         ahead = self._ahead(stack, layer, hidden) if planner.ahead_distance else None
         ls = planner.add_step(g, objs, list(counts.values()), n, ahead)
         works = runtime.layer(ls)
-        out = torch.zeros_like(hidden)
         if not works:
-            return out
+            return torch.zeros_like(hidden)
+        if k == 1 and len(works) == 1 and counts[works[0].obj - base] == n:
+            # every token to one expert (a single token, say): no gather, no scatter. The sum of
+            # the general path adds each product to zero, which leaves it unchanged
+            return (runtime.compute(works[0], hidden) * weights.reshape(n, 1)).to(hidden.dtype)
+        out = torch.zeros_like(hidden)
         if self.kind == "gated" and k > 1:
             # transformers' loop visits an expert's tokens by top-k position first, then token;
             # the same row order gives the same matmul results

@@ -8,13 +8,14 @@ small-MoE model, moves its experts into the host store, and generates.
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from pregate.executor.device import Device, ExecutorError
+from pregate.executor.device import Device, ExecutorError, now
 from pregate.executor.runtime import OffloadRuntime, torch_dtype, trace_planner_factory
 from pregate.executor.store import HostStore
 from pregate.executor.synthetic import SyntheticModel, spec_for_meta
@@ -43,6 +44,30 @@ def cache_capacity(settings: Settings, total: int, expert_bytes: int, max_needed
 
 # ---- traces -----------------------------------------------------------------------------
 
+def trace_frame(trace: Trace, seqs: int | None = None):
+    """The columns the executor reads, for the first ``seqs`` sequences (all by default)."""
+    columns = ["seq", "stack", "step", "phase", "pos", "layer", "experts", "dropped"]
+    if trace.meta.ahead_distance:
+        columns += ["probs", "ahead", "ahead_probs"]
+    frame = trace.scan().select(columns).collect()
+    if seqs is not None:
+        import polars as pl
+
+        keep = frame.get_column("seq").unique().sort().head(seqs)
+        frame = frame.filter(pl.col("seq").is_in(keep.implode()))
+    return frame
+
+
+def trace_stream(frame, meta, batch_size: int, groups: int | None = None) -> RequestStream:
+    """The request stream at ``batch_size``; ``groups`` keeps the first groups x batch_size sequences."""
+    if groups is not None:
+        import polars as pl
+
+        keep = frame.get_column("seq").unique().sort().head(groups * batch_size)
+        frame = frame.filter(pl.col("seq").is_in(keep.implode()))
+    return build_stream(frame, meta, batch_size=batch_size)
+
+
 class TraceExecutor:
     """A trace prepared for execution: its streams, the synthetic model and the host store."""
 
@@ -57,16 +82,7 @@ class TraceExecutor:
             raise ExecutorError(f"dtype '{self.dtype_name}' cannot run on the device (use float32, bfloat16 or float16)")
         self.dtype = torch_dtype(self.dtype_name)
         self.seed = seed
-        columns = ["seq", "stack", "step", "phase", "pos", "layer", "experts", "dropped"]
-        if self.meta.ahead_distance:
-            columns += ["probs", "ahead", "ahead_probs"]
-        frame = self.trace.scan().select(columns).collect()
-        if seqs is not None:
-            import polars as pl
-
-            keep = frame.get_column("seq").unique().sort().head(seqs)
-            frame = frame.filter(pl.col("seq").is_in(keep.implode()))
-        self.frame = frame
+        self.frame = trace_frame(self.trace, seqs)
         self.layout = Layout.from_meta(self.meta)
         self.spec = spec_for_meta(self.meta)
         self.store = HostStore(self.spec, self.layout.n_objects, self.dtype, pin=self.device.cuda)
@@ -82,13 +98,7 @@ class TraceExecutor:
         """The request stream at ``batch_size``; ``groups`` keeps the first groups x batch_size sequences."""
         key = (batch_size, groups)
         if key not in self._streams:
-            frame = self.frame
-            if groups is not None:
-                import polars as pl
-
-                keep = frame.get_column("seq").unique().sort().head(groups * batch_size)
-                frame = frame.filter(pl.col("seq").is_in(keep.implode()))
-            self._streams[key] = build_stream(frame, self.meta, batch_size=batch_size)
+            self._streams[key] = trace_stream(self.frame, self.meta, batch_size, groups)
         return self._streams[key]
 
     def synthetic(self, stream: RequestStream) -> SyntheticModel:
@@ -110,11 +120,16 @@ class TraceExecutor:
                 groups: int | None = None) -> OffloadRuntime:
         stream = self.stream(settings.batch_size, groups)
         capacity = self.capacity(settings, groups)
-        try:
-            return OffloadRuntime(self.device, self.store, self.layout, settings, capacity,
-                                  trace_planner_factory(stream), self.dtype_name, poison=poison, record=record)
-        except torch.cuda.OutOfMemoryError:
-            raise ExecutorError(f"a cache of {capacity} experts does not fit in the free GPU memory") from None
+        for attempt in range(2):
+            try:
+                return OffloadRuntime(self.device, self.store, self.layout, settings, capacity,
+                                      trace_planner_factory(stream), self.dtype_name, poison=poison, record=record)
+            except torch.cuda.OutOfMemoryError:
+                if attempt:
+                    raise ExecutorError(f"a cache of {capacity} experts does not fit in the free GPU memory") from None
+                # runtimes nobody holds may still sit in reference cycles with their slots: free them
+                gc.collect()
+                torch.cuda.empty_cache()
 
     def run(self, settings: Settings, *, warmup: int | None = None, poison: bool = False,
             record: bool = False, groups: int | None = None) -> OffloadRuntime:
@@ -126,7 +141,9 @@ class TraceExecutor:
         if warmup:
             scratch = settings.replace(speculation="none", cache_policy="lru", buffering="cache",
                                        cache=str(max(1, stream.max_needed())), compression="none")
-            self._walk(stream, model, self.runtime(scratch, groups=groups), limit=warmup)
+            scratch_runtime = self.runtime(scratch, groups=groups)
+            self._walk(stream, model, scratch_runtime, limit=warmup)
+            scratch_runtime.close()
         runtime = self.runtime(settings, poison=poison, record=record, groups=groups)
         self._walk(stream, model, runtime)
         return runtime
@@ -141,22 +158,34 @@ class TraceExecutor:
         seqs_of = stream.pass_seqs.tolist()
         n = stream.n_passes if limit is None else min(limit, stream.n_passes)
         index, gate = model.index, model.gate
+        blocks = model.blocks
         for p in range(n):
             decode = decode_of[p]
             a, b = pass_start[p], pass_start[p + 1]
             runtime.begin_pass(p, decode, seqs_of[p] if decode else ls_tokens[a])
+            stat = runtime._pass
             x = model.start(ls_tokens[a])
             for ls in range(a, b):
+                # host time per phase: where the host, not the GPU, is the bound, these are the step
                 layer = ls_layer[ls]
+                t0 = now()
                 x = model.dense(layer, x, decode, ls_ctx[ls])
+                t1 = now()
                 model.route(layer, x)
+                t2 = now()
                 works = runtime.layer(ls)
+                t3 = now()
                 out = torch.zeros_like(x)
                 for work in works:
                     idx = index[: work.tokens]
                     y = runtime.compute(work, x.index_select(0, idx))
                     out.index_add_(0, idx, y * gate[: work.tokens])
                 x = x + out
+                stat.expert_s += now() - t3
+                stat.dense_s += t1 - t0
+                stat.route_s += t2 - t1
+                stat.blocks += blocks
+                stat.experts += len(works)
             runtime.end_pass()
 
 

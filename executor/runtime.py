@@ -69,6 +69,13 @@ class StepStat:
     late_hits: int = 0
     misses: int = 0
     prefetches: int = 0
+    plan_s: float = 0.0  # host time in :meth:`OffloadRuntime.layer` (planning, issuing copies)
+    route_s: float = 0.0  # host time from issuing the router to holding its result (the sync)
+    dense_s: float = 0.0  # host time issuing the dense blocks
+    expert_s: float = 0.0  # host time issuing the experts (and the loop's output buffer and residual add)
+    layer_steps: int = 0
+    blocks: int = 0
+    experts: int = 0
 
 
 @dataclass
@@ -112,15 +119,19 @@ class OffloadRuntime:
             store.add_form(form)
         self.cache, self.planner, self.buffering = make_policies(settings, layout, capacity, planner_factory)
         self.resident = self.buffering.all_resident
+        self._views: dict[int, dict[str, torch.Tensor]] = {}
         n_slots = layout.n_objects if self.resident else capacity
         self.pool = SlotPool(device, store, n_slots, torch_dtype(gpu_dtype), poison=poison)
         if self.resident:
             self.pool.load_all()
         self.cache.evict_listener = self._evicted
+        for slot in range(self.pool.n_slots):  # views made once here, not on a slot's first use in a step
+            views = dict(self.spec.views(self.pool.buffers[slot]))
+            views["__buffer__"] = self.pool.buffers[slot]
+            self._views[slot] = views
         self.record = record
         self.decisions: list[Decision] = []
         self._current: Decision | None = None
-        self._views: dict[int, dict[str, torch.Tensor]] = {}
         self.steps: list[StepStat] = []
         self._pass: StepStat | None = None
         self._stall_events: list = []
@@ -139,6 +150,15 @@ class OffloadRuntime:
     # ---- one layer step -------------------------------------------------------------
     def layer(self, ls: int) -> list[Work]:
         """Plan layer step ``ls``, start its copies, and return its experts in compute order."""
+        start = now()
+        works = self._layer(ls)
+        stat = self._pass
+        if stat is not None:
+            stat.plan_s += now() - start
+            stat.layer_steps += 1
+        return works
+
+    def _layer(self, ls: int) -> list[Work]:
         pool = self.pool
         pool.begin_layer()
         stat = self._pass
@@ -160,14 +180,16 @@ class OffloadRuntime:
             if not pool.landed(slot):
                 late += 1
             works.append(Work(obj, tokens, slot))
+        loads = []
         for obj, tokens, cached in plan.misses:
             slot = pool.assign(obj) if cached else pool.take_bypass()
-            pool.load(obj, slot, self.demand_form)
+            loads.append((obj, slot, self.demand_form))
             works.append(Work(obj, tokens, slot))
         for obj, tokens in plan.cpu:
             works.append(Work(obj, tokens, -1))
         for obj in plan.prefetches:
-            pool.load(obj, pool.assign(obj), self.prefetch_form)
+            loads.append((obj, pool.assign(obj), self.prefetch_form))
+        pool.load_many(loads)  # demand misses first, then prefetches, in one visit to the copy stream
         self.late_hits += late
         self.requests += len(works)
         if stat is not None:
@@ -209,7 +231,8 @@ class OffloadRuntime:
             y = self.spec.compute(x.to("cpu"), self.spec.views(self.store.full[work.obj]))
             return y.to(x.device)
         y = self.spec.compute(x, self.weights(work))
-        self.pool.release_use(work.slot)
+        if not self.resident:  # resident slots are never overwritten: no reader to track
+            self.pool.release_use(work.slot)
         return y
 
     # ---- passes ----------------------------------------------------------------------
@@ -273,9 +296,28 @@ class OffloadRuntime:
             "tokens_per_s": tokens / decode_s if decode_s > 0 else None,
             "stall_s": stall_s,
             "stall_share": stall_s / total_s if total_s else 0.0,
+            # host time per decode step in the runtime's planning and in the router's read-back
+            "host_plan_s_per_step": float(np.mean([s.plan_s for s in decode])) if decode else 0.0,
+            "host_route_s_per_step": float(np.mean([s.route_s for s in decode])) if decode else 0.0,
+            "host_dense_s_per_step": float(np.mean([s.dense_s for s in decode])) if decode else 0.0,
+            "host_expert_s_per_step": float(np.mean([s.expert_s for s in decode])) if decode else 0.0,
+            "experts_per_step": float(np.mean([s.experts for s in decode])) if decode else 0.0,
+            "layer_steps_per_step": float(np.mean([s.layer_steps for s in decode])) if decode else 0.0,
             "peak_gpu_bytes_experts": int((self.pool.n_slots + len(self.pool.bypass)) * self.pool.numel
                                           * self.pool.dtype.itemsize),
         }
+
+    def close(self) -> None:
+        """Give the device slots back now (the figures stay readable).
+
+        The cache holds a callback into the runtime, a reference cycle that only
+        Python's full collections free; a validation that makes many runtimes
+        would otherwise keep all their slots on the device until one runs.
+        """
+        self.summary()  # settle the counts while the cache is intact
+        self.cache.evict_listener = None
+        self.pool.close()
+        self._views = {}
 
     def step_latencies(self, decode_only: bool = True) -> list[float]:
         steps = [s for s in self.steps if s.decode] if decode_only else self.steps

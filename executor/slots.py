@@ -50,6 +50,12 @@ class SlotPool:
         self.copies = 0
         self.copy_seconds = 0.0  # host time spent in copy calls (the whole copy on the CPU)
 
+    def close(self) -> None:
+        """Drop the device buffers (the counters stay)."""
+        self.data = None
+        self.buffers = []
+        self.staging = {}
+
     # ---- slot bookkeeping ---------------------------------------------------------
     def assign(self, obj: int) -> int:
         slot = self.free.pop()
@@ -90,40 +96,54 @@ class SlotPool:
 
     def load(self, obj: int, slot: int, form: str) -> None:
         """Copy expert ``obj`` into ``slot`` on the copy stream (``form``: full, int8 or int4)."""
+        self.load_many([(obj, slot, form)])
+
+    def load_many(self, loads: list[tuple[int, int, str]]) -> None:
+        """Copy each ``(obj, slot, form)`` in order, entering the copy stream once (a stream
+        switch costs the host as much as issuing a copy)."""
+        if not loads:
+            return
         device = self.device
-        src = self.store.source(obj, form)
         start = now()
         with device.on_copy_stream():
-            if self.used_set[slot]:
-                device.copy_waits(self.used[slot])
-            if form == "full":
-                self.buffers[slot].copy_(src, non_blocking=device.cuda)
-            else:
-                buf = self.staging.get(form)
-                if buf is None:
-                    buf = torch.empty(src.numel(), dtype=torch.uint8, device=device.torch)
-                    self.staging[form] = buf
-                # One staging buffer per form: the next copy into it is queued behind
-                # this dequantisation on the same stream.
-                buf.copy_(src, non_blocking=device.cuda)
-                quant.dequantize_into(buf, self.buffers[slot], form)
-            self._mark_ready(slot)
+            for obj, slot, form in loads:
+                src = self.store.source(obj, form)
+                if self.used_set[slot]:
+                    device.copy_waits(self.used[slot])
+                if form == "full":
+                    self.buffers[slot].copy_(src, non_blocking=device.cuda)
+                else:
+                    buf = self.staging.get(form)
+                    if buf is None:
+                        buf = torch.empty(src.numel(), dtype=torch.uint8, device=device.torch)
+                        self.staging[form] = buf
+                    # One staging buffer per form: the next copy into it is queued behind
+                    # this dequantisation on the same stream.
+                    buf.copy_(src, non_blocking=device.cuda)
+                    quant.dequantize_into(buf, self.buffers[slot], form)
+                self._mark_ready(slot)
+                self.bytes_moved += src.numel() * src.element_size()
+                self.copies += 1
         self.copy_seconds += now() - start
-        self.bytes_moved += src.numel() * src.element_size()
-        self.copies += 1
 
     def load_all(self) -> None:
-        """Resident mode: every expert into its own slot, once."""
-        for obj in range(self.store.n_objects):
-            self.load(obj, self.assign(obj), "full")
+        """Resident mode: every expert into its own slot, once (then nothing needs events)."""
+        self.load_many([(obj, self.assign(obj), "full") for obj in range(self.store.n_objects)])
         self.device.synchronize()
+        self.ready_set = [False] * len(self.ready_set)
         self.bytes_moved = 0
         self.copies = 0
         self.copy_seconds = 0.0
 
     # ---- use by the compute stream -----------------------------------------------------
     def landed(self, slot: int) -> bool:
-        return not self.ready_set[slot] or self.device.done(self.ready[slot])
+        if not self.ready_set[slot]:
+            return True
+        if self.device.done(self.ready[slot]):
+            # the copy is complete: the compute stream needs no wait for it (and no later query)
+            self.ready_set[slot] = False
+            return True
+        return False
 
     def acquire(self, slot: int, stall_events: list | None = None) -> torch.Tensor:
         """The slot's weights, with the compute stream ordered after the copy that filled it."""

@@ -63,7 +63,7 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
     batch_sizes = batch_sizes or ([1] if quick else [1, 16])
     if groups is None and quick:
         groups = 2
-    points, residents = [], []
+    points, residents, skipped = [], [], []
     for trace in traces:
         ex = TraceExecutor(trace, device, dtype)
         name = Path(str(trace)).name
@@ -89,14 +89,24 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
                 check_fits(profile["gpu.memory"], sim.costs.dense_bytes, ex.capacity(st, groups),
                            ex.expert_bytes, f"the GPU in profile {profile.name}")
             res_settings = base.replace(buffering="resident")
+            # one unmeasured run first: new kernel shapes load lazily and the GPU's clocks ramp
+            # up under load; the first measured run would pay for both
+            ex.run(res_settings, warmup=warmup, groups=groups).close()
             rt = ex.run(res_settings, warmup=warmup, groups=groups)
             simulated = sim.run(res_settings, bounds=False)
             residents.append(_point(name, res_settings, rt, simulated, ex.capacity(res_settings, groups)))
+            rt.close()
             log(_line(residents[-1]))
             for spec, cache_policy in pairs:
                 for cache in caches:
                     st = base.replace(speculation=spec, cache_policy=cache_policy, cache=cache)
-                    rt = ex.run(st, warmup=warmup, groups=groups)
+                    try:
+                        rt = ex.run(st, warmup=warmup, groups=groups)
+                    except ExecutorError as exc:  # one point that cannot run costs that point, not the rest
+                        skipped.append({"trace": name, "batch_size": batch, "speculation": spec,
+                                        "cache_policy": cache_policy, "cache": cache, "reason": str(exc)})
+                        log(f"{name} b{batch} {spec}+{cache_policy} cache {cache}: skipped ({exc})")
+                        continue
                     simulated = sim.run(st, bounds=False)
                     replay = sim.replay(st, fast=False)
                     point = _point(name, st, rt, simulated, ex.capacity(st, groups))
@@ -104,9 +114,13 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
                     point["counts_agree"] = bool(replay.hits == m["hits"] + m["late_hits"]
                                                  and replay.misses == m["misses"]
                                                  and replay.prefetches == m["prefetches"])
+                    rt.close()
                     points.append(point)
                     log(_line(point))
-    return summarise(points, residents, profile, device, batch_sizes)
+    result = summarise(points, residents, profile, device, batch_sizes)
+    result["skipped"] = skipped
+    result["summary"]["skipped"] = len(skipped)
+    return result
 
 
 def _point(trace: str, st: Settings, rt, simulated, capacity: int) -> dict:
@@ -129,6 +143,17 @@ def _point(trace: str, st: Settings, rt, simulated, capacity: int) -> dict:
         "simulated_misses": simulated.summary["misses"],
         "measured_stall_share": summary["stall_share"], "simulated_stall_share": simulated.summary["stall_share"],
         "bytes_moved": summary["bytes_moved"],
+        # where the executor's host time went, per decode step (for finding what the model misses)
+        "measured_host_plan_s": summary["host_plan_s_per_step"],
+        "measured_host_route_s": summary["host_route_s_per_step"],
+        "measured_host_dense_s": summary["host_dense_s_per_step"],
+        "measured_host_expert_s": summary["host_expert_s_per_step"],
+        "experts_per_step": summary["experts_per_step"],
+        "layer_steps_per_step": summary["layer_steps_per_step"],
+        "simulated_compute_s": sum(x.compute_s for x in steps) / max(1, len(steps)),
+        "simulated_dispatch_s": sum(x.dispatch_s for x in steps) / max(1, len(steps)),
+        "simulated_stall_s": sum(x.stall_s for x in steps) / max(1, len(steps)),
+        "measured_stall_s": summary["stall_s"] / max(1, summary["steps"] + summary["prefill_passes"]),
     }
 
 
@@ -161,8 +186,9 @@ def summarise(points: list[dict], residents: list[dict], profile, device: str, b
             ps = [p for p in points if p["trace"] == r["trace"] and p["batch_size"] == batch]
             half = [p for p in ps if p["cache"] == "50%"] or ps
             if half and r["measured_mean_s"]:
-                ratios.append(min(p["measured_mean_s"] for p in half) / r["measured_mean_s"])
-        summary[f"best_offload_vs_resident_ratio_b{batch}"] = max(ratios) if ratios else None
+                ratios.append((min(p["measured_mean_s"] for p in half) / r["measured_mean_s"], r["trace"]))
+        summary[f"best_offload_vs_resident_ratio_b{batch}"] = max(r for r, _ in ratios) if ratios else None
+        summary[f"best_offload_vs_resident_ratio_b{batch}_by_trace"] = {t: r for r, t in ratios}
     return {"summary": summary, "device": device, "profile": profile.name, "profile_path": profile.path,
             "points": points, "resident": residents}
 

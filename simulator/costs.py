@@ -22,7 +22,16 @@ Model (DESIGN.md "Simulator model"):
 * a copy: ``copy_latency + bytes / bandwidth`` by host tier (pinned, pageable,
   NVMe staged through pinned memory) and by the dtype of the host copy;
 * dequantisation when the host copy is compressed: output bytes / rate;
-* CPU expert compute (Fiddler): roofline on the host plus moving activations.
+* CPU expert compute (Fiddler): roofline on the host plus moving activations;
+* the executor's own host time (optional profile keys, measured by calibrate
+  inside the executor's run loop): issuing a dense block (``host.block_issue``),
+  planning and bookkeeping per MoE layer step (``host.layer_step``, or
+  ``host.resident_layer_step`` with every expert resident), issuing one copy
+  (``host.copy_issue``), and issuing one expert's kernels with its slot's
+  events (``host.expert_issue``, ``host.resident_expert_issue``). The GPU is
+  idle while the host plans (it has just waited for the router's result), so
+  planning and copy issue add to the step; dense work and an expert cost the
+  larger of their GPU time and their issue time.
 """
 
 from __future__ import annotations
@@ -70,6 +79,7 @@ class CostTables:
     expert_bytes: dict[str, int]  # bytes of one expert per dtype
     expert_gpu: list[float]  # [n tokens] -> GPU seconds for one expert
     expert_host: float  # host dispatch seconds for one expert's kernels
+    expert_host_resident: float  # the same with every expert resident (no slot events)
     expert_cpu: list[float]  # [n tokens] -> CPU seconds for one expert, with activation copies
     dense_gpu: list[float]  # [layer step] -> GPU seconds of dense work and router
     dense_host: list[float]  # [layer step] -> host seconds to dispatch it
@@ -77,6 +87,9 @@ class CostTables:
     copy: dict[str, float]  # dtype of the host copy -> seconds for one expert copy
     dequant: dict[str, float]  # dtype of the host copy -> GPU seconds to dequantise
     dense_bytes: int  # GPU bytes of all dense weights
+    layer_step: float = 0.0  # host planning and bookkeeping per MoE layer step
+    resident_layer_step: float = 0.0  # the same with every expert resident (no planner)
+    copy_issue: float = 0.0  # host time to issue one copy
     used_table: str = ""  # source of the measured expert table, if used
     used_dense_table: str = ""  # source of the measured dense-block table, if used
 
@@ -102,12 +115,16 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
     used = ""
     if table is not None:
         expert_gpu = interpolate(n, table.tokens, table.seconds)
-        expert_host = 0.0  # a measured time already includes the host's part
+        # a measured time includes the dispatch of the expert function; the runtime's
+        # bookkeeping around it (slot events) is in host.expert_issue
+        expert_host = profile.get("host.expert_issue", 0.0) or 0.0
+        expert_host_resident = profile.get("host.resident_expert_issue", expert_host) or 0.0
         used = table.source
     else:
         act_bytes = 2.0 * n * meta.d_model * DTYPE_BYTES[gpu_dtype]
         expert_gpu = np.maximum(2.0 * n * meta.expert_params / peak, (e_bytes + act_bytes) / hbm) + kernels * launch
-        expert_host = kernels * dispatch
+        expert_host = profile.get("host.expert_issue", 0.0) or kernels * dispatch
+        expert_host_resident = profile.get("host.resident_expert_issue", 0.0) or expert_host
     expert_gpu[0] = 0.0
     # CPU compute in the trace's own dtype (host copies), activations both ways.
     host_bytes = bytes_of.get(meta.dtype, e_bytes)
@@ -147,11 +164,14 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
         else:
             dense_one = measured + np.maximum(attention(ctx) - attention(tokens * short.context), 0.0)
         dense_gpu = blocks_per_layer * dense_one
-        dense_host = np.zeros(len(tokens))
+        # measured back to back, the table holds the host's issue time when that is the bound;
+        # inside the run loop the issue takes longer (host.block_issue, when calibrated)
+        dense_host = np.full(len(tokens), blocks_per_layer * (profile.get("host.block_issue", 0.0) or 0.0))
         used_dense = "; ".join(dict.fromkeys(t.source for t in dense_tables))
     else:
         dense_gpu = blocks_per_layer * (weights + attention(ctx) + DENSE_KERNELS_PER_BLOCK * launch)
-        dense_host = np.full(len(tokens), blocks_per_layer * DENSE_KERNELS_PER_BLOCK * dispatch)
+        block_host = profile.get("host.block_issue", 0.0) or DENSE_KERNELS_PER_BLOCK * dispatch
+        dense_host = np.full(len(tokens), blocks_per_layer * block_host)
     # copies by dtype of the host copy
     latency = profile["pcie.copy_latency"]
     copy = {}
@@ -175,6 +195,10 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
         expert_bytes=bytes_of,
         expert_gpu=expert_gpu.tolist(),
         expert_host=float(expert_host),
+        expert_host_resident=float(expert_host_resident),
+        layer_step=float(profile.get("host.layer_step", 0.0) or 0.0),
+        resident_layer_step=float(profile.get("host.resident_layer_step", 0.0) or 0.0),
+        copy_issue=float(profile.get("host.copy_issue", 0.0) or 0.0),
         expert_cpu=expert_cpu.tolist(),
         dense_gpu=dense_gpu.tolist(),
         dense_host=dense_host.tolist(),

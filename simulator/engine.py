@@ -176,26 +176,43 @@ def run_timed(stream: RequestStream, costs: CostTables, planner: Planner, cache:
     d_bytes, p_bytes = costs.expert_bytes[demand_dtype], costs.expert_bytes[prefetch_dtype]
     d_copy, p_copy = costs.copy[demand_dtype], costs.copy[prefetch_dtype]
     d_deq = costs.dequant[demand_dtype]
-    expert_gpu, expert_host, expert_cpu = costs.expert_gpu, costs.expert_host, costs.expert_cpu
+    expert_gpu, expert_cpu = costs.expert_gpu, costs.expert_cpu
+    expert_host = costs.expert_host_resident if all_resident else costs.expert_host
     dense_gpu, dense_host, sync = costs.dense_gpu, costs.dense_host, costs.router_sync
+    layer_step, resident_step, copy_issue = costs.layer_step, costs.resident_layer_step, costs.copy_issue
     pass_start = stream.pass_ls_start.tolist()
 
     def compute_stream():
-        c = 0.0
+        # Two clocks: ``h`` for the host thread, ``g`` for the GPU's compute stream. The host
+        # issues work and runs ahead; a kernel starts once it is issued and the GPU is free;
+        # the host waits for the GPU only at the router's read-back. SimPy time follows the
+        # host: copies are submitted at the host's time, and the GPU's wait for a copy moves
+        # SimPy time forward, which is safe because nothing is submitted before the next sync.
+        h = g = 0.0
         for p in range(stream.n_passes):
-            start = c
-            comp = stall = disp = 0.0
+            start = h
+            comp = stall = 0.0
             hits = late = misses = prefetched = 0
             for ls in range(pass_start[p], pass_start[p + 1]):
-                g, h = dense_gpu[ls], dense_host[ls]
-                span = (g if g > h else h) + sync
-                comp += g
-                disp += span - g
+                # dense blocks: issued over dense_host, run for dense_gpu
+                gd = dense_gpu[ls]
+                g_start = g if g > h else h
+                h += dense_host[ls]
+                g = g_start + gd
+                if h > g:
+                    g = h  # the last kernel cannot finish before it is issued
+                comp += gd
                 if events is not None:
-                    events.append(("dense+router", "gpu", c, span))
-                c += span
-                if c > env.now:
-                    yield env.timeout(c - env.now)
+                    events.append(("dense", "gpu", g_start, g - g_start))
+                # the router's result comes back to the host: it waits for the GPU
+                if g > h:
+                    h = g
+                h += sync
+                # the host plans the layer step (the GPU is idle: nothing is queued)
+                h += resident_step if all_resident else layer_step
+                g = h
+                if h > env.now:
+                    yield env.timeout(h - env.now)
                 if all_resident:
                     lo, hi = planner.req_start[ls], planner.req_start[ls + 1]
                     waiting = []
@@ -233,42 +250,55 @@ def run_timed(stream: RequestStream, costs: CostTables, planner: Planner, cache:
                         jobs[obj] = job
                         copies.submit(job)
                     prefetched += len(plan.prefetches)
+                    h += copy_issue * (len(plan.misses) + len(plan.prefetches))
+                # experts: hits first, then those waiting for a copy (or the CPU)
                 for obj, tok in ready:
                     ge = expert_gpu[tok] + (needs_dequant.pop(obj, 0.0) if needs_dequant else 0.0)
                     comp += ge
-                    if expert_host > ge:
-                        disp += expert_host - ge
-                        ge = expert_host
-                    c += ge
+                    h += expert_host
+                    g = (g if g > h - expert_host else h - expert_host) + ge
+                    if h > g:
+                        g = h
                 for job, obj, tok, extra in waiting:
+                    h += 0.0 if obj == -2 else expert_host
+                    ready_at = g if g > h - expert_host else h - expert_host
                     if not job.done.processed:
-                        if c > env.now:
-                            yield env.timeout(c - env.now)
+                        if ready_at > env.now:
+                            yield env.timeout(ready_at - env.now)
                         if not job.done.processed:
                             yield job.done
-                            if env.now > c:
-                                if events is not None:
-                                    events.append(("stall", "gpu", c, env.now - c))
-                                stall += env.now - c
-                                c = env.now
+                    if env.now > ready_at and job.done.processed:
+                        # the GPU waited for the copy (or the CPU) past the time it could have started
+                        landed_at = env.now
+                        if landed_at > ready_at:
+                            if events is not None:
+                                events.append(("stall", "gpu", ready_at, landed_at - ready_at))
+                            stall += landed_at - ready_at
+                            ready_at = landed_at
                     if obj == -2:  # computed on the CPU; only the result comes back
+                        g = ready_at
                         continue
                     ge = expert_gpu[tok] + extra + (needs_dequant.pop(obj, 0.0) if obj >= 0 and needs_dequant else 0.0)
                     comp += ge
-                    if expert_host > ge:
-                        disp += expert_host - ge
-                        ge = expert_host
-                    c += ge
+                    g = ready_at + ge
+                    if h > g:
+                        g = h
+            # the pass ends when the host has read the last result back
+            if g > h:
+                h = g
+            g = h
+            latency = h - start
             steps.append(StepRecord(p, int(stream.pass_group[p]), int(stream.pass_step[p]), bool(stream.pass_decode[p]),
                                     int(stream.pass_seqs[p]) if stream.pass_decode[p] else int(stream.ls_tokens[pass_start[p]]),
-                                    start, c - start, comp, stall, disp, hits - late, late, misses, prefetched))
+                                    start, latency, comp, stall, max(latency - comp - stall, 0.0),
+                                    hits - late, late, misses, prefetched))
             totals["compute"] += comp
             totals["stall"] += stall
-            totals["dispatch"] += disp
+            totals["dispatch"] += max(latency - comp - stall, 0.0)
             totals["late"] += late
-        if c > env.now:
-            yield env.timeout(c - env.now)
-        totals["end"] = c
+        if h > env.now:
+            yield env.timeout(h - env.now)
+        totals["end"] = h
 
     env.process(compute_stream())
     env.run()

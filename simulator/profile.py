@@ -34,6 +34,14 @@ FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
     "host": {
         "dispatch_per_kernel": ("s", True),
         "router_sync": ("s", True),
+        # The executor's own host time around the kernels (optional: 0 when absent).
+        # Measured by calibrate; they matter where the host, not the GPU, is the bound.
+        "block_issue": ("s", False),
+        "layer_step": ("s", False),
+        "resident_layer_step": ("s", False),
+        "copy_issue": ("s", False),
+        "expert_issue": ("s", False),
+        "resident_expert_issue": ("s", False),
     },
     "pcie": {
         "pinned_bandwidth": ("B/s", True),

@@ -129,6 +129,47 @@ def test_validate_quick_end_to_end(trace, profile, tmp_path):
     assert (out / "points.csv").read_text().count("\n") == 3 + 1  # 2 points + 1 resident + header
 
 
+def test_calibrate_measures_the_executors_host_time_in_its_loop(profile):
+    details = json.loads(profile.with_suffix(".calibration.json").read_text())
+    over = details["executor_overheads"]
+    runs = over["runs"]
+    # every run walked the same stream; the offloaded ones issued copies, the resident ones none
+    assert {r["layer_steps"] for r in runs.values()} == {runs["resident b1"]["layer_steps"]}
+    assert runs["resident b8"]["copies"] == 0 and runs["none+lru 25% b8"]["copies"] > runs["none+lru 100% b1"]["copies"]
+    for key in ("layer_step", "resident_layer_step", "copy_issue", "router_sync"):
+        assert over[key] >= 0.0
+    text = profile.read_text()
+    assert "layer_step = {" in text and "copy_issue = {" in text
+    # on the cpu the host computes, so the issue-only keys are not written
+    assert "block_issue" not in text and "expert_issue" not in text
+
+
+def test_validate_skips_a_point_that_cannot_run(trace, profile, tmp_path, monkeypatch):
+    from pregate.executor.device import ExecutorError
+    from pregate.executor.validate import validate
+
+    real_run = TraceExecutor.run
+
+    def run(self, settings, **kw):
+        if settings.speculation == "layer_minus_1":
+            raise ExecutorError("a cache of 3 experts does not fit in the free GPU memory")
+        return real_run(self, settings, **kw)
+
+    monkeypatch.setattr(TraceExecutor, "run", run)
+    result = validate([str(trace)], str(profile), "cpu", quick=True, log=lambda m: None)
+    assert result["summary"]["points"] == 1 and result["summary"]["skipped"] == 1
+    assert result["skipped"][0]["speculation"] == "layer_minus_1"
+    assert "does not fit" in result["skipped"][0]["reason"]
+
+
+def test_closed_runtime_frees_its_slots_and_keeps_its_figures(executor):
+    rt = executor.run(Settings(cache="50%"))
+    before = rt.summary()
+    rt.close()
+    assert rt.pool.data is None and rt.pool.buffers == [] and rt.cache.evict_listener is None
+    assert rt.summary() == before
+
+
 def test_execute_trace_json(trace, tmp_path):
     out = tmp_path / "e.json"
     assert main(["execute", "--trace", str(trace), "--device", "cpu", "--speculation", "layer_minus_1",

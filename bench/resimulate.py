@@ -1,0 +1,119 @@
+"""Re-price a GPU validation record with this checkout's simulator, without a GPU.
+
+``bench/gpu_validate.sh`` records, per point, what the executor measured on the
+GPU and what the simulator predicted from the profile calibrated in the same
+run. This script keeps the measured side as recorded and recomputes the
+predicted side with the current simulator, from the same profile (the
+``profile_toml`` in the record) and the same synthetic traces (rebuilt from
+their seed with the script's parameters). Two uses:
+
+* reproducibility: on the simulator that made the record, every prediction
+  comes back identical (``--check`` fails otherwise);
+* a change to the cost model can be tried against real measurements offline.
+  The calibrated numbers stay those of the run; only the model around them
+  changes, so a better fit here is evidence, not proof: a new GPU run decides.
+
+    python bench/resimulate.py bench/results/gpu-validate-nvidia-h200.json
+    python bench/resimulate.py RECORD.json --check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+# the parameters bench/gpu_validate.sh builds its traces with (a record may carry its own)
+DEFAULT_TRACES = {
+    "switch-base-8": {"seqs": 32, "prompt_len": 16, "new_tokens": 24},
+    "switch-base-64": {"seqs": 32, "prompt_len": 16, "new_tokens": 24},
+    "mixtral-like": {"seqs": 32, "prompt_len": 16, "new_tokens": 8},
+}
+
+
+def summary(points: list[dict], key: str) -> dict:
+    from pregate.executor.stats import kendall_tau
+
+    errors = np.abs([(p[key] - p["measured_mean_s"]) / p["measured_mean_s"] for p in points])
+    return {
+        "median_abs_error": float(np.median(errors)),
+        "p95_abs_error": float(np.percentile(errors, 95)),
+        "kendall_tau": kendall_tau([p["measured_mean_s"] for p in points], [p[key] for p in points]),
+    }
+
+
+def resimulate(record: dict, workdir: Path, groups: int = 2, dtype: str = "bfloat16") -> list[dict]:
+    from pregate.executor.run import trace_frame, trace_stream
+    from pregate.executor.shapes import make_shape_trace
+    from pregate.simulator.api import Simulation
+    from pregate.simulator.profile import load_profile
+    from pregate.simulator.settings import Settings
+    from pregate.traces import open_trace
+
+    profile_path = workdir / "profile.toml"
+    profile_path.write_text(record["profile_toml"])
+    profile = load_profile(profile_path)
+    params = record.get("traces") or DEFAULT_TRACES
+    sims: dict[tuple, Simulation] = {}
+    out = []
+    for p in record["resident_points"] + record["points"]:
+        name, batch = p["trace"], p["batch_size"]
+        if (name, batch) not in sims:
+            folder = workdir / name
+            if not folder.exists():
+                make_shape_trace(folder, name, dtype=dtype, **params[name])
+            trace = open_trace(folder)
+            stream = trace_stream(trace_frame(trace), trace.meta, batch, groups)
+            sims[(name, batch)] = Simulation(None, Settings(profile=str(profile_path), batch_size=batch, dtype=dtype),
+                                             profile=profile, stream=stream)
+        sim = sims[(name, batch)]
+        base = sim.settings
+        if p["cache"] == "resident":
+            st = base.replace(buffering="resident")
+        else:
+            st = base.replace(speculation=p["speculation"], cache_policy=p["cache_policy"], cache=p["cache"])
+        steps = [s for s in sim.run(st, bounds=False).steps if s.decode]
+        out.append(dict(p, resimulated_mean_s=float(np.mean([s.latency_s for s in steps]))))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("record", help="a gpu-validate-<gpu>.json written by bench/gpu_validate.sh")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 unless every prediction equals the recorded one (same simulator)")
+    ap.add_argument("--groups", type=int, default=2, help="groups per batch size, as the run used (default 2)")
+    args = ap.parse_args(argv)
+    record = json.loads(Path(args.record).read_text())
+    if not record.get("points") or not record.get("profile_toml"):
+        print(f"error: {args.record} has no points or no profile to re-price", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        points = resimulate(record, Path(tmp), args.groups)
+    print(f"{'trace':15} {'b':>3} {'policy':27} {'cache':>8} {'meas ms':>8} {'rec ms':>8} {'now ms':>8} {'err now':>8}")
+    for p in points:
+        policy = "resident" if p["cache"] == "resident" else f"{p['speculation']}+{p['cache_policy']}"
+        err = (p["resimulated_mean_s"] - p["measured_mean_s"]) / p["measured_mean_s"]
+        print(f"{p['trace'][:15]:15} {p['batch_size']:>3} {policy[:27]:27} {p['cache']:>8} "
+              f"{p['measured_mean_s'] * 1e3:8.3f} {p['simulated_mean_s'] * 1e3:8.3f} "
+              f"{p['resimulated_mean_s'] * 1e3:8.3f} {err:+8.1%}")
+    offloaded = [p for p in points if p["cache"] != "resident"]
+    for label, key in (("recorded", "simulated_mean_s"), ("now", "resimulated_mean_s")):
+        s = summary(offloaded, key)
+        print(f"{label:9} median |err| {s['median_abs_error']:.1%}, P95 |err| {s['p95_abs_error']:.1%}, "
+              f"Kendall tau {s['kendall_tau']:.3f} ({len(offloaded)} offloaded points)")
+    if args.check:
+        differ = [p for p in points if p["resimulated_mean_s"] != p["simulated_mean_s"]]
+        if differ:
+            print(f"{len(differ)} of {len(points)} predictions differ from the record")
+            return 1
+        print(f"all {len(points)} predictions equal the record")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
