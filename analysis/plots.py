@@ -215,33 +215,44 @@ def plot_hit_rate_per_layer(per_layer: pl.DataFrame, n_objects: int | None = Non
 
 
 def plot_sim_vs_measured(pairs: pl.DataFrame, measured: str = "measured_s", simulated: str = "simulated_s",
-                         label: str | None = "label") -> "plt.Figure":
+                         label: str | None = "label", group: str | None = "group") -> "plt.Figure":
     """Simulated against measured step latency (one point per setting), with y = x and a +-10% band.
 
     ``pairs`` has one row per setting with the measured and the simulated
-    latency in seconds (the executor's validation fills it); ``label`` names
-    each point when that column exists.
+    latency in seconds (the executor's validation fills it). Points are
+    coloured by ``group`` when that column exists (a trace and batch size,
+    say); ``label`` names each point when there are few enough to read.
+    Both axes are logarithmic: latencies span orders of magnitude, and equal
+    relative errors then look equal.
     """
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
     if pairs.is_empty():
         _note(ax, "no measurements yet: run the executor's validation")
         return fig
     m, s = pairs[measured].to_numpy() * 1e3, pairs[simulated].to_numpy() * 1e3
-    lo, hi = float(min(m.min(), s.min())) * 0.9, float(max(m.max(), s.max())) * 1.1
-    line = np.linspace(lo, hi, 10)
+    lo, hi = float(min(m.min(), s.min())) * 0.8, float(max(m.max(), s.max())) * 1.25
+    line = np.geomspace(lo, hi, 50)
     ax.fill_between(line, line * 0.9, line * 1.1, color="green", alpha=0.12, label="+-10%")
     ax.plot(line, line, "g-", lw=1, label="simulated = measured")
-    ax.scatter(m, s, s=18, color="#4c72b0", zorder=3)
-    if label and label in pairs.columns:
+    if group and group in pairs.columns:
+        groups = pairs[group].to_list()
+        for name in dict.fromkeys(groups):
+            keep = np.array([g == name for g in groups])
+            ax.scatter(m[keep], s[keep], s=18, zorder=3, label=str(name))
+    else:
+        ax.scatter(m, s, s=18, color="#4c72b0", zorder=3)
+    if label and label in pairs.columns and len(pairs) <= 16:
         for x, y, text in zip(m, s, pairs[label].to_list()):
             ax.annotate(str(text), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     err = np.abs(s - m) / m
-    ax.set_title(f"simulated vs measured step latency\nmedian |error| {np.median(err):.1%}, "
+    ax.set_title(f"simulated vs measured step latency ({len(m)} settings)\nmedian |error| {np.median(err):.1%}, "
                  f"p95 {np.percentile(err, 95):.1%}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("measured (ms)")
     ax.set_ylabel("simulated (ms)")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left")
     return fig

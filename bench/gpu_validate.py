@@ -125,6 +125,9 @@ def main(argv=None) -> int:
         if (out / "profile.calibration.json").exists() else None,
         "points": validation["points"], "resident_points": validation["resident"],
         "kendall_tau_by_trace_and_batch": s.get("kendall_tau_by_trace_and_batch"),
+        "skipped_points": validation.get("skipped", []),
+        # how the synthetic traces were built (bench/resimulate.py rebuilds them from this)
+        "traces": json.loads((out / "traces.json").read_text()) if (out / "traces.json").exists() else None,
     }
     path = out / f"gpu-validate-{gpu}.json"
     path.write_text(json.dumps(record, indent=2, default=float) + "\n")

@@ -10,7 +10,8 @@
 #      shape with 4096x14336 gated experts; QUICK: tiny shapes), bfloat16 on cuda;
 #   2. pregate calibrate -> $OUT/profile.toml (+ profile.calibration.json);
 #   3. pregate validate over the traces x 4 speculation/caching pairs (none+lru,
-#      layer_minus_1+lru, none+lfu, multi_layer+least-stale) x caches 25%,50% x batch 1,16
+#      layer_minus_1+lru, none+lfu, multi_layer+least-stale) x caches 25%,50% x batch 1,16,
+#      two rounds, each point keeping its faster one
 #      -> $OUT/validate/{validation.json,points.csv,scatter.png};
 #   4. the executor with all experts resident vs Hugging Face generate on the same
 #      random-init switch-base-8 (bfloat16), batch 1 and 16;
@@ -63,19 +64,23 @@ PREGATE=("$PY" -m pregate)
 
 if [ "$QUICK" = "1" ]; then
     SHAPES="tiny-switch tiny"; BATCHES="1,4"; CACHES="50%"; POLICIES="none+lru,layer_minus_1+lru"
-    SEQS=8; NGROUPS=1; QFLAG="--quick"; DTYPE=bfloat16
+    SEQS=8; NGROUPS=1; QFLAG="--quick"; DTYPE=bfloat16; REPEATS=1
 else
     SHAPES="switch-base-8 switch-base-64 mixtral-like"; BATCHES="1,16"; CACHES="25%,50%"
     POLICIES="none+lru,layer_minus_1+lru,none+lfu,multi_layer+least-stale"
-    SEQS=32; NGROUPS=2; QFLAG=""; DTYPE=bfloat16
+    SEQS=32; NGROUPS=2; QFLAG=""; DTYPE=bfloat16; REPEATS=2
 fi
 [ "$DEVICE" = "cpu" ] && DTYPE=float32
 
 step "1. traces ($SHAPES)"
 TRACES=()
+echo "{" > "$OUT/traces.json"
+SEP=""
 for shape in $SHAPES; do
     # the Mixtral-like shape copies 350 MB experts: fewer decode steps keep the run short
     NEW=24; [ "$shape" = "mixtral-like" ] && NEW=8
+    printf '%s"%s": {"seqs": %d, "prompt_len": 16, "new_tokens": %d}' "$SEP" "$shape" "$SEQS" "$NEW" >> "$OUT/traces.json"
+    SEP=", "
     "$PY" - "$TRACES_DIR/$shape" "$shape" "$SEQS" "$DTYPE" "$NEW" <<'PYEOF' || exit 1
 import sys
 from pregate.executor.shapes import make_shape_trace
@@ -85,6 +90,8 @@ PYEOF
     TRACES+=("$TRACES_DIR/$shape")
 done
 
+echo "}" >> "$OUT/traces.json"
+
 step "2. calibrate"
 TRACE_FLAGS=()
 for t in "${TRACES[@]}"; do TRACE_FLAGS+=(--trace "$t"); done
@@ -92,7 +99,7 @@ for t in "${TRACES[@]}"; do TRACE_FLAGS+=(--trace "$t"); done
 
 step "3. validate"
 "${PREGATE[@]}" validate "${TRACES[@]}" --profile "$OUT/profile.toml" --device "$DEVICE" --policies "$POLICIES" \
-    --cache "$CACHES" --batch-size "$BATCHES" --groups "$NGROUPS" -o "$OUT/validate"
+    --cache "$CACHES" --batch-size "$BATCHES" --groups "$NGROUPS" --repeats "$REPEATS" -o "$OUT/validate"
 VALIDATE_RC=$?
 
 step "4-5. resident executor vs Hugging Face generate; summary"

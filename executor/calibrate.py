@@ -208,8 +208,41 @@ def dense_block_table(meta, device: Device, dtype: str, counts: list[int], reps:
         "tokens": list(counts),
         "seconds": list(np.maximum.accumulate(seconds)),  # more tokens never cost less
         "source": f"{source}: the executor's dense block (attention over {context} tokens per sequence, "
-                  f"dense FFN of {model.ffn}), per block, GPU time (issued ahead of the GPU)",
+                  f"dense FFN of {model.ffn}), per block, "
+                  + ("GPU time (issued ahead of the GPU)" if device.cuda else "back to back"),
     }
+
+
+def dense_issue_in_loop(meta, device: Device, dtype: str, quick: bool) -> float:
+    """Host seconds to issue one dense block of ``meta``'s shape inside the executor's run loop.
+
+    The block's kernels (an FFN or none, the attention) set its issue time, so
+    each model shape gets its own. The executor runs a calibration trace of
+    that shape (its own seeded routing; two experts per MoE layer keep the
+    host store small, since dense blocks do not depend on the experts), every
+    expert resident, one sequence at a time; the dense phase's host time per
+    block, the least of a few runs. On the CPU, where the host computes, this
+    is the block's compute inside the loop, which runs slower than alone.
+    """
+    import copy
+    import tempfile
+
+    from pregate.executor.run import TraceExecutor
+    from pregate.simulator.settings import Settings
+    from pregate.simulator.synthetic import make_trace
+
+    small = copy.deepcopy(meta)
+    for stack in small.stacks.values():
+        stack.experts, stack.top_k = 2, min(stack.top_k, 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_trace(Path(tmp) / "dense", seqs=2, prompt_len=4, new_tokens=4 if quick else 8, seed=1, meta=small)
+        ex = TraceExecutor(path, device.name, dtype)
+    best = math.inf
+    for _ in range(2 if quick else 3):
+        rt = ex.run(Settings(buffering="resident", batch_size=1, dtype=dtype))
+        best = min(best, sum(s.dense_s for s in rt.steps) / max(1, sum(s.blocks for s in rt.steps)))
+        rt.close()
+    return best
 
 
 def executor_overheads(device: Device, dtype: str, timer: Timer, quick: bool) -> dict:
@@ -391,9 +424,21 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
                                   "router (matmul, softmax, top-k) with its read-back to the host, minus 3 dispatches")
     dense_counts = [1, 4, 16, 64] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256]
     dense_tables = dense_block_tables(meta, device, dtype, dense_counts, reps, timer, source)
+    timed = {(t["d_model"], t["block_params"]) for t in dense_tables}
     for trace_meta in traces or []:
-        log(f"dense block of {trace_meta.model_id} (d_model {trace_meta.d_model}) by token count")
-        dense_tables += dense_block_tables(trace_meta, device, dtype, dense_counts, reps, timer, source)
+        from pregate.simulator.costs import DTYPE_BYTES
+
+        shape = (int(trace_meta.d_model), int(round(trace_meta.dense_bytes_per_layer / DTYPE_BYTES.get(trace_meta.dtype, 4))))
+        if shape in timed:  # two traces of one model shape (say, 8 and 64 experts) share a dense block
+            continue
+        timed.add(shape)
+        log(f"dense block of {trace_meta.model_id} (d_model {trace_meta.d_model}) by token count, and its issue "
+            "inside the run loop")
+        tables = dense_block_tables(trace_meta, device, dtype, dense_counts, reps, timer, source)
+        issue = dense_issue_in_loop(trace_meta, device, dtype, quick)
+        for table in tables:
+            table["issue_seconds"] = issue
+        dense_tables += tables
     details["dense_tables"] = dense_tables
     dense_table = {"d_model": d0, "blocks": blocks, "host_seconds_1_token": host_block}
     for T in ([1, 16] if small else [1, 16, 128]):
@@ -503,7 +548,8 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
         secs = list(np.maximum.accumulate(secs))  # more tokens never cost less
         tables.append({"d_model": d, "d_ff": f, "dtype": dtype, "tokens": counts, "seconds": secs,
                        "source": f"{source}: the executor's expert function ({'gated' if gated else 'two matmuls'}), "
-                                 "gather to scatter-add, GPU time (issued ahead of the GPU)"})
+                                 "gather to scatter-add, "
+                                 + ("GPU time (issued ahead of the GPU)" if device.cuda else "back to back")})
     details["expert_tables"] = tables
     details["values"] = {k: {"value": v, "unit": u, "source": f"{source}: {what}"} for k, (v, u, what) in values.items()}
     return render_profile(env, values, source, tables, details), details
@@ -562,8 +608,10 @@ def render_profile(env: dict, values: dict, source: str, tables: list[dict], det
             f"context = {table['context']}",
             f"tokens = [{', '.join(str(t) for t in table['tokens'])}]",
             f"seconds = [{', '.join(_num(s) for s in table['seconds'])}]",
-            f"source = {_str(table['source'])}",
         ]
+        if table.get("issue_seconds"):
+            lines.append(f"issue_seconds = {_num(table['issue_seconds'])}")
+        lines.append(f"source = {_str(table['source'])}")
     for table in tables:
         lines += [
             "",

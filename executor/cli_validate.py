@@ -28,6 +28,9 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", default="", help="dtype on the device (default: the trace's)")
     p.add_argument("--warmup", type=int, default=None, help="forward passes run before each measurement")
     p.add_argument("--quick", action="store_true", help="two policy pairs, one cache size, batch 1, two groups")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="rounds over all settings; each point keeps its fastest round, which filters out slow "
+                        "spells of a shared machine (default: 2 on cuda, 1 on cpu)")
 
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on the cpu (default: 1, for stable timings when cores are shared)")
@@ -48,9 +51,12 @@ def _run(args) -> int:
     if args.groups is not None and args.groups < 1:
         raise ExecutorError(f"--groups must be at least 1, got {args.groups}")
     caches = args.cache.split(",") if args.cache else None
+    repeats = args.repeats if args.repeats is not None else (2 if args.device == "cuda" else 1)
+    if repeats < 1:
+        raise ExecutorError(f"--repeats must be at least 1, got {repeats}")
     result = validate(args.traces, args.profile, args.device, policies=args.policies, caches=caches,
                       batch_sizes=batches, dtype=args.dtype, groups=args.groups, warmup=args.warmup,
-                      quick=args.quick, log=lambda m: print(f"  {m}"))
+                      quick=args.quick, repeats=repeats, log=lambda m: print(f"  {m}"))
     files = write_outputs(result, args.out)
     s = result["summary"]
 

@@ -115,8 +115,9 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
     used = ""
     if table is not None:
         expert_gpu = interpolate(n, table.tokens, table.seconds)
-        # a measured time includes the dispatch of the expert function; the runtime's
-        # bookkeeping around it (slot events) is in host.expert_issue
+        # calibrate times the table on the GPU alone; the host's issue of the expert, with
+        # the runtime's slot events, is host.expert_issue (absent in older profiles, whose
+        # tables were timed back to back and so hold the host's part when it was the bound)
         expert_host = profile.get("host.expert_issue", 0.0) or 0.0
         expert_host_resident = profile.get("host.resident_expert_issue", expert_host) or 0.0
         used = table.source
@@ -125,6 +126,9 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
         expert_gpu = np.maximum(2.0 * n * meta.expert_params / peak, (e_bytes + act_bytes) / hbm) + kernels * launch
         expert_host = profile.get("host.expert_issue", 0.0) or kernels * dispatch
         expert_host_resident = profile.get("host.resident_expert_issue", 0.0) or expert_host
+    # Resident experts skip the slot events and the planner: never dearer than offloaded ones
+    # (two noisy fits could say otherwise, and the all-resident bound must stay a bound).
+    expert_host_resident = min(expert_host_resident, expert_host)
     expert_gpu[0] = 0.0
     # CPU compute in the trace's own dtype (host copies), activations both ways.
     host_bytes = bytes_of.get(meta.dtype, e_bytes)
@@ -164,9 +168,10 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
         else:
             dense_one = measured + np.maximum(attention(ctx) - attention(tokens * short.context), 0.0)
         dense_gpu = blocks_per_layer * dense_one
-        # measured back to back, the table holds the host's issue time when that is the bound;
-        # inside the run loop the issue takes longer (host.block_issue, when calibrated)
-        dense_host = np.full(len(tokens), blocks_per_layer * (profile.get("host.block_issue", 0.0) or 0.0))
+        # the table is the GPU's time; the host's issue of this block inside the run loop is
+        # its issue_seconds, or host.block_issue (a tiny attention-only block) without one
+        issue = max(t.issue_seconds for t in dense_tables) or (profile.get("host.block_issue", 0.0) or 0.0)
+        dense_host = np.full(len(tokens), blocks_per_layer * issue)
         used_dense = "; ".join(dict.fromkeys(t.source for t in dense_tables))
     else:
         dense_gpu = blocks_per_layer * (weights + attention(ctx) + DENSE_KERNELS_PER_BLOCK * launch)
@@ -197,7 +202,8 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
         expert_host=float(expert_host),
         expert_host_resident=float(expert_host_resident),
         layer_step=float(profile.get("host.layer_step", 0.0) or 0.0),
-        resident_layer_step=float(profile.get("host.resident_layer_step", 0.0) or 0.0),
+        resident_layer_step=float(min(profile.get("host.resident_layer_step", 0.0) or 0.0,
+                                      profile.get("host.layer_step", 0.0) or 0.0)),
         copy_issue=float(profile.get("host.copy_issue", 0.0) or 0.0),
         expert_cpu=expert_cpu.tolist(),
         dense_gpu=dense_gpu.tolist(),

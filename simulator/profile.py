@@ -63,7 +63,8 @@ FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
 }
 TOP_LEVEL = {"schema", "name", "description", "cuda_names", "expert_table", "dense_table", *FIELDS}
 TABLE_KEYS = {"d_model", "d_ff", "dtype", "tokens", "seconds", "source"}
-DENSE_TABLE_KEYS = {"d_model", "block_params", "dtype", "context", "tokens", "seconds", "source"}
+DENSE_TABLE_KEYS = {"d_model", "block_params", "dtype", "context", "tokens", "seconds", "source", "issue_seconds"}
+OPTIONAL_TABLE_KEYS = {"issue_seconds"}
 VALUE_KEYS = {"value", "unit", "source"}
 
 
@@ -94,6 +95,7 @@ class DenseTable:
     tokens: tuple[int, ...]
     seconds: tuple[float, ...]
     source: str = ""
+    issue_seconds: float = 0.0  # host time to issue one block inside the executor's loop (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ def _check_table(where: str, index: int, raw, kind: str = "expert_table", keys: 
     extra = set(raw) - keys
     if extra:
         raise ProfileError(f"{where}: '{name}' has unknown key(s) {', '.join(sorted(extra))}")
-    missing = sorted(keys - set(raw))
+    missing = sorted(keys - OPTIONAL_TABLE_KEYS - set(raw))
     if missing:
         raise ProfileError(f"{where}: '{name}' lacks {', '.join(missing)}")
     tokens, seconds = raw["tokens"], raw["seconds"]
@@ -184,8 +186,11 @@ def _check_table(where: str, index: int, raw, kind: str = "expert_table", keys: 
         for key in ("d_model", "block_params", "context"):
             if isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < 0:
                 raise ProfileError(f"{where}: '{name}.{key}' must be a non-negative integer")
+        issue = raw.get("issue_seconds", 0.0)
+        if isinstance(issue, bool) or not isinstance(issue, (int, float)) or issue < 0:
+            raise ProfileError(f"{where}: '{name}.issue_seconds' must be a non-negative number")
         return DenseTable(raw["d_model"], raw["block_params"], str(raw["dtype"]), raw["context"], tuple(tokens),
-                          tuple(float(s) for s in seconds), str(raw["source"]))
+                          tuple(float(s) for s in seconds), str(raw["source"]), float(issue))
     return ExpertTable(int(raw["d_model"]), int(raw["d_ff"]), str(raw["dtype"]), tuple(tokens),
                        tuple(float(s) for s in seconds), str(raw["source"]))
 

@@ -173,11 +173,19 @@ def test_measured_dense_tables_price_dense_work(tmp_path):
     # without the tables the roofline prices it, and differently
     plain = Simulation(trace, Settings(batch_size=2))
     assert plain.costs.used_dense_table == "" and plain.costs.dense_gpu != costs.dense_gpu
+    # a table's issue time inside the executor's loop is the host's part, per block
+    issued = _write_profile(tmp_path, lambda t: t + DENSE_TABLES.replace('source = "test"',
+                                                                         'issue_seconds = 2.5e-4\nsource = "test"'))
+    timed = Simulation(trace, Settings(profile=str(issued), batch_size=2))
+    assert timed.costs.dense_gpu == costs.dense_gpu
+    assert timed.costs.dense_host == pytest.approx([2 * 2.5e-4] * stream.n_layer_steps)
 
 
 @pytest.mark.parametrize("edit,message", [
     (lambda t: t.replace("context = 64", "context = -1"), "'dense_table\\[0\\].context' must be a non-negative integer"),
     (lambda t: t.replace("block_params = 2359296\ndtype", "dtype", 1), "'dense_table\\[0\\]' lacks block_params"),
+    (lambda t: t.replace('source = "test"', 'issue_seconds = -1.0\nsource = "test"', 1),
+     "'dense_table\\[0\\].issue_seconds' must be a non-negative number"),
 ])
 def test_malformed_dense_table(tmp_path, edit, message):
     path = _write_profile(tmp_path, lambda t: edit(t + DENSE_TABLES))
