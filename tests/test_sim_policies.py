@@ -77,3 +77,34 @@ def test_policy_needing_ahead_refuses_trace_without_it(tmp_path):
     path = make_trace(tmp_path / "na", seqs=1, new_tokens=3, ahead=0)
     with pytest.raises(SimulatorError, match="needs the trace's 'ahead' column"):
         Simulation(path, Settings(speculation="layer_minus_1")).replay()
+
+
+@pytest.mark.parametrize("policy", ["lfu", "least-stale"])
+def test_heap_victim_is_the_scans(policy):
+    """The heap-kept victim equals the least ``key`` over every evictable object, whatever
+    the order of inserts, hits, removals, layer steps and protected sets."""
+    import random
+
+    from pregate.simulator.stream import Layout
+    from pregate.traces import StackMeta
+    from types import SimpleNamespace
+
+    layout = Layout.from_meta(SimpleNamespace(stacks={"decoder": StackMeta(4, 6, 1)}))
+    rng = random.Random(3)
+    p = CACHING.get(policy)(layout=layout)
+    cached: set[int] = set()
+    for step in range(3000):
+        p.on_layer(step % layout.n_layers, step)
+        obj = rng.randrange(layout.n_objects)
+        if obj in cached:
+            if rng.random() < 0.2:
+                p.on_remove(obj)
+                cached.discard(obj)
+            else:
+                p.on_hit(obj, step, 0)
+        else:
+            p.on_insert(obj, step, 0)
+            cached.add(obj)
+        protected = set(rng.sample(sorted(cached), k=min(len(cached), rng.randrange(4))))
+        expected = min((o for o in cached if o not in protected), key=p.key, default=None)
+        assert p.victim(protected) == expected

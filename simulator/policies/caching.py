@@ -15,6 +15,7 @@ next request, known only in simulation (NEVER when unknown or absent); only
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import OrderedDict
 
@@ -78,6 +79,47 @@ class FIFO(LRU):
         pass
 
 
+class KeyedHeap:
+    """Objects ordered by a key that changes only when the object is touched.
+
+    Each touch pushes the object's new key; an entry whose key is no longer
+    the object's own is dropped when it reaches the top. The least key among
+    the objects not protected then costs a few heap operations, where a scan
+    would price every cached object on every eviction (hundreds of objects,
+    and the planner runs inside the executor's step). Keys must be unique
+    (they end in an access tick), so the minimum is the scan's.
+    """
+
+    def __init__(self):
+        self.heap: list = []
+        self.key: dict[int, tuple] = {}
+
+    def set(self, obj: int, key: tuple) -> None:
+        self.key[obj] = key
+        heapq.heappush(self.heap, (key, obj))
+        if len(self.heap) > 4 * len(self.key) + 64:  # drop the stale entries now and then
+            self.heap = [(k, o) for o, k in self.key.items()]
+            heapq.heapify(self.heap)
+
+    def remove(self, obj: int) -> None:
+        del self.key[obj]
+
+    def least(self, protected) -> int | None:
+        heap, held, found = self.heap, [], None
+        while heap:
+            key, obj = heap[0]
+            if self.key.get(obj) != key:
+                heapq.heappop(heap)
+            elif obj in protected:
+                held.append(heapq.heappop(heap))
+            else:
+                found = obj
+                break
+        for entry in held:
+            heapq.heappush(heap, entry)
+        return found
+
+
 @CACHING.register("lfu")
 class LFU(CachingPolicy):
     """Least frequently used while resident; ties go to the least recently used.
@@ -86,15 +128,20 @@ class LFU(CachingPolicy):
     libCacheSim's LFU (whose miss counts the tests reproduce).
     """
 
+    keyed_heap = True  # (count, last access) changes only on a touch: keep a heap, not a scan
+
     def __init__(self, layout=None, seed: int = 0):
         super().__init__(layout, seed)
         self.freq: dict[int, int] = {}
         self.last: dict[int, int] = {}
         self.tick = 0
+        self.ranked = KeyedHeap()
 
     def _stamp(self, obj):
         self.tick += 1
         self.last[obj] = self.tick
+        if self.keyed_heap:
+            self.ranked.set(obj, (self.freq[obj], self.tick))
 
     def on_hit(self, obj, now, next_use):
         self.freq[obj] += 1
@@ -106,11 +153,17 @@ class LFU(CachingPolicy):
 
     def on_remove(self, obj):
         del self.freq[obj], self.last[obj]
+        if self.keyed_heap:
+            self.ranked.remove(obj)
 
     def key(self, obj):
         return (self.freq[obj], self.last[obj])
 
     def victim(self, protected):
+        return self.ranked.least(protected) if self.keyed_heap else self.scan(protected)
+
+    def scan(self, protected):
+        """The least ``key`` over every evictable object (for keys that move with time)."""
         best, best_key = None, None
         for obj in self.freq:
             if obj in protected:
@@ -129,6 +182,8 @@ class DecayedLFU(LFU):
     which makes comparison between objects a plain float comparison after
     bringing each to the current time.
     """
+
+    keyed_heap = False
 
     def __init__(self, layout=None, seed: int = 0, half_life: float | None = None):
         super().__init__(layout, seed)
@@ -174,27 +229,48 @@ class LeastStale(LFU):
     this ordering is what a cyclic layer walk calls for.
     """
 
+    keyed_heap = False  # the layer order moves with every layer step: one heap per layer instead
+
     def __init__(self, layout=None, seed: int = 0):
         super().__init__(layout, seed)
         self.current = 0
         self.n_layers = layout.n_layers if layout is not None else 1
         self.layer: dict[int, int] = {}
+        self.by_layer: dict[int, KeyedHeap] = {}
 
     def on_layer(self, layer, now):
         self.current = layer
 
+    def _stamp(self, obj):
+        super()._stamp(obj)
+        if obj in self.layer:
+            self.by_layer[self.layer[obj]].set(obj, (self.freq[obj], self.tick))
+
     def on_insert(self, obj, now, next_use):
+        layer = self.layout.layer_of(obj) if self.layout is not None else 0
+        self.layer[obj] = layer
+        self.by_layer.setdefault(layer, KeyedHeap())
         super().on_insert(obj, now, next_use)
-        self.layer[obj] = self.layout.layer_of(obj) if self.layout is not None else 0
 
     def on_remove(self, obj):
         super().on_remove(obj)
-        del self.layer[obj]
+        self.by_layer[self.layer.pop(obj)].remove(obj)
 
     def key(self, obj):
         # Distance (in layers) until this expert's layer runs again; larger = staler.
         wait = (self.layer[obj] - self.current - 1) % self.n_layers
         return (-wait, self.freq[obj], self.last[obj])
+
+    def victim(self, protected):
+        # the layer that just ran comes round last, then the one before it, ...: the first
+        # with an evictable expert gives its least (count, last access), as ``key`` orders
+        for back in range(self.n_layers):
+            heap = self.by_layer.get((self.current - back) % self.n_layers)
+            if heap is not None and heap.key:
+                obj = heap.least(protected)
+                if obj is not None:
+                    return obj
+        return None
 
 
 @CACHING.register("pinned-hot")
@@ -204,6 +280,8 @@ class PinnedHot(LFU):
     With a stable routing distribution this converges to pinning the most
     popular experts, the static choice several offloading systems make.
     """
+
+    keyed_heap = False
 
     def __init__(self, layout=None, seed: int = 0):
         super().__init__(layout, seed)
