@@ -213,6 +213,35 @@ def dense_block_table(meta, device: Device, dtype: str, counts: list[int], reps:
     }
 
 
+def store_copies(device: Device, timer: Timer, quick: bool) -> dict:
+    """Copies of expert-sized rows from random places in a store-sized host buffer.
+
+    The fit above copies one small buffer over and over; the executor copies
+    rows from a host store of every expert (gigabytes), each once in a while.
+    On one GPU host, copies from a 7.2 GB store made the GPU wait 3-6x longer
+    than the fit predicted while a 0.9 GB store matched it. This records the
+    rate from a large store next to the small buffer's, for the calibration
+    JSON (the profile keeps the small buffer's rate until the two are
+    understood).
+    """
+    store_bytes = (2**30 if quick else 2**32) if device.cuda else 2**26
+    chunk = 2**23  # 8 MiB, about one Switch-base expert in bfloat16
+    rows = store_bytes // chunk
+    store = torch.empty((rows, chunk), dtype=torch.uint8, pin_memory=device.cuda)
+    store[:, ::4096].fill_(1)  # touch every page once
+    dst = torch.empty(chunk, dtype=torch.uint8, device=device.torch)
+    order = np.random.default_rng(0).permutation(rows)[: min(rows, 64)].tolist()
+    position = [0]
+
+    def one():
+        dst.copy_(store[order[position[0] % len(order)]], non_blocking=device.cuda)
+        position[0] += 1
+
+    seconds = timer.per_call(one, len(order), warmup=0, stream=device.copy, trials=1)
+    return {"store_bytes": int(store_bytes), "chunk_bytes": chunk, "copies": len(order),
+            "seconds_per_copy": seconds, "bandwidth_Bps": chunk / seconds}
+
+
 def dense_issue_in_loop(meta, device: Device, dtype: str, quick: bool) -> float:
     """Host seconds to issue one dense block of ``meta``'s shape inside the executor's run loop.
 
@@ -365,6 +394,7 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
         if kind == "pinned":
             values["pcie.copy_latency"] = (lat, "s", "fixed cost per copy from the same fit (pinned)")
     details["copies"] = copy_table
+    details["copies_from_a_large_store"] = store_copies(device, timer, quick)
 
     # ---- matmul peaks, memory bandwidth ----------------------------------------------------
     log("matmul rate per dtype, memory bandwidth")

@@ -53,6 +53,10 @@ def _run(args) -> int:
           f"pageable {v['pcie.pageable_bandwidth']['value'] / 1e9:.1f} GB/s, "
           f"copy latency {v['pcie.copy_latency']['value'] * 1e6:.1f} us, "
           f"dispatch {v['host.dispatch_per_kernel']['value'] * 1e6:.1f} us/kernel")
+    store = details.get("copies_from_a_large_store")
+    if store:
+        print(f"  8 MiB rows from a {store['store_bytes'] / 2**30:.2g} GiB host store: "
+              f"{store['bandwidth_Bps'] / 1e9:.1f} GB/s (in {side.name}; the profile keeps the fit above)")
     return 0
 
 

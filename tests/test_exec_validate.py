@@ -145,6 +145,8 @@ def test_calibrate_measures_the_executors_host_time_in_its_loop(profile):
     assert "layer_step = {" in text and "copy_issue = {" in text
     # on the cpu the host computes, so the issue-only keys are not written
     assert "block_issue" not in text and "expert_issue" not in text
+    store = details["copies_from_a_large_store"]
+    assert store["copies"] > 0 and store["bandwidth_Bps"] > 0 and store["store_bytes"] > store["chunk_bytes"]
 
 
 def test_validate_skips_a_point_that_cannot_run(trace, profile, tmp_path, monkeypatch):
