@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Validate the simulator against the executor on a CUDA machine, in under 8 minutes.
+# Validate the simulator against the executor on a CUDA machine, in under 8 minutes (about 5 on an H200).
 #
 #   bench/gpu_validate.sh                      # on a CUDA machine; writes ./gpu-out
 #   OUT=/tmp/gpu-out bench/gpu_validate.sh
