@@ -185,6 +185,13 @@ def dense_block_tables(meta, device: Device, dtype: str, counts: list[int], reps
                               reps, timer, source, c) for c in DENSE_CONTEXTS]
 
 
+def block_params(meta) -> int:
+    """Weights of one dense block as the simulator counts them (dense bytes per layer / dtype size)."""
+    from pregate.simulator.costs import DTYPE_BYTES
+
+    return int(round(meta.dense_bytes_per_layer / DTYPE_BYTES.get(meta.dtype, 4)))
+
+
 def dense_block_table(meta, device: Device, dtype: str, counts: list[int], reps: int, timer, source: str,
                       context: int) -> dict:
     """The executor's dense block for ``meta``'s shape, timed decoding ``T`` sequences at once.
@@ -193,7 +200,6 @@ def dense_block_table(meta, device: Device, dtype: str, counts: list[int], reps:
     count computed as its cost model does (dense bytes per layer / dtype size).
     """
     from pregate.executor.synthetic import SyntheticModel
-    from pregate.simulator.costs import DTYPE_BYTES
 
     model = SyntheticModel(meta, device.torch, torch_dtype(dtype), max(counts), context)
     seconds = []
@@ -202,7 +208,7 @@ def dense_block_table(meta, device: Device, dtype: str, counts: list[int], reps:
         seconds.append(timer.gpu_per_call(lambda: model.dense(0, x, True, context * T), reps) / model.blocks)
     return {
         "d_model": int(meta.d_model),
-        "block_params": int(round(meta.dense_bytes_per_layer / DTYPE_BYTES.get(meta.dtype, 4))),
+        "block_params": block_params(meta),
         "dtype": dtype,
         "context": context,
         "tokens": list(counts),
@@ -270,8 +276,9 @@ def dense_issue_in_loop(meta, device: Device, dtype: str, quick: bool) -> float:
     best = math.inf
     for _ in range(2 if quick else 3):
         rt = ex.run(Settings(buffering="resident", batch_size=1, dtype=dtype))
-        best = min(best, sum(s.dense_s for s in rt.steps) / max(1, sum(s.blocks for s in rt.steps)))
+        totals = rt.phase_totals()
         rt.close()
+        best = min(best, totals["dense_s"] / max(1, totals["blocks"]))
     return best
 
 
@@ -318,13 +325,8 @@ def executor_overheads(device: Device, dtype: str, timer: Timer, quick: bool) ->
     for name, settings in runs.items():
         for _ in range(2 if quick else 3):  # each phase's least total over repeats: robust to a hiccup
             rt = ex.run(settings, groups=2)
-            steps = rt.steps
-            run = {
-                "layer_steps": sum(s.layer_steps for s in steps), "blocks": sum(s.blocks for s in steps),
-                "experts": sum(s.experts for s in steps), "copies": rt.pool.copies,
-                "dense_s": sum(s.dense_s for s in steps), "route_s": sum(s.route_s for s in steps),
-                "plan_s": sum(s.plan_s for s in steps), "expert_s": sum(s.expert_s for s in steps),
-            }
+            run = rt.phase_totals()
+            rt.close()
             best = totals.setdefault(name, run)
             for key in ("dense_s", "route_s", "plan_s", "expert_s"):
                 best[key] = min(best[key], run[key])
@@ -457,9 +459,7 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
     dense_tables = dense_block_tables(meta, device, dtype, dense_counts, reps, timer, source)
     timed = {(t["d_model"], t["block_params"]) for t in dense_tables}
     for trace_meta in traces or []:
-        from pregate.simulator.costs import DTYPE_BYTES
-
-        shape = (int(trace_meta.d_model), int(round(trace_meta.dense_bytes_per_layer / DTYPE_BYTES.get(trace_meta.dtype, 4))))
+        shape = (int(trace_meta.d_model), block_params(trace_meta))
         if shape in timed:  # two traces of one model shape (say, 8 and 64 experts) share a dense block
             continue
         timed.add(shape)

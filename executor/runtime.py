@@ -78,6 +78,10 @@ class StepStat:
     experts: int = 0
 
 
+# StepStat's host time by phase of the run loop and the work it counted
+PHASES = ("plan_s", "route_s", "dense_s", "expert_s", "layer_steps", "blocks", "experts")
+
+
 @dataclass
 class Decision:
     """What the planner decided at one layer step (for comparing with the replay)."""
@@ -126,9 +130,7 @@ class OffloadRuntime:
             self.pool.load_all()
         self.cache.evict_listener = self._evicted
         for slot in range(self.pool.n_slots):  # views made once here, not on a slot's first use in a step
-            views = dict(self.spec.views(self.pool.buffers[slot]))
-            views["__buffer__"] = self.pool.buffers[slot]
-            self._views[slot] = views
+            self._slot_views(slot)
         self.record = record
         self.decisions: list[Decision] = []
         self._current: Decision | None = None
@@ -219,10 +221,15 @@ class OffloadRuntime:
             return self.spec.views(self.store.full[work.obj])
         buffer = self.pool.acquire(work.slot, self._stall_events)
         views = self._views.get(work.slot)
-        if views is None or views["__buffer__"] is not buffer:
-            views = dict(self.spec.views(buffer))
-            views["__buffer__"] = buffer
-            self._views[work.slot] = views
+        if views is None or views["__buffer__"] is not buffer:  # a bypass buffer made since
+            views = self._slot_views(work.slot)
+        return views
+
+    def _slot_views(self, slot: int) -> dict[str, torch.Tensor]:
+        buffer = self.pool.buffers[slot]
+        views = dict(self.spec.views(buffer))
+        views["__buffer__"] = buffer
+        self._views[slot] = views
         return views
 
     def compute(self, work: Work, x: torch.Tensor) -> torch.Tensor:
@@ -296,16 +303,18 @@ class OffloadRuntime:
             "tokens_per_s": tokens / decode_s if decode_s > 0 else None,
             "stall_s": stall_s,
             "stall_share": stall_s / total_s if total_s else 0.0,
-            # host time per decode step in the runtime's planning and in the router's read-back
-            "host_plan_s_per_step": float(np.mean([s.plan_s for s in decode])) if decode else 0.0,
-            "host_route_s_per_step": float(np.mean([s.route_s for s in decode])) if decode else 0.0,
-            "host_dense_s_per_step": float(np.mean([s.dense_s for s in decode])) if decode else 0.0,
-            "host_expert_s_per_step": float(np.mean([s.expert_s for s in decode])) if decode else 0.0,
-            "experts_per_step": float(np.mean([s.experts for s in decode])) if decode else 0.0,
-            "layer_steps_per_step": float(np.mean([s.layer_steps for s in decode])) if decode else 0.0,
+            # host time per decode step by phase of the run loop, and the work counted in it
+            **{f"host_{name}_per_step" if name.endswith("_s") else f"{name}_per_step":
+               float(np.mean([getattr(s, name) for s in decode])) if decode else 0.0 for name in PHASES},
             "peak_gpu_bytes_experts": int((self.pool.n_slots + len(self.pool.bypass)) * self.pool.numel
                                           * self.pool.dtype.itemsize),
         }
+
+    def phase_totals(self) -> dict[str, float]:
+        """Each phase field of :class:`StepStat` summed over every pass, with the copies issued."""
+        totals = {name: sum(getattr(s, name) for s in self.steps) for name in PHASES}
+        totals["copies"] = self.pool.copies
+        return totals
 
     def close(self) -> None:
         """Give the device slots back now (the figures stay readable).

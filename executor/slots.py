@@ -94,13 +94,10 @@ class SlotPool:
         self.device.record_copy(self.ready[slot])
         self.ready_set[slot] = True
 
-    def load(self, obj: int, slot: int, form: str) -> None:
-        """Copy expert ``obj`` into ``slot`` on the copy stream (``form``: full, int8 or int4)."""
-        self.load_many([(obj, slot, form)])
-
     def load_many(self, loads: list[tuple[int, int, str]]) -> None:
-        """Copy each ``(obj, slot, form)`` in order, entering the copy stream once (a stream
-        switch costs the host as much as issuing a copy)."""
+        """Copy expert ``obj`` into ``slot`` on the copy stream (``form``: full, int8 or int4) for
+        each ``(obj, slot, form)`` in order, entering the copy stream once (a stream switch costs
+        the host as much as issuing a copy)."""
         if not loads:
             return
         device = self.device

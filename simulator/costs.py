@@ -118,8 +118,8 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
         # calibrate times the table on the GPU alone; the host's issue of the expert, with
         # the runtime's slot events, is host.expert_issue (absent in older profiles, whose
         # tables were timed back to back and so hold the host's part when it was the bound)
-        expert_host = profile.get("host.expert_issue", 0.0) or 0.0
-        expert_host_resident = profile.get("host.resident_expert_issue", expert_host) or 0.0
+        expert_host = profile.get("host.expert_issue", 0.0)
+        expert_host_resident = profile.get("host.resident_expert_issue", expert_host)
         used = table.source
     else:
         act_bytes = 2.0 * n * meta.d_model * DTYPE_BYTES[gpu_dtype]
@@ -170,7 +170,7 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
         dense_gpu = blocks_per_layer * dense_one
         # the table is the GPU's time; the host's issue of this block inside the run loop is
         # its issue_seconds, or host.block_issue (a tiny attention-only block) without one
-        issue = max(t.issue_seconds for t in dense_tables) or (profile.get("host.block_issue", 0.0) or 0.0)
+        issue = max(t.issue_seconds for t in dense_tables) or profile.get("host.block_issue", 0.0)
         dense_host = np.full(len(tokens), blocks_per_layer * issue)
         used_dense = "; ".join(dict.fromkeys(t.source for t in dense_tables))
     else:
@@ -201,10 +201,9 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
         expert_gpu=expert_gpu.tolist(),
         expert_host=float(expert_host),
         expert_host_resident=float(expert_host_resident),
-        layer_step=float(profile.get("host.layer_step", 0.0) or 0.0),
-        resident_layer_step=float(min(profile.get("host.resident_layer_step", 0.0) or 0.0,
-                                      profile.get("host.layer_step", 0.0) or 0.0)),
-        copy_issue=float(profile.get("host.copy_issue", 0.0) or 0.0),
+        layer_step=profile.get("host.layer_step", 0.0),
+        resident_layer_step=min(profile.get("host.resident_layer_step", 0.0), profile.get("host.layer_step", 0.0)),
+        copy_issue=profile.get("host.copy_issue", 0.0),
         expert_cpu=expert_cpu.tolist(),
         dense_gpu=dense_gpu.tolist(),
         dense_host=dense_host.tolist(),
