@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from pregate.errors import PregateError
+from pregate.traces.errors import PregateError
 
 DEVICES = ("cpu", "cuda")
 

@@ -231,27 +231,14 @@ def write_outputs(result: dict, out: str | Path) -> list[Path]:
 
 
 def scatter_plot(result: dict, path: Path) -> bool:
-    """Simulated vs measured mean step latency, one point per setting; False without matplotlib."""
+    """Simulated vs measured mean step latency, one point per setting; False without matplotlib.
+
+    Drawn here rather than by the analysis part, which sits beside the executor, not below it
+    (ARCHITECTURE.md); the report draws its own from the validation JSON.
+    """
     points = result["points"] + result["resident"]
     if not points:
         return False
-    try:  # the analysis part's plot, when it is there
-        import polars as pl
-
-        from pregate.analysis.plots import plot_sim_vs_measured, png
-
-        pairs = pl.DataFrame({
-            "measured_s": [p["measured_mean_s"] for p in points],
-            "simulated_s": [p["simulated_mean_s"] for p in points],
-            "label": [f"{p['trace']} b{p['batch_size']} "
-                      + ("resident" if p["cache"] == "resident" else f"{p['speculation']}+{p['cache_policy']} {p['cache']}")
-                      for p in points],
-            "group": [f"{p['trace']} b{p['batch_size']}" for p in points],
-        })
-        path.write_bytes(png(plot_sim_vs_measured(pairs)))
-        return True
-    except ImportError:
-        pass
     try:
         import matplotlib
 

@@ -3,9 +3,10 @@
 Every part raises a subclass of :class:`PregateError` for bad input (a corrupt
 trace, an unknown model, a policy name typo). The CLI prints ``error: <message>``
 and exits with status 2 instead of showing a traceback; anything else is a bug
-and keeps its traceback.
+and keeps its traceback. The class is defined in the lowest part
+(``pregate.traces.errors``) so that every part can use it; it is re-exported here.
 """
 
+from pregate.traces.errors import PregateError
 
-class PregateError(Exception):
-    """Bad input or an unmet precondition, explained in one line for the user."""
+__all__ = ["PregateError"]

@@ -1,6 +1,6 @@
 """Errors of the simulator: one line each, naming the bad setting, key or file.
 
-They subclass :class:`pregate.errors.PregateError`, so the command line prints
+They subclass :class:`pregate.traces.errors.PregateError`, so the command line prints
 the message and exits with status 2 instead of a traceback.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 
-from pregate.errors import PregateError
+from pregate.traces.errors import PregateError
 
 
 class SimulatorError(PregateError):

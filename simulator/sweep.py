@@ -415,7 +415,7 @@ def run_task(task: dict) -> dict:
     except Exception as exc:  # reported by the parent, after it has stored the finished rows
         import traceback
 
-        from pregate.errors import PregateError
+        from pregate.traces.errors import PregateError
 
         failed = task["points"][len(rows)] if len(rows) < len(task["points"]) else (None, {})
         where = ", ".join(f"{k}={v}" for k, v in failed[1].items() if v != field_default(k))

@@ -12,7 +12,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from pregate.errors import PregateError
+from pregate.traces.errors import PregateError
 
 BUILTIN = "builtin"
 BYTE_TOKENIZER = "utf8-bytes+3"

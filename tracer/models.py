@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pregate.errors import PregateError
+from pregate.traces.errors import PregateError
 from pregate.tracer.adapters import KnownVariant, ModelAdapter, adapter_for_model_type, all_adapters
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pregate import __version__
-from pregate.errors import PregateError
+from pregate.traces.errors import PregateError
 from pregate.traces import TraceMeta, TraceWriter, build_table
 from pregate.traces.schema import DEFAULT_AHEAD, STACKS
 from pregate.tracer.capture import RoutingRecorder

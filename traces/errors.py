@@ -1,6 +1,13 @@
-"""Errors about traces: each message is one line that names what is wrong and where."""
+"""Errors about traces, and the one base error type every part raises for bad input.
 
-from pregate.errors import PregateError
+``PregateError`` lives here, in the lowest part, so that every part can
+subclass it without importing anything above itself; the command line
+(``pregate/cli.py``) turns it into one line and exit status 2.
+"""
+
+
+class PregateError(Exception):
+    """Bad input or an unmet precondition, explained in one line for the user."""
 
 
 class TraceError(PregateError):

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pregate.errors import PregateError
+from pregate.traces.errors import PregateError
 from pregate.traces.schema import bytes_per_dtype
 
 _ADAPTERS: dict[str, type["ModelAdapter"]] = {}

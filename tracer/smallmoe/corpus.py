@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pregate.errors import PregateError
+from pregate.traces.errors import PregateError
 
 TEXT_SUFFIXES = {".py", ".txt", ".md", ".rst", ".json", ".toml", ".cfg", ".html", ".c", ".h"}
 HELD_OUT_EVERY = 10  # one file in ten (by name hash) is held out

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pregate.errors import PregateError
+from pregate.traces.errors import PregateError
 from pregate.tracer.smallmoe.corpus import heldout_prompts, read_corpus, train_tokenizer
 from pregate.tracer.smallmoe.model import PRESETS, SmallMoEModel
 from pregate.tracer.smallmoe.settings import TrainSettings
