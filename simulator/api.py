@@ -23,6 +23,7 @@ from pregate.simulator.cache import ExpertCache
 from pregate.simulator.costs import build_costs
 from pregate.simulator.engine import StepRecord, TimedOutcome, run_timed
 from pregate.simulator.errors import SimulatorError
+from pregate.simulator.gate import PrefetchTiming, timing_from_costs
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
 from pregate.simulator.profile import HardwareProfile, load_profile
@@ -86,6 +87,8 @@ class Simulation:
         resolve_policies(settings)
         if settings.copy_engines < 0 or settings.max_prefetch < 0:
             raise SimulatorError("--copy-engines and --max-prefetch must not be negative")
+        if settings.prefetch_gate not in ("cost", "off"):
+            raise SimulatorError(f"--prefetch-gate '{settings.prefetch_gate}' is not one of cost, off")
         if stream is None:
             stream = build_stream(_open(trace), batch_size=settings.batch_size)
         self.stream = stream
@@ -106,10 +109,20 @@ class Simulation:
         cache = ExpertCache(layout, self.capacity(settings), lambda: cache_cls(layout=layout, seed=settings.seed),
                             per_layer=settings.per_layer)
         spec = spec_cls(layout=layout, seed=settings.seed)
-        planner = Planner(self.stream, cache, spec, cpu_misses=buffering.cpu_misses,
-                          max_prefetch=settings.max_prefetch, future_for_cache=cache_cls.needs_future)
         comp = comp_cls()
+        planner = Planner(self.stream, cache, spec, cpu_misses=buffering.cpu_misses,
+                          max_prefetch=settings.max_prefetch, future_for_cache=cache_cls.needs_future,
+                          timing=self.prefetch_timing(settings), reset_per_group=settings.reset_cache_per_sequence)
         return cache, planner, buffering, comp
+
+    def prefetch_timing(self, settings: Settings) -> PrefetchTiming | None:
+        """The cost gate's inputs for ``settings`` (None when the gate is off)."""
+        if settings.prefetch_gate != "cost":
+            return None
+        comp = COMPRESSION.get(settings.compression)()
+        engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
+        return timing_from_costs(self.stream, self.costs, engines, comp.demand_dtype(self.gpu_dtype),
+                                 comp.prefetch_dtype(self.gpu_dtype))
 
     def replay(self, settings: Settings | None = None, fast: bool = True) -> ReplayCounts:
         settings = settings or self.settings
@@ -119,7 +132,7 @@ class Simulation:
             n = self.stream.n_requests
             return ReplayCounts(n, n, 0, 0, 0, 0, 0, 0, self.stream.layout.n_objects, 0)
         if (fast and settings.speculation == "none" and settings.cache_policy in FAST_POLICIES
-                and not settings.per_layer and not buf_cls.cpu_misses):
+                and not settings.per_layer and not buf_cls.cpu_misses and not settings.reset_cache_per_sequence):
             return replay_fast(self.stream, settings.cache_policy, self.capacity(settings), demand_bytes)
         cache, planner, buffering, comp = self._parts(settings)
         prefetch_bytes = self.costs.expert_bytes[comp.prefetch_dtype(self.gpu_dtype)]
@@ -198,6 +211,11 @@ class Simulation:
             "expert_table": self.costs.used_table or None,
             "dense_table": self.costs.used_dense_table or None,
         }
+
+
+def prefetch_timing(stream: RequestStream, settings: Settings, profile: HardwareProfile | None = None):
+    """The cost gate's inputs for a planner over ``stream`` (the executor on a trace uses the same)."""
+    return Simulation(None, settings, profile=profile, stream=stream).prefetch_timing(settings)
 
 
 def bound_settings(settings: Settings) -> tuple[Settings, Settings]:
