@@ -54,6 +54,8 @@ class ExpertCache:
             self.capacities = [capacity]
         self.capacity = capacity
         self.policies = [policy_factory() for _ in self.capacities]
+        for policy, cap in zip(self.policies, self.capacities):
+            policy.set_capacity(cap)
         self.sizes = [0] * len(self.capacities)
         self.state: dict[int, int] = {}
         self.unused_prefetch: set[int] = set()
