@@ -53,6 +53,7 @@ class ExpertCache:
         else:
             self.capacities = [capacity]
         self.capacity = capacity
+        self.policy_factory = policy_factory
         self.policies = [policy_factory() for _ in self.capacities]
         for policy, cap in zip(self.policies, self.capacities):
             policy.set_capacity(cap)
@@ -147,6 +148,10 @@ class ExpertCache:
             return False
         self.insert(obj, now, next_use, prefetch=True)
         return True
+
+    def shadow(self) -> "ExpertCache":
+        """An empty cache of the same size and policy (the prefetch gate's counterfactual)."""
+        return ExpertCache(self.layout, self.capacity, self.policy_factory, per_layer=self.per_layer)
 
     def clear(self) -> None:
         """Evict everything (counted as evictions; unused prefetches as wasted)."""

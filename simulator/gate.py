@@ -19,9 +19,10 @@ For a candidate expert for target layer step ``ls + j``, named at rank ``r``
 among the policy's distance-``j`` candidates:
 
 * ``c``: confidence, the precision measured so far of rank-``r``,
-  distance-``j`` predictions of this policy on this stream (every candidate is
-  scored when its target layer step routes, issued or not), with a Beta(1, 1)
-  prior;
+  distance-``j`` predictions of this policy on this stream, with a Beta(1, 1)
+  prior. Every candidate that was not resident when named is scored when its
+  target layer step routes, issued or not (resident ones are skipped: they are
+  the popular experts, right more often than the ones a prefetch would copy);
 * saving if right: the demand stall it avoids, ``demand_copy`` minus how late
   it would land after the target layer's router (``arrival - t_target``),
   at least 0. ``arrival`` is when the link's queue clears (the model clock's
@@ -30,15 +31,20 @@ among the policy's distance-``j`` candidates:
 * cost if wrong (``1 - c``): the part of its link time that does not fit in
   the link's idle time before the next layer step's router, times the chance
   that layer step has a demand miss to delay (measured so far);
-* cost of the victim (only when the partition is full): the chance, measured
-  so far, that a prefetch's victim is requested before the prefetch's target,
-  times one demand copy.
+* cost of the victim (only when the partition is full): the demand misses
+  one prefetch has caused so far, times one demand copy. Counting only the
+  direct victim's return undercounts badly (on LRU at a small cache each
+  eviction shifts the whole eviction order, and misses cascade), so the
+  planner keeps a *shadow* cache of the same policy and size that sees the
+  demand requests alone (what ``none`` would hold) and the damage is measured
+  against it: ``(misses - shadow misses + prefetch hits) / prefetches``, the
+  misses each prefetch added beyond the one it saved, with a prior of one
+  quarter. Like set dueling in CPU caches, and as deterministic as the rest.
 
-The prefetch is issued iff ``c * saving > cost_if_wrong * (1 - c) + victim
-cost``. The horizon (how many layers ahead) adapts as in ExpertFlow's adaptive
+The prefetch is issued iff ``c * saving > (1 - c) * link cost + victim cost``. The horizon (how many layers ahead) adapts as in ExpertFlow's adaptive
 step: distance ``j`` is considered only while every distance up to ``j`` has
-a measured precision above the victim-regret rate, the break-even point on an
-idle link.
+a measured precision above the misses a prefetch causes (the break-even
+point on an idle link).
 """
 
 from __future__ import annotations
@@ -87,10 +93,8 @@ class CostGate:
         self.tried: dict[tuple[int, int], int] = {}
         self.right: dict[tuple[int, int], int] = {}
         self.pending: dict[int, list[tuple[int, int, int]]] = {}  # target ls -> (obj, j, rank)
-        self.victims: dict[int, list[int]] = {}  # target ls -> victims of prefetches aimed at it
-        self.watch: dict[int, int] = {}  # victim -> latest target ls it must survive to
-        self.victim_n = 0
-        self.victim_regret = 0
+        self.caused = 0  # demand misses beyond the shadow's, plus prefetch hits: what prefetches caused
+        self.prefetched = 0
         self.steps = 0
         self.steps_missed = 0
         self.issued = 0
@@ -108,7 +112,13 @@ class CostGate:
         return (right + 1.0) / (tried + 2.0)
 
     def regret_rate(self) -> float:
-        return (self.victim_regret + 1.0) / (self.victim_n + 5.0)
+        """Demand misses caused per prefetch, measured against the shadow cache (prior 1/4)."""
+        return min(3.0, max(0.0, (self.caused + 0.5) / (self.prefetched + 2.0)))
+
+    def observe(self, real, shadow) -> None:
+        """The cache's and the shadow's counts so far (CacheCounts)."""
+        self.caused = real.misses - shadow.misses + real.prefetch_hits
+        self.prefetched = real.prefetches
 
     def miss_rate(self) -> float:
         return (self.steps_missed + 1.0) / (self.steps + 2.0)
@@ -124,21 +134,13 @@ class CostGate:
 
     # ---- the planner's calls ------------------------------------------------
     def begin(self, ls: int, needed) -> None:
-        """Layer step ``ls`` has routed: score the predictions aimed at it, and victims' fate."""
+        """Layer step ``ls`` has routed: score the predictions aimed at it."""
         needed = set(needed)
         for obj, j, rank in self.pending.pop(ls, ()):
             key = (j, min(rank, self.RANKS - 1))
             self.tried[key] = self.tried.get(key, 0) + 1
             if obj in needed:
                 self.right[key] = self.right.get(key, 0) + 1
-        if self.watch:
-            for obj in needed:
-                if obj in self.watch:
-                    del self.watch[obj]
-                    self.victim_regret += 1
-        for obj in self.victims.pop(ls, ()):
-            if self.watch.get(obj) == ls:
-                del self.watch[obj]
 
     def after_demand(self, ls: int, n_misses: int) -> None:
         """Demand copies go first: they occupy the link from now on."""
@@ -165,22 +167,17 @@ class CostGate:
             return False
         occupancy = t.prefetch_copy_s / t.engines
         spill = max(0.0, occupancy - self._idle)
-        cost = (1.0 - c) * self.miss_rate() * spill
-        if has_victim:
-            cost += self.regret_rate() * t.demand_copy_s
-        return c * saving > cost
+        link_cost = self.miss_rate() * spill
+        victim_cost = self.regret_rate() * t.demand_copy_s if has_victim else 0.0
+        return c * saving > (1.0 - c) * link_cost + victim_cost
 
-    def issued_prefetch(self, ls: int, j: int, victim: int | None) -> None:
+    def issued_prefetch(self, ls: int, j: int) -> None:
+        """A prefetch went out: it occupies the link."""
         self.issued += 1
         occupancy = self.t.prefetch_copy_s / self.t.engines
         start = self.link if self.link > self.now else self.now
         self.link = start + occupancy
         self._idle = max(0.0, self._idle - occupancy)
-        if victim is not None and victim >= 0:
-            self.victim_n += 1
-            target = ls + j
-            self.watch[victim] = max(self.watch.get(victim, target), target)
-            self.victims.setdefault(target, []).append(victim)
 
     def end(self, ls: int) -> None:
         """Advance the model clock to the next router result: compute, or the last demand copy."""

@@ -43,6 +43,7 @@ class Planner:
     """Walks the layer steps of a stream, one call to :meth:`plan` each, in order."""
 
     gate: CostGate | None = None  # subclasses that build their own state (the live planner) run ungated
+    shadow: ExpertCache | None = None
     reset_per_group = False
 
     def __init__(self, stream: RequestStream, cache: ExpertCache, speculation: SpeculationPolicy,
@@ -73,8 +74,25 @@ class Planner:
         self.use_timing(timing)
 
     def use_timing(self, timing: PrefetchTiming | None) -> None:
-        """Gate every prefetch on its expected cost (None: issue whatever the policy names)."""
+        """Gate every prefetch on its expected cost (None: issue whatever the policy names).
+
+        The gate measures the damage prefetches do against a shadow cache (same policy
+        and size) that sees the demand requests alone."""
         self.gate = CostGate(timing) if timing is not None and self.wants_prefetch else None
+        self.shadow = self.cache.shadow() if self.gate is not None else None
+
+    def _shadow_step(self, ls: int, layer: int, lo: int, hi: int, objs) -> None:
+        shadow = self.shadow
+        shadow.begin_layer(layer, lo, objs)
+        state = shadow.state
+        for i in range(lo, hi):
+            obj = self.req_obj[i]
+            if obj in state:
+                shadow.hit(obj, i, self.req_next[i])
+            elif not self.cpu_misses:
+                shadow.miss(obj, i, self.req_next[i])
+            else:
+                shadow.counts.misses += 1
 
     def _future(self, ls: int):
         start, objs = self.req_start, self.req_obj
@@ -89,6 +107,8 @@ class Planner:
             pas = self.ls_pass[ls]
             if self.ls_pass[ls - 1] != pas and self.pass_group[pas] != self.pass_group[pas - 1]:
                 cache.clear()  # a new batch of sequences starts with an empty cache
+                if self.gate is not None:
+                    self.shadow.clear()
         cache.begin_layer(layer, lo, objs)
         plan = LayerPlan(ls)
         state = cache.state
@@ -105,6 +125,8 @@ class Planner:
                 plan.misses.append((obj, self.req_tokens[i], cached))
         gate = self.gate
         if gate is not None:
+            self._shadow_step(ls, layer, lo, hi, objs)
+            gate.observe(cache.counts, self.shadow.counts)
             gate.begin(ls, objs)
             gate.after_demand(ls, len(plan.misses))
         if self.wants_prefetch:
@@ -154,10 +176,12 @@ class Planner:
             seen.add(obj)
             rank = ranks.get(j, 0)
             ranks[j] = rank + 1
-            gate.note(ls, obj, j, rank)
             if obj in state:
                 cache.protected.add(obj)  # named for a later layer: kept for the rest of the round
                 continue
+            # scored only when not resident: those are the ones a prefetch would copy, and they
+            # are right less often than the popular experts the cache already holds
+            gate.note(ls, obj, j, rank)
             if j > horizon or len(plan.prefetches) >= limit:
                 continue
             if not gate.worth(ls, j, rank, cache.is_full(obj)):
@@ -167,4 +191,4 @@ class Planner:
             if cache.prefetch(obj, after, nxt):
                 plan.prefetches.append(obj)
                 cache.protected.add(obj)
-                gate.issued_prefetch(ls, j, cache.last_victim)
+                gate.issued_prefetch(ls, j)

@@ -60,19 +60,26 @@ def test_a_resident_expert_that_speculation_names_is_not_evicted_by_a_later_pref
     settings = Settings(cache=6, cache_policy="lru", prefetch_gate="off")
     sim = Simulation(top2, settings)
     first = int(sim.stream.pass_ls_start[3])  # first layer step of a decode pass: the cache is full by now
-    cache, planner = _walk(sim, settings, first)
     needed = set(sim.stream.needed(first).tolist())
-    chosen = {}
+    chosen, held = {}, {}
 
     def names(view):
         # after this step's hits and misses: the LRU victim is the oldest expert this step does not use
+        cache = held["cache"]
         chosen["old"] = next(o for o in cache.policies[0].order if o not in needed)
         fresh = _later_layer_objects(sim, first, set(cache.state) | needed, 6)
         return [chosen["old"]] + fresh
 
-    planner.spec, planner.wants_prefetch = Scripted(first, names), True
     cheap = PrefetchTiming(1e-9, 1e-4, 1, [1e-3] * sim.stream.n_layer_steps) if gated else None
-    planner.use_timing(cheap)
+    cache, planner, _, _ = sim._parts(settings)
+    held["cache"] = cache
+    planner.spec, planner.wants_prefetch = Scripted(first, names), True
+    planner.use_timing(cheap)  # from the start, so the gate's shadow cache has seen the same requests
+    for ls in range(first):
+        plan = planner.plan(ls)
+        for obj, _, cached in plan.misses:
+            if cached:
+                cache.landed(obj)
     evicted = []
     cache.evict_listener = evicted.append
     plan = planner.plan(first)
