@@ -10,7 +10,10 @@ Traces (simulated on the rtx3090 profile at 10%, 25% and 50% cache, batch 1 and 
   bf16 experts), routing from ``synthetic.like_trace(..., "mixtral-8x7b")`` when
   that exists, else ``synthetic.make_trace`` (skewed, sticky, 80%-accurate
   ``ahead``): a transfer-bound case;
-* ``flame-like``: FLAME-MoE-290M's shape from ``like_trace`` (when it exists).
+* ``flame-like``: FLAME-MoE-290M's shape (8 layers x 64 experts, top-6) from ``like_trace``.
+
+Both like traces are decode only, with an ``ahead`` signal of accuracy 0.8 (an
+estimate) so that the pre-gating policies run too.
 
 Per point it prints each pair's mean step latency as a ratio to the
 perfect-prediction reference (oracle + Belady, ungated), to none + lru, and
@@ -25,7 +28,7 @@ belady); then the targets as MET / MISSED:
 All times are simulated (deterministic: same inputs, same output), so the
 ratios do not depend on the machine's load; the wall time of the run does.
 
-    python bench/bench_policies.py [--quick] [--gate cost|off] [--json OUT] [--quiet]
+    python bench/bench_policies.py [--quick] [--gate cost|off] [--workers 2] [--json OUT] [--quiet]
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FUTURE_SPECULATION = {"oracle"}  # reads the future: not an online policy
 FUTURE_CACHING = {"belady"}
+# accuracy of the synthetic pre-gating signal (``ahead``) of the like traces: an estimate (the
+# like presets measure routing, not pre-gating; Pre-gated MoE reports high accuracy at distance 1)
+AHEAD_ACCURACY = 0.8
 
 
 def switch_priced_sample(seqs: int):
@@ -68,8 +74,9 @@ def synthetic(folder: Path, like: str, seqs: int, tokens: int):
     from pregate.simulator import synthetic as syn
 
     if hasattr(syn, "like_trace"):
-        path = syn.like_trace(folder, like, seqs=seqs, decode_tokens=tokens, seed=0)
-        return path, f"like_trace({like!r})"
+        path = syn.like_trace(folder, like, seqs=seqs, decode_tokens=tokens, seed=0, ahead_accuracy=AHEAD_ACCURACY)
+        return path, (f"like_trace({like!r}, seqs={seqs}, decode_tokens={tokens}, seed=0, "
+                      f"ahead_accuracy={AHEAD_ACCURACY})")
     if like != "mixtral-8x7b":
         return None, "needs synthetic.like_trace"
     from pregate.simulator.recommend import _meta_from_shape
@@ -189,50 +196,83 @@ def report(rows, traces_info, out=print):
     return verdicts
 
 
+def _stream(source, batch):
+    from pregate.simulator.stream import build_stream
+    from pregate.traces import open_trace
+
+    kind, value = source
+    if kind == "sample":
+        frame, meta = switch_priced_sample(value)
+        return build_stream(frame, meta, batch_size=batch)
+    return build_stream(open_trace(value), batch_size=batch)
+
+
+def _task(args):
+    """One (trace, batch size): every pair at every cache size (run in a worker process)."""
+    name, source, batch, speculations, cachings, caches, gate = args
+    return run_trace(name, lambda b: _stream(source, b), speculations, cachings, caches, [batch], gate, lambda: None)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="25%% cache and batch 1 only, shorter traces (about a minute)")
+    ap.add_argument("--quick", action="store_true", help="25%% cache and batch 1 only, shorter traces")
     ap.add_argument("--gate", default="cost", choices=("cost", "off"), help="the prefetch gate of every pair")
-    ap.add_argument("--sample-seqs", type=int, default=32, help="sequences of the sample to replay (default 32; 16 with --quick)")
+    ap.add_argument("--sample-seqs", type=int, default=16, help="sequences of the sample to replay (default 16)")
+    ap.add_argument("--seqs", type=int, default=16, help="sequences of each like trace (default 16; 4 with --quick)")
+    ap.add_argument("--tokens", type=int, default=8, help="decode tokens per sequence of the like traces (default 8; "
+                                                          "16 with --quick)")
+    ap.add_argument("--workers", type=int, default=2, help="processes, one (trace, batch size) each (default 2)")
     ap.add_argument("--json", help="write every row here")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
 
+    import multiprocessing
+
     from tqdm import tqdm
 
     from pregate.simulator.policies import CACHING, SPECULATION
-    from pregate.simulator.stream import build_stream
-    from pregate.traces import open_trace
 
     caches = ["25%"] if args.quick else ["10%", "25%", "50%"]
     batches = [1] if args.quick else [1, 16]
     speculations, cachings = SPECULATION.names(), CACHING.names()
-    sample_seqs = min(args.sample_seqs, 16) if args.quick else args.sample_seqs
-    seqs, tokens = (4, 16) if args.quick else (16, 16)
+    seqs, tokens = (4, 16) if args.quick else (args.seqs, args.tokens)
     start = time.perf_counter()
     rows, info = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        frame, meta = switch_priced_sample(sample_seqs)
-        info["sample"] = f"traces/samples/pregate-moe-tiny, first {sample_seqs} sequences, priced as switch-base-8"
-        plan = [("sample", lambda b: build_stream(frame, meta, batch_size=b))]
+        info["sample"] = f"traces/samples/pregate-moe-tiny, first {args.sample_seqs} sequences, priced as switch-base-8"
+        sources = [("sample", ("sample", args.sample_seqs))]
         for name, like in (("mixtral-like", "mixtral-8x7b"), ("flame-like", "flame-moe-290m")):
             path, source = synthetic(Path(tmp) / name, like, seqs, tokens)
             info[name] = source
             if path is not None:
-                trace = open_trace(path)
-                plan.append((name, lambda b, t=trace: build_stream(t, batch_size=b)))
-        total = len(plan) * len(batches) * len(caches) * len(speculations) * len(cachings)
-        bar = tqdm(total=total, disable=args.quiet, desc="policy pairs", file=sys.stderr)
-        for name, stream_for in plan:
-            rows += run_trace(name, stream_for, speculations, cachings, caches, batches, args.gate, lambda: bar.update())
+                sources.append((name, ("path", str(path))))
+        tasks = [(name, source, b, speculations, cachings, caches, args.gate) for name, source in sources for b in batches]
+        bar = tqdm(total=len(tasks), disable=args.quiet, desc="traces x batch sizes", file=sys.stderr)
+        results = {}
+        if args.workers > 1:
+            with multiprocessing.get_context("spawn").Pool(min(args.workers, len(tasks))) as pool:
+                for i, out in pool.imap_unordered(_indexed, list(enumerate(tasks))):
+                    results[i] = out
+                    bar.update()
+        else:
+            for i, task in enumerate(tasks):
+                results[i] = _task(task)
+                bar.update()
         bar.close()
+        for i in range(len(tasks)):  # in task order, whatever order they finished in
+            rows += results[i]
     print(f"bench_policies: rtx3090 profile, gate {args.gate}, {len(rows)} pairs simulated in "
-          f"{time.perf_counter() - start:.0f} s of wall time")
+          f"{time.perf_counter() - start:.0f} s of wall time ({args.workers} workers)")
     verdicts = report(rows, info)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "targets": {k: v[0] for k, v in verdicts.items()},
                                                "traces": info}, indent=1) + "\n")
     return 0
+
+
+def _indexed(item):
+    i, task = item
+    return i, _task(task)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ among the policy's distance-``j`` candidates:
   prior. Every candidate that was not resident when named is scored when its
   target layer step routes, issued or not (resident ones are skipped: they are
   the popular experts, right more often than the ones a prefetch would copy);
+  capped by the share of issued distance-``j`` prefetches that were hits at
+  their target, since a right prefetch the caching policy evicts before its
+  layer runs (LFU evicts the newcomer first at a small cache) saves nothing;
 * saving if right: the demand stall it avoids, ``demand_copy`` minus how late
   it would land after the target layer's router (``arrival - t_target``),
   at least 0. ``arrival`` is when the link's queue clears (the model clock's
@@ -93,6 +96,9 @@ class CostGate:
         self.tried: dict[tuple[int, int], int] = {}
         self.right: dict[tuple[int, int], int] = {}
         self.pending: dict[int, list[tuple[int, int, int]]] = {}  # target ls -> (obj, j, rank)
+        self.landed_tried: dict[int, int] = {}  # distance -> issued prefetches whose target has routed
+        self.landed_right: dict[int, int] = {}  # distance -> of those, found in the cache and used there
+        self.issued_to: dict[int, list[tuple[int, int]]] = {}  # target ls -> (obj, j) prefetched for it
         self.caused = 0  # demand misses beyond the shadow's, plus prefetch hits: what prefetches caused
         self.prefetched = 0
         self.steps = 0
@@ -103,8 +109,13 @@ class CostGate:
 
     # ---- statistics ---------------------------------------------------------
     def confidence(self, j: int, rank: int) -> float:
+        """Right and still cached at the target: the candidates' precision, capped by the share of
+        issued distance-``j`` prefetches that were hits at their target (a right prefetch that the
+        caching policy evicts before its layer runs saves nothing)."""
         key = (j, min(rank, self.RANKS - 1))
-        return (self.right.get(key, 0) + 1.0) / (self.tried.get(key, 0) + 2.0)
+        named = (self.right.get(key, 0) + 1.0) / (self.tried.get(key, 0) + 2.0)
+        landed = (self.landed_right.get(j, 0) + 3.0) / (self.landed_tried.get(j, 0) + 4.0)  # prior 3/4
+        return named if named < landed else landed
 
     def distance_precision(self, j: int) -> float:
         tried = sum(n for (d, _), n in self.tried.items() if d == j)
@@ -133,9 +144,16 @@ class CostGate:
         return h
 
     # ---- the planner's calls ------------------------------------------------
-    def begin(self, ls: int, needed) -> None:
-        """Layer step ``ls`` has routed: score the predictions aimed at it."""
+    def begin(self, ls: int, needed, hits=()) -> None:
+        """Layer step ``ls`` has routed: score the predictions and the prefetches aimed at it."""
         needed = set(needed)
+        issued = self.issued_to.pop(ls, ())
+        if issued:
+            hit = set(hits)
+            for obj, j in issued:
+                self.landed_tried[j] = self.landed_tried.get(j, 0) + 1
+                if obj in hit:
+                    self.landed_right[j] = self.landed_right.get(j, 0) + 1
         for obj, j, rank in self.pending.pop(ls, ()):
             key = (j, min(rank, self.RANKS - 1))
             self.tried[key] = self.tried.get(key, 0) + 1
@@ -171,9 +189,10 @@ class CostGate:
         victim_cost = self.regret_rate() * t.demand_copy_s if has_victim else 0.0
         return c * saving > (1.0 - c) * link_cost + victim_cost
 
-    def issued_prefetch(self, ls: int, j: int) -> None:
-        """A prefetch went out: it occupies the link."""
+    def issued_prefetch(self, ls: int, j: int, obj: int = -1) -> None:
+        """A prefetch went out: it occupies the link, and its fate is scored at its target."""
         self.issued += 1
+        self.issued_to.setdefault(ls + j, []).append((obj, j))
         occupancy = self.t.prefetch_copy_s / self.t.engines
         start = self.link if self.link > self.now else self.now
         self.link = start + occupancy

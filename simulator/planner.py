@@ -127,7 +127,7 @@ class Planner:
         if gate is not None:
             self._shadow_step(ls, layer, lo, hi, objs)
             gate.observe(cache.counts, self.shadow.counts)
-            gate.begin(ls, objs)
+            gate.begin(ls, objs, [o for o, _ in plan.hits])
             gate.after_demand(ls, len(plan.misses))
         if self.wants_prefetch:
             pas = self.ls_pass[ls]
@@ -191,4 +191,4 @@ class Planner:
             if cache.prefetch(obj, after, nxt):
                 plan.prefetches.append(obj)
                 cache.protected.add(obj)
-                gate.issued_prefetch(ls, j)
+                gate.issued_prefetch(ls, j, obj)
