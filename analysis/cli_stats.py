@@ -1,8 +1,25 @@
 """``pregate trace-stats``: does a trace have the structure speculation exploits?"""
 
-HELP = "routing statistics: expert-use skew per layer and accuracy of 'ahead' against baselines"
+HELP = "routing statistics: load skew, transitions, token overlap, LRU curve, accuracy of 'ahead'"
 DESCRIPTION = """Per MoE layer: expert-use skew (max/mean share of routed tokens, normalised
-entropy: 1.0 is perfectly even) and experts never used. Per lookahead distance
+entropy: 1.0 is perfectly even) and experts never used.
+
+Per MoE layer and averaged over layers (works on imported traces too):
+  trans in / cv / marg   L->L+1 top-1 transition accuracy: guessing layer l+1's
+                         top-1 as the most frequent successor of layer l's, with
+                         the table counted on the whole trace (in-sample), or on
+                         the other half of the sequences (2-fold cross-validated,
+                         seeded split by sequence), next to always guessing layer
+                         l+1's most frequent top-1 (marginal);
+  overlap                share of a token's experts the previous token of its
+                         sequence chose at the same layer (independent uniform
+                         routing gives top-k/experts);
+  LRU @ C                hit rate of a plain per-layer LRU cache of C experts
+                         over the requests in sequence order, the cache kept
+                         across sequences ('LRU') or emptied at each sequence
+                         ('LRU/seq'); C is 1/8, 1/4, 1/2 and 3/4 of a layer's experts.
+
+Per lookahead distance
 j: how often 'ahead' (layer l's hidden state through layer l+j's router) names
 the expert layer l+j really chose (top-1 accuracy), recall when the top n are
 prefetched, and the same for two baselines that need no hidden state: chance
@@ -16,6 +33,7 @@ example:
 def add_arguments(parser) -> None:
     parser.add_argument("trace", help="trace folder")
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the cross-validation split (default 0)")
 
 
 def run(args) -> int:
@@ -24,7 +42,7 @@ def run(args) -> int:
     from pregate.analysis.routing import routing_stats
     from pregate.traces import open_trace
 
-    stats = routing_stats(open_trace(args.trace))
+    stats = routing_stats(open_trace(args.trace), seed=args.seed)
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -34,6 +52,8 @@ def run(args) -> int:
     for r in stats["usage"]:
         print(f"  {r['stack']:<8}{r['layer']:>6}{r['routed']:>9}{r['max_over_mean']:>10.2f}"
               f"{r['norm_entropy']:>9.3f}{r['unused']:>8}")
+    for block in stats["tokens"]:
+        _print_token_stats(block)
     if not stats["lookahead"]:
         print("\nno 'ahead' column in this trace: lookahead accuracy needs a trace recorded by 'pregate trace'")
         return 0
@@ -48,3 +68,34 @@ def run(args) -> int:
               f"{r['chance_' + recall_key]:>8.3f}{r['most_frequent_' + recall_key]:>10.3f}")
     print("  ratio = top-1 accuracy / the better of the two top-1 baselines")
     return 0
+
+
+def _print_token_stats(b: dict) -> None:
+    sizes = b["lru_sizes"]
+    print(f"\n{b['stack']}: {b['tokens']} tokens in {b['sequences']} sequences (mean {b['mean_seq_tokens']:.0f} "
+          f"tokens), {b['experts']} experts, top-{b['top_k']}")
+    head = f"  {'layer':>5}{'trans in':>9}{'cv':>7}{'marg':>7}{'overlap':>9}"
+    head += "".join(f"{'LRU@' + str(c):>8}" for c in sizes) + "".join(f"{'/seq@' + str(c):>8}" for c in sizes)
+    print(head)
+    trans = {r["layer"]: r for r in b["transitions"]}
+    overlap = {r["layer"]: r for r in b["overlap"]}
+    lru = {r["layer"]: r for r in b["lru"]}
+    lru_seq = {r["layer"]: r for r in b["lru_per_sequence"]}
+
+    def cell(value, width=7, digits=3):
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+    for layer in sorted(set(trans) | set(overlap) | set(lru)):
+        t = trans.get(layer, {})
+        line = f"  {layer:>5}{cell(t.get('in_sample'), 9)}{cell(t.get('cross_validated'))}{cell(t.get('marginal'))}"
+        line += cell(overlap.get(layer, {}).get("overlap"), 9)
+        line += "".join(cell(lru.get(layer, {}).get(f"hit_at_{c}"), 8) for c in sizes)
+        line += "".join(cell(lru_seq.get(layer, {}).get(f"hit_at_{c}"), 8) for c in sizes)
+        print(line)
+    m = b["mean"]
+    line = f"  {'mean':>5}{cell(m['transition_in_sample'], 9)}{cell(m['transition_cv'])}{cell(m['transition_marginal'])}"
+    line += cell(m["overlap"], 9) + "".join(cell(m[f"lru_hit_at_{c}"], 8) for c in sizes)
+    line += "".join(cell(m[f"lru_seq_hit_at_{c}"], 8) for c in sizes)
+    print(line)
+    print(f"  mean max/mean load {m['max_over_mean']:.2f}, entropy {m['norm_entropy']:.3f}; "
+          f"overlap of independent uniform routing {m['overlap_uniform']:.3f}")

@@ -72,7 +72,7 @@ def plot_pareto(results: pl.DataFrame, title: str = "") -> "plt.Figure":
     ax.axhline(resident, color="green", ls="--", lw=1, label=f"all-resident bound ({resident:.2f} ms)")
     oracle = frame.group_by("gpu_gb").agg(pl.col("bound_oracle_mean_step_latency_s").min()).sort("gpu_gb")
     ax.plot(oracle["gpu_gb"], oracle["bound_oracle_mean_step_latency_s"] * 1e3, color="purple", ls=":", marker="x",
-            lw=1, label="oracle + Belady bound")
+            lw=1, label="perfect-prediction reference (oracle + Belady)")
     ax.set_xlabel(f"peak GPU memory ({unit}): dense weights + expert cache")
     ax.set_ylabel("mean decode step latency (ms)")
     ax.set_title(title or "latency against GPU memory (Pareto front per policy)")

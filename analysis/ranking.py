@@ -85,5 +85,5 @@ def format_ranking(ranked: pl.DataFrame, limit: int | None = 15) -> str:
         lines.append(f"     ... {ranked.height - limit} more points")
     lines.append("  tok/s: decode tokens per second; stall: share of time waiting for copies; hits: requests "
                  "found on the GPU;\n  moved: bytes copied host->GPU; x resident / x oracle: step latency over "
-                 "the all-resident and the oracle+Belady bound")
+                 "the all-resident and the perfect-prediction (oracle+Belady) reference")
     return "\n".join(lines)

@@ -115,8 +115,9 @@ def results_sections(frame: pl.DataFrame) -> list[Section]:
         f"{frame.height} simulated points. Fastest: {best['policy']} with a cache of {best['cache']} "
         f"({best['cache_capacity_experts']} experts): {best['tokens_per_s']:.1f} tokens/s, "
         f"{best['ratio_to_resident']:.2f}x the all-resident step latency and {best['ratio_to_oracle']:.2f}x the "
-        f"oracle + Belady bound. The all-resident bound keeps every expert on the GPU (no copies); the oracle bound "
-        f"prefetches the true experts and evicts by Belady's MIN, a strong reference rather than a proven optimum."
+        f"perfect-prediction reference. The all-resident reference keeps every expert on the GPU (no copies); the "
+        f"perfect-prediction reference prefetches the true experts and evicts by Belady's MIN, a strong reference "
+        f"that online policies can beat, not a proven optimum (the simulator's summary also has a proven lower bound)."
     )
     sections = [Section("Ranking", text, tables=[("fastest points", _ranking_table(ranked)),
                                                  ("best point of each policy", _best_per_policy(ranked))])]

@@ -28,6 +28,7 @@ import torch
 from pregate.executor.device import Device, ExecutorError, now
 from pregate.executor.slots import SlotPool
 from pregate.executor.store import HostStore
+from pregate.simulator.api import prefetch_timing
 from pregate.simulator.cache import IN_FLIGHT, RESIDENT, ExpertCache
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
@@ -102,6 +103,9 @@ def make_policies(settings: Settings, layout, capacity: int, planner_factory):
     spec = spec_cls(layout=layout, seed=settings.seed)
     planner = planner_factory(cache, spec, cpu_misses=buffering.cpu_misses, max_prefetch=settings.max_prefetch,
                               future_for_cache=cache_cls.needs_future)
+    if getattr(planner, "stream", None) is not None:  # on a trace: the simulator's cost gate, same numbers
+        planner.use_timing(prefetch_timing(planner.stream, settings))
+    planner.reset_per_group = settings.reset_cache_per_sequence
     return cache, planner, buffering
 
 

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "pregate.simulator.cli",
     "sweep": "pregate.simulator.cli_sweep",
     "recommend": "pregate.simulator.cli_recommend",
+    "synth": "pregate.simulator.cli_synth",
     "report": "pregate.analysis.cli_report",
     "train": "pregate.tracer.cli_train",
     "execute": "pregate.executor.cli_execute",

@@ -1,14 +1,18 @@
 """The Python API: ``simulate(trace, settings) -> Result`` and ``replay(...)`` for counts only.
 
-Every timed result comes with its two bounds, run on the same trace, hardware
-and cache size:
+Every timed result comes with two reference runs and one bound, on the same
+trace, hardware and cache size:
 
 * **all-resident**: every expert on the GPU, no copies (infinite GPU memory);
-* **oracle**: perfect prediction (``oracle`` speculation) with Belady eviction.
-  Belady's MIN minimises the total number of fetches of a demand-paged cache;
-  with prefetching it is not the policy that minimises demand misses (that is
-  Jain & Lin's Demand-MIN, which may fetch more in total to stall less), so the
-  oracle bound is a strong reference point, not a proof of optimal latency.
+* **perfect-prediction reference** (JSON keys ``bound_oracle_*``,
+  ``ratio_to_oracle``, kept for compatibility): ``oracle`` speculation with
+  Belady eviction. Belady's MIN minimises the total number of fetches of a
+  demand-paged cache; with prefetching it is not the policy that minimises
+  demand misses (that is Jain & Lin's Demand-MIN, which may fetch more in total
+  to stall less), and it ignores the link's timing, so online policies can
+  beat it: a reference point, not a bound;
+* **lower bound** (``bound_lower_mean_step_latency_s``, ``ratio_to_lower_bound``):
+  proven in :mod:`pregate.simulator.lower_bound`; no policy beats it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pregate.simulator.cache import ExpertCache
 from pregate.simulator.costs import build_costs
 from pregate.simulator.engine import StepRecord, TimedOutcome, run_timed
 from pregate.simulator.errors import SimulatorError
+from pregate.simulator.gate import PrefetchTiming, timing_from_costs
+from pregate.simulator.lower_bound import mean_step_lower_bound
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
 from pregate.simulator.profile import HardwareProfile, load_profile
@@ -86,6 +92,8 @@ class Simulation:
         resolve_policies(settings)
         if settings.copy_engines < 0 or settings.max_prefetch < 0:
             raise SimulatorError("--copy-engines and --max-prefetch must not be negative")
+        if settings.prefetch_gate not in ("cost", "off"):
+            raise SimulatorError(f"--prefetch-gate '{settings.prefetch_gate}' is not one of cost, off")
         if stream is None:
             stream = build_stream(_open(trace), batch_size=settings.batch_size)
         self.stream = stream
@@ -106,10 +114,31 @@ class Simulation:
         cache = ExpertCache(layout, self.capacity(settings), lambda: cache_cls(layout=layout, seed=settings.seed),
                             per_layer=settings.per_layer)
         spec = spec_cls(layout=layout, seed=settings.seed)
-        planner = Planner(self.stream, cache, spec, cpu_misses=buffering.cpu_misses,
-                          max_prefetch=settings.max_prefetch, future_for_cache=cache_cls.needs_future)
         comp = comp_cls()
+        planner = Planner(self.stream, cache, spec, cpu_misses=buffering.cpu_misses,
+                          max_prefetch=settings.max_prefetch, future_for_cache=cache_cls.needs_future,
+                          timing=self.prefetch_timing(settings), reset_per_group=settings.reset_cache_per_sequence)
         return cache, planner, buffering, comp
+
+    def lower_bound(self, settings: Settings | None = None) -> float:
+        """The provable lower bound on ``settings``' mean step latency (see :mod:`lower_bound`)."""
+        settings = settings or self.settings
+        buf = BUFFERING.get(settings.buffering)
+        comp = COMPRESSION.get(settings.compression)()
+        engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
+        copy_s = min(self.costs.copy[comp.demand_dtype(self.gpu_dtype)], self.costs.copy[comp.prefetch_dtype(self.gpu_dtype)])
+        return mean_step_lower_bound(self.stream, self.costs, capacity=self.capacity(settings), copy_s=copy_s,
+                                     engines=engines, copies_on_miss=not (buf.all_resident or buf.cpu_misses),
+                                     starts_empty=not buf.all_resident, gpu_experts=not buf.cpu_misses)
+
+    def prefetch_timing(self, settings: Settings) -> PrefetchTiming | None:
+        """The cost gate's inputs for ``settings`` (None when the gate is off)."""
+        if settings.prefetch_gate != "cost":
+            return None
+        comp = COMPRESSION.get(settings.compression)()
+        engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
+        return timing_from_costs(self.stream, self.costs, engines, comp.demand_dtype(self.gpu_dtype),
+                                 comp.prefetch_dtype(self.gpu_dtype))
 
     def replay(self, settings: Settings | None = None, fast: bool = True) -> ReplayCounts:
         settings = settings or self.settings
@@ -119,7 +148,7 @@ class Simulation:
             n = self.stream.n_requests
             return ReplayCounts(n, n, 0, 0, 0, 0, 0, 0, self.stream.layout.n_objects, 0)
         if (fast and settings.speculation == "none" and settings.cache_policy in FAST_POLICIES
-                and not settings.per_layer and not buf_cls.cpu_misses):
+                and not settings.per_layer and not buf_cls.cpu_misses and not settings.reset_cache_per_sequence):
             return replay_fast(self.stream, settings.cache_policy, self.capacity(settings), demand_bytes)
         cache, planner, buffering, comp = self._parts(settings)
         prefetch_bytes = self.costs.expert_bytes[comp.prefetch_dtype(self.gpu_dtype)]
@@ -146,7 +175,8 @@ class Simulation:
         summary = self.summarise(settings, outcome, cache)
         if bounds:
             resident, oracle = bound_settings(settings)
-            add_bounds(summary, _mean_step(self.timed(resident)[0]), _mean_step(self.timed(oracle)[0]))
+            add_bounds(summary, _mean_step(self.timed(resident)[0]), _mean_step(self.timed(oracle)[0]),
+                       self.lower_bound(settings))
         return Result(settings=settings.to_dict(), summary=summary, steps=outcome.steps, events=outcome.events)
 
     def summarise(self, settings: Settings, outcome: TimedOutcome, cache: ExpertCache) -> dict:
@@ -200,8 +230,15 @@ class Simulation:
         }
 
 
+def prefetch_timing(stream: RequestStream, settings: Settings, profile: HardwareProfile | None = None):
+    """The cost gate's inputs for a planner over ``stream`` (the executor on a trace uses the same)."""
+    return Simulation(None, settings, profile=profile, stream=stream).prefetch_timing(settings)
+
+
 def bound_settings(settings: Settings) -> tuple[Settings, Settings]:
-    """The settings of the two bound runs of ``settings``: all-resident, and oracle prefetch + Belady.
+    """The settings of the two reference runs of ``settings``: all-resident, and the
+    perfect-prediction reference (oracle prefetch + Belady, ungated: the reference does
+    not move with the gate setting).
 
     The all-resident run never touches the cache, the planner or a copy, so
     every setting that only affects those is normalised away: points that
@@ -209,13 +246,13 @@ def bound_settings(settings: Settings) -> tuple[Settings, Settings]:
     """
     resident = settings.replace(buffering="resident", speculation="none", cache_policy="lru", cache="100%",
                                 per_layer=False, compression="none", max_prefetch=0, copy_engines=0, seed=0)
-    oracle = settings.replace(speculation="oracle", cache_policy="belady",
+    oracle = settings.replace(speculation="oracle", cache_policy="belady", prefetch_gate="off",
                               buffering="cache" if settings.buffering != "resident" else "resident")
     return resident, oracle
 
 
-def add_bounds(summary: dict, resident_mean: float, oracle_mean: float) -> dict:
-    """Add both bounds' mean step latency and the result's ratio to each to ``summary``."""
+def add_bounds(summary: dict, resident_mean: float, oracle_mean: float, lower_mean: float | None = None) -> dict:
+    """Add the references' and the lower bound's mean step latency, and the result's ratio to each."""
     mean = summary["mean_step_latency_s"]
     summary.update(
         bound_resident_mean_step_latency_s=resident_mean,
@@ -223,6 +260,9 @@ def add_bounds(summary: dict, resident_mean: float, oracle_mean: float) -> dict:
         ratio_to_resident=mean / resident_mean if resident_mean else None,
         ratio_to_oracle=mean / oracle_mean if oracle_mean else None,
     )
+    if lower_mean is not None:
+        summary.update(bound_lower_mean_step_latency_s=lower_mean,
+                       ratio_to_lower_bound=mean / lower_mean if lower_mean else None)
     return summary
 
 

@@ -53,7 +53,10 @@ class ExpertCache:
         else:
             self.capacities = [capacity]
         self.capacity = capacity
+        self.policy_factory = policy_factory
         self.policies = [policy_factory() for _ in self.capacities]
+        for policy, cap in zip(self.policies, self.capacities):
+            policy.set_capacity(cap)
         self.sizes = [0] * len(self.capacities)
         self.state: dict[int, int] = {}
         self.unused_prefetch: set[int] = set()
@@ -61,6 +64,7 @@ class ExpertCache:
         self.counts = CacheCounts()
         self._obj_layer = layout.obj_layer
         self.evict_listener = None  # the timed run cancels queued copies of evicted experts
+        self.last_victim: int | None = None  # what the latest make_room evicted (-1: a slot was free)
 
     def partition(self, obj: int) -> int:
         return self._obj_layer[obj] if self.per_layer else 0
@@ -89,12 +93,19 @@ class ExpertCache:
         was free, or None if every occupant is protected."""
         part = self.partition(obj)
         if self.sizes[part] < self.capacities[part]:
+            self.last_victim = -1
             return -1
         victim = self.policies[part].victim(self.protected)
+        self.last_victim = victim
         if victim is None:
             return None
         self.evict(victim)
         return victim
+
+    def is_full(self, obj: int) -> bool:
+        """Would a new copy of ``obj`` have to evict something?"""
+        part = self.partition(obj)
+        return self.sizes[part] >= self.capacities[part]
 
     def evict(self, obj: int) -> None:
         part = self.partition(obj)
@@ -137,6 +148,15 @@ class ExpertCache:
             return False
         self.insert(obj, now, next_use, prefetch=True)
         return True
+
+    def shadow(self) -> "ExpertCache":
+        """An empty cache of the same size and policy (the prefetch gate's counterfactual)."""
+        return ExpertCache(self.layout, self.capacity, self.policy_factory, per_layer=self.per_layer)
+
+    def clear(self) -> None:
+        """Evict everything (counted as evictions; unused prefetches as wasted)."""
+        for obj in list(self.state):
+            self.evict(obj)
 
     def landed(self, obj: int) -> None:
         """A copy finished: the expert is resident (if it was not evicted meanwhile)."""

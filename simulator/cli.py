@@ -1,13 +1,15 @@
 """``pregate simulate``: replay a trace against a hardware profile and policies."""
 
+from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
 from pregate.simulator.settings import add_settings_arguments, settings_from_args
 
 HELP = "simulate offloaded MoE inference on a trace: latency, hits/misses, bounds"
 DESCRIPTION = """Replay a routing trace in a discrete-event simulation of one GPU with its
 host: a GPU expert cache, copies over PCIe, speculation (prefetching) and
 caching policies. Prints a summary and, with --json, writes it; every result
-carries two bounds (all experts resident; oracle prediction with Belady
-eviction) and its ratio to each.
+carries two references (all experts resident; perfect prediction: oracle
+speculation with Belady eviction, which online policies can beat) and a
+proven lower bound that no policy beats, with its ratio to each.
 
 examples:
   pregate simulate runs/sb8 --cache 25%
@@ -15,12 +17,14 @@ examples:
   pregate simulate runs/mx --batch-size 8 --cache 96 --per-layer --compression int8 --json out.json
   pregate simulate runs/sb8 --profile my-gpu.toml --steps-out steps.parquet --timeline tl.json
   pregate simulate runs/sb8 --replay-only --cache-policy belady      # counts only, fast
+  pregate simulate runs/mx --speculation transition --cache-policy next-use --prefetch-gate off
+  pregate simulate runs/mx --cache-policy s3fifo --reset-cache-per-sequence
 
 policies:
-  --speculation   none, layer_minus_1, multi_layer, adaptive, transition, eam, oracle
-  --cache-policy  lru, lfu, lfu-decay, least-stale, pinned-hot, belady, fifo
-  --buffering     cache, resident, double_buffer, cpu_compute
-  --compression   none, int8, int4, low-precision-on-miss"""
+  --speculation   """ + ", ".join(SPECULATION.names()) + """
+  --cache-policy  """ + ", ".join(CACHING.names()) + """
+  --buffering     """ + ", ".join(BUFFERING.names()) + """
+  --compression   """ + ", ".join(COMPRESSION.names())
 
 
 def add_arguments(p) -> None:
@@ -48,9 +52,13 @@ def format_summary(s: dict) -> str:
     ]
     if "bound_resident_mean_step_latency_s" in s:
         lines.append(
-            f"  bounds: all-resident {ms(s['bound_resident_mean_step_latency_s'])} (x{s['ratio_to_resident']:.3f}), "
-            f"oracle+belady {ms(s['bound_oracle_mean_step_latency_s'])} (x{s['ratio_to_oracle']:.3f})"
+            f"  references: all-resident {ms(s['bound_resident_mean_step_latency_s'])} (x{s['ratio_to_resident']:.3f}), "
+            f"perfect prediction (oracle+belady) {ms(s['bound_oracle_mean_step_latency_s'])} "
+            f"(x{s['ratio_to_oracle']:.3f})"
         )
+        if s.get("bound_lower_mean_step_latency_s"):
+            lines.append(f"  lower bound (no policy can beat it) {ms(s['bound_lower_mean_step_latency_s'])} "
+                         f"(x{s['ratio_to_lower_bound']:.3f})")
     return "\n".join(lines)
 
 

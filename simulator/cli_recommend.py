@@ -3,8 +3,9 @@
 HELP = "recommend speculation, caching, cache size and compression for a model on a GPU"
 DESCRIPTION = """Answer "what should I run on my GPU, and why?": the best speculation, caching
 policy, cache size and compression that fit the GPU's memory, the expected
-tokens/s, and the gap to both bounds (all experts resident; oracle prefetch
-with Belady eviction).
+tokens/s, and the gap to two references (all experts resident; perfect
+prediction: oracle prefetch with Belady eviction) and to the proven lower
+bound on step time.
 
 The expert cache gets the GPU memory (the profile's, or --vram) minus the
 dense weights minus a working margin (default 0.5 GB + 8% of the memory).

@@ -6,6 +6,17 @@ experts are in use, sorts the requests into hits, misses and bypasses, asks the
 speculation policy what to prefetch, and tells the cache about each prefetch.
 The drivers differ only in what they do with the plan: the replay counts it,
 the timed run schedules it on the simulated hardware.
+
+Two rules hold for every speculation policy:
+
+* protection: an expert that this layer step's speculation names stays
+  protected for the rest of the round, whether it was resident already or was
+  just prefetched, so a later prefetch of the same round never evicts it (nor
+  an expert the current layer step uses);
+* the cost gate (:mod:`pregate.simulator.gate`, when the planner is given a
+  :class:`~pregate.simulator.gate.PrefetchTiming`): a candidate is prefetched
+  only when its expected saving exceeds its expected cost, on a model clock
+  computed from precomputed numbers, so both drivers decide the same.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pregate.simulator.cache import ExpertCache
+from pregate.simulator.gate import CostGate, PrefetchTiming
 from pregate.simulator.policies.speculation import LayerView, SpeculationPolicy, require_ahead
 from pregate.simulator.stream import NEVER, RequestStream
 
@@ -30,9 +42,15 @@ class LayerPlan:
 class Planner:
     """Walks the layer steps of a stream, one call to :meth:`plan` each, in order."""
 
+    gate: CostGate | None = None  # subclasses that build their own state (the live planner) run ungated
+    shadow: ExpertCache | None = None
+    reset_per_group = False
+
     def __init__(self, stream: RequestStream, cache: ExpertCache, speculation: SpeculationPolicy,
-                 cpu_misses: bool = False, max_prefetch: int = 0, future_for_cache: bool = False):
+                 cpu_misses: bool = False, max_prefetch: int = 0, future_for_cache: bool = False,
+                 timing: PrefetchTiming | None = None, reset_per_group: bool = False):
         self.stream = stream
+        self.reset_per_group = reset_per_group
         self.cache = cache
         self.spec = speculation
         self.cpu_misses = cpu_misses
@@ -53,6 +71,28 @@ class Planner:
         self.ahead = {j: (a[0].tolist(), a[1].tolist(), a[2].tolist()) for j, a in s.ahead.items()} \
             if speculation.needs_ahead else {}
         self.wants_prefetch = type(speculation).predict is not SpeculationPolicy.predict
+        self.use_timing(timing)
+
+    def use_timing(self, timing: PrefetchTiming | None) -> None:
+        """Gate every prefetch on its expected cost (None: issue whatever the policy names).
+
+        The gate measures the damage prefetches do against a shadow cache (same policy
+        and size) that sees the demand requests alone."""
+        self.gate = CostGate(timing) if timing is not None and self.wants_prefetch else None
+        self.shadow = self.cache.shadow() if self.gate is not None else None
+
+    def _shadow_step(self, ls: int, layer: int, lo: int, hi: int, objs) -> None:
+        shadow = self.shadow
+        shadow.begin_layer(layer, lo, objs)
+        state = shadow.state
+        for i in range(lo, hi):
+            obj = self.req_obj[i]
+            if obj in state:
+                shadow.hit(obj, i, self.req_next[i])
+            elif not self.cpu_misses:
+                shadow.miss(obj, i, self.req_next[i])
+            else:
+                shadow.counts.misses += 1
 
     def _future(self, ls: int):
         start, objs = self.req_start, self.req_obj
@@ -63,6 +103,12 @@ class Planner:
         lo, hi = self.req_start[ls], self.req_start[ls + 1]
         objs = self.req_obj[lo:hi]
         layer = self.ls_layer[ls]
+        if self.reset_per_group and ls:
+            pas = self.ls_pass[ls]
+            if self.ls_pass[ls - 1] != pas and self.pass_group[pas] != self.pass_group[pas - 1]:
+                cache.clear()  # a new batch of sequences starts with an empty cache
+                if self.gate is not None:
+                    self.shadow.clear()
         cache.begin_layer(layer, lo, objs)
         plan = LayerPlan(ls)
         state = cache.state
@@ -77,6 +123,12 @@ class Planner:
             else:
                 cached = cache.miss(obj, i, self.req_next[i])
                 plan.misses.append((obj, self.req_tokens[i], cached))
+        gate = self.gate
+        if gate is not None:
+            self._shadow_step(ls, layer, lo, hi, objs)
+            gate.observe(cache.counts, self.shadow.counts)
+            gate.begin(ls, objs, [o for o, _ in plan.hits])
+            gate.after_demand(ls, len(plan.misses))
         if self.wants_prefetch:
             pas = self.ls_pass[ls]
             remaining = self.pass_end[pas] - 1 - ls
@@ -91,13 +143,52 @@ class Planner:
             wanted = self.spec.predict(view)
             limit = self.max_prefetch or len(wanted)
             after = hi if ls + 1 >= len(self.ls_layer) else self.req_start[ls + 1]
-            for obj in wanted:
-                if len(plan.prefetches) >= limit:
-                    break
-                if obj in state:
-                    continue
-                nxt = self.stream.next_use(obj, after) if self.future_for_cache else NEVER
-                if cache.prefetch(obj, after, nxt):
-                    plan.prefetches.append(obj)
-                    cache.protected.add(obj)  # not evicted by the rest of this round
+            if gate is not None:
+                self._gated(ls, layer, remaining, wanted, limit, after, plan)
+            else:
+                for obj in wanted:
+                    if len(plan.prefetches) >= limit:
+                        break
+                    if obj in state:
+                        # already resident (or in flight): it is wanted for a later layer of this
+                        # round, so no later prefetch of the same round may evict it
+                        cache.protected.add(obj)
+                        continue
+                    nxt = self.stream.next_use(obj, after) if self.future_for_cache else NEVER
+                    if cache.prefetch(obj, after, nxt):
+                        plan.prefetches.append(obj)
+                        cache.protected.add(obj)  # not evicted by the rest of this round
+        if gate is not None:
+            gate.end(ls)
         return plan
+
+    def _gated(self, ls, layer, remaining, wanted, limit, after, plan) -> None:
+        """The policy's candidates through the cost gate, nearest target layer first within rank."""
+        cache, gate, state = self.cache, self.gate, self.cache.state
+        obj_layer = cache._obj_layer
+        horizon = min(gate.horizon(), remaining)
+        ranks: dict[int, int] = {}
+        seen = set()
+        for obj in wanted:
+            j = obj_layer[obj] - layer
+            if obj in seen or j < 1 or j > remaining or self.ls_layer[ls + j] != obj_layer[obj]:
+                continue  # named twice, or not a later layer of this pass: nothing to aim at
+            seen.add(obj)
+            rank = ranks.get(j, 0)
+            ranks[j] = rank + 1
+            if obj in state:
+                cache.protected.add(obj)  # named for a later layer: kept for the rest of the round
+                continue
+            # scored only when not resident: those are the ones a prefetch would copy, and they
+            # are right less often than the popular experts the cache already holds
+            gate.note(ls, obj, j, rank)
+            if j > horizon or len(plan.prefetches) >= limit:
+                continue
+            if not gate.worth(ls, j, rank, cache.is_full(obj)):
+                gate.refused += 1
+                continue
+            nxt = self.stream.next_use(obj, after) if self.future_for_cache else NEVER
+            if cache.prefetch(obj, after, nxt):
+                plan.prefetches.append(obj)
+                cache.protected.add(obj)
+                gate.issued_prefetch(ls, j, obj)

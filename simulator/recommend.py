@@ -12,7 +12,9 @@ small sweep whose cache sizes are bounded by memory:
 * **search**: every speculation x caching policy at the largest cache that
   fits, then the best few of those with every compression at that size and
   at half of it. The fastest point wins; within 0.5% the one using less
-  memory does. Both bounds (all-resident, oracle + Belady) come with it.
+  memory does. Both references (all-resident, perfect prediction: oracle +
+  Belady) and the proven lower bound come with it. The candidates are read
+  from the policy registries, so a new policy is considered without edits here.
 """
 
 from __future__ import annotations
@@ -24,8 +26,28 @@ from pathlib import Path
 
 from pregate.simulator.sweep import SweepError, SweepSpec
 
-SPECULATIONS = ["none", "layer_minus_1", "multi_layer", "adaptive", "transition", "eam"]
-CACHINGS = ["lru", "lfu", "lfu-decay", "least-stale", "pinned-hot"]
+def practical_speculations(has_ahead: bool = True) -> list[str]:
+    """Every registered speculation policy a user can run: none that reads the future, none that
+    needs a trained predictor file, and those needing the trace's ``ahead`` only when it has it."""
+    from pregate.simulator.policies import SPECULATION
+
+    out = []
+    for name in SPECULATION.names():
+        cls = SPECULATION.get(name)
+        if cls.needs_future or getattr(cls, "needs_predictor", False) or (cls.needs_ahead and not has_ahead):
+            continue
+        out.append(name)
+    return out
+
+
+def practical_cachings() -> list[str]:
+    """Every registered caching policy that does not read the future (not ``belady``); FIFO is
+    left out as LRU without its one advantage."""
+    from pregate.simulator.policies import CACHING
+
+    return [n for n in CACHING.names() if not CACHING.get(n).needs_future and n != "fifo"]
+
+
 COMPRESSIONS = ["none", "int8", "int4", "low-precision-on-miss"]
 TOP_COMBOS = 3
 TIE = 0.005
@@ -183,11 +205,11 @@ def _pick(frame):
 
 _KEEP = ("speculation", "cache_policy", "cache", "cache_capacity_experts", "compression", "buffering", "tokens_per_s",
          "mean_step_latency_s", "stall_share", "hit_rate", "bytes_moved", "peak_gpu_bytes", "ratio_to_resident",
-         "ratio_to_oracle", "bound_resident_tokens_per_s", "bound_oracle_tokens_per_s", "key")
+         "ratio_to_oracle", "ratio_to_lower_bound", "bound_resident_tokens_per_s", "bound_oracle_tokens_per_s", "key")
 
 
 def _slim(row: dict | None) -> dict | None:
-    return None if row is None else {k: row[k] for k in _KEEP}
+    return None if row is None else {k: row.get(k) for k in _KEEP}
 
 
 def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None, batch_size: int = 1,
@@ -218,7 +240,7 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
         from pregate.traces import open_trace
 
         has_ahead = open_trace(source.trace).meta.ahead_distance > 0
-        specs = [s for s in SPECULATIONS if has_ahead or s in ("none", "transition", "eam")]
+        specs = practical_speculations(has_ahead)
         base = {"profile": [gpu], "batch_size": [batch_size]}
         memory = {"vram_bytes": mem.vram, "dense_bytes": mem.dense, "margin_bytes": mem.margin,
                   "expert_bytes": mem.expert_bytes, "total_experts": mem.total_experts,
@@ -231,7 +253,7 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
             return Recommendation(source.model_id, gpu, batch_size, source.synthetic, source.note, memory, best, best,
                                   points=frame.height, all_resident=True)
         cap = mem.cache_experts
-        stage1 = plan_sweep(SweepSpec([trace], {**base, "speculation": specs, "cache_policy": CACHINGS,
+        stage1 = plan_sweep(SweepSpec([trace], {**base, "speculation": specs, "cache_policy": practical_cachings(),
                                                 "cache": [str(cap)]}, source="recommend"))
         run_sweep(stage1, out, workers=workers, progress=progress)
         first = read_results(out).filter(pl.col("key").is_in([p.key for p in stage1.points]))
@@ -284,10 +306,13 @@ def format_recommendation(r: Recommendation) -> str:
     lines.append(f"  run: {describe(b)}")
     lines.append(f"  expect: {b['tokens_per_s']:.1f} tokens/s ({b['mean_step_latency_s'] * 1e3:.1f} ms per step), "
                  f"hit rate {b['hit_rate']:.0%}, {b['stall_share']:.0%} of the time waiting for copies")
-    lines.append(f"  bounds: all experts resident {b['bound_resident_tokens_per_s']:.1f} tokens/s "
+    lines.append(f"  references: all experts resident {b['bound_resident_tokens_per_s']:.1f} tokens/s "
                  f"(this is {b['ratio_to_resident']:.2f}x slower; needs "
-                 f"{_gb(m['dense_bytes'] + m['total_experts'] * m['expert_bytes'])}); oracle prefetch + Belady "
-                 f"{b['bound_oracle_tokens_per_s']:.1f} tokens/s ({b['ratio_to_oracle']:.2f}x)")
+                 f"{_gb(m['dense_bytes'] + m['total_experts'] * m['expert_bytes'])}); perfect prediction "
+                 f"(oracle + Belady) {b['bound_oracle_tokens_per_s']:.1f} tokens/s ({b['ratio_to_oracle']:.2f}x)")
+    if b.get("ratio_to_lower_bound"):
+        lines.append(f"  headroom: {b['ratio_to_lower_bound']:.2f}x the proven lower bound on step time "
+                     "(no policy can go below it)")
     if b["compression"] != "none":
         lines.append(f"  caution: {b['compression']} copies cost accuracy, which the simulator does not model; "
                      f"without compression: {describe(r.best_uncompressed)} at "

@@ -35,6 +35,12 @@ class Settings:
     dtype: str = _opt("", "expert dtype on the GPU (default: the trace's dtype)")
     copy_engines: int = _opt(0, "host-to-device copy engines to use (default 0: the profile's count)")
     max_prefetch: int = _opt(0, "most prefetches issued per MoE layer (default 0: no limit beyond the cache)")
+    prefetch_gate: str = _opt("cost", "cost: issue a prefetch only when its expected saving (confidence x the stall "
+                                      "it avoids) beats its expected cost (link time taken from demand misses, the "
+                                      "chance its victim is needed first); off: issue all the speculation names",
+                              choices=("cost", "off"))
+    reset_cache_per_sequence: bool = _opt(False, "empty the expert cache whenever a new batch of sequences starts "
+                                                 "(default: the cache persists across sequences, as in a server)")
     seed: int = _opt(0, "seed for any randomised choice; same inputs and seed give identical output")
 
     def to_dict(self) -> dict:

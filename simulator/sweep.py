@@ -377,7 +377,8 @@ def run_point(trace_path: str, trace_id: str, settings: Settings, profile) -> di
     outcome, cache = sim.timed(settings)
     summary = sim.summarise(settings, outcome, cache)
     resident, oracle = bound_settings(settings)
-    return add_bounds(summary, _bound_mean(group, sim, resident), _bound_mean(group, sim, oracle))
+    return add_bounds(summary, _bound_mean(group, sim, resident), _bound_mean(group, sim, oracle),
+                      sim.lower_bound(settings))
 
 
 def point_row(point: Point, summary: dict) -> dict:

@@ -31,6 +31,9 @@ class CachingPolicy:
     def __init__(self, layout=None, seed: int = 0):
         self.layout = layout
 
+    def set_capacity(self, capacity: int) -> None:
+        """The slots of the partition this policy orders (told once, before any request)."""
+
     def on_layer(self, layer: int, now: int) -> None:
         pass
 

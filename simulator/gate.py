@@ -1,0 +1,203 @@
+"""The cost-aware prefetch gate: issue a prefetch only when it is expected to pay for itself.
+
+Why a gate, and why here: a speculation policy only ranks experts; whether a
+copy is worth starting depends on the hardware and on what the link is doing.
+On a transfer-bound machine (a Mixtral expert takes ~14 ms over PCIe, a layer
+step ~1 ms of compute) every wrong prefetch takes a full copy's worth of link
+time from the demand misses queued behind it, and a right one saves at most
+the compute it overlaps; on an overlap-friendly machine the same prefetch is
+nearly free. One mechanism in the planner applies this to every speculation
+policy, so no policy needs its own notion of cost.
+
+The gate runs on a model clock computed from precomputed numbers only (the
+cost tables' seconds per copy and per layer step, the number of copy
+engines) and from the planner's own decisions, never from the timed run's
+clock: the fast replay, the timed run and the executor on a trace therefore
+make identical decisions.
+
+For a candidate expert for target layer step ``ls + j``, named at rank ``r``
+among the policy's distance-``j`` candidates:
+
+* ``c``: confidence, the precision measured so far of rank-``r``,
+  distance-``j`` predictions of this policy on this stream, with a Beta(1, 1)
+  prior. Every candidate that was not resident when named is scored when its
+  target layer step routes, issued or not (resident ones are skipped: they are
+  the popular experts, right more often than the ones a prefetch would copy);
+  capped by the share of issued distance-``j`` prefetches that were hits at
+  their target, since a right prefetch the caching policy evicts before its
+  layer runs (LFU evicts the newcomer first at a small cache) saves nothing;
+* saving if right: the demand stall it avoids, ``demand_copy`` minus how late
+  it would land after the target layer's router (``arrival - t_target``),
+  at least 0. ``arrival`` is when the link's queue clears (the model clock's
+  ``link``) plus one copy; ``t_target`` is now plus the layer steps' seconds
+  until the target;
+* cost if wrong (``1 - c``): the part of its link time that does not fit in
+  the link's idle time before the next layer step's router, times the chance
+  that layer step has a demand miss to delay (measured so far);
+* cost of the victim (only when the partition is full): the demand misses
+  one prefetch has caused so far, times one demand copy. Counting only the
+  direct victim's return undercounts badly (on LRU at a small cache each
+  eviction shifts the whole eviction order, and misses cascade), so the
+  planner keeps a *shadow* cache of the same policy and size that sees the
+  demand requests alone (what ``none`` would hold) and the damage is measured
+  against it: ``(misses - shadow misses + prefetch hits) / prefetches``, the
+  misses each prefetch added beyond the one it saved, with a prior of one
+  quarter. Like set dueling in CPU caches, and as deterministic as the rest.
+
+The prefetch is issued iff ``c * saving > (1 - c) * link cost + victim cost``. The horizon (how many layers ahead) adapts as in ExpertFlow's adaptive
+step: distance ``j`` is considered only while every distance up to ``j`` has
+a measured precision above the misses a prefetch causes (the break-even
+point on an idle link).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PrefetchTiming:
+    """The numbers the gate needs, precomputed by the code that builds the planner."""
+
+    prefetch_copy_s: float  # one prefetch copy (dtype of prefetches)
+    demand_copy_s: float  # one demand copy (dtype of demand misses)
+    engines: int  # copies that run at once
+    step_s: list[float]  # [ls] seconds from ls's router result to ls+1's, without stalls
+    max_distance: int = 3  # farthest target considered
+
+
+def timing_from_costs(stream, costs, copy_engines: int, demand_dtype: str, prefetch_dtype: str) -> PrefetchTiming:
+    """Per-layer-step seconds from the cost tables: this step's experts (GPU or host issue,
+    whichever is longer, per expert), then the next step's dense work, router read and planning."""
+    tokens = stream.req_tokens.astype(np.int64)
+    gpu = np.asarray(costs.expert_gpu)[tokens] if len(tokens) else np.zeros(0)
+    per_req = np.maximum(gpu, costs.expert_host)
+    starts = stream.ls_req_start
+    csum = np.concatenate([[0.0], np.cumsum(per_req)])
+    experts = csum[starts[1:]] - csum[starts[:-1]]
+    dense = np.maximum(np.asarray(costs.dense_gpu), np.asarray(costs.dense_host)) + costs.router_sync + costs.layer_step
+    next_dense = np.append(dense[1:], 0.0) if len(dense) else dense
+    step = experts + next_dense
+    return PrefetchTiming(float(costs.copy[prefetch_dtype]), float(costs.copy[demand_dtype]), max(1, int(copy_engines)),
+                          step.tolist())
+
+
+class CostGate:
+    """The gate's model clock and the statistics it learns from the planner's own decisions."""
+
+    RANKS = 8  # ranks beyond this share one precision estimate
+
+    def __init__(self, timing: PrefetchTiming):
+        self.t = timing
+        self.now = 0.0  # model time at which the current layer step's router result is known
+        self.link = 0.0  # model time at which the copy queue clears
+        self.tried: dict[tuple[int, int], int] = {}
+        self.right: dict[tuple[int, int], int] = {}
+        self.pending: dict[int, list[tuple[int, int, int]]] = {}  # target ls -> (obj, j, rank)
+        self.landed_tried: dict[int, int] = {}  # distance -> issued prefetches whose target has routed
+        self.landed_right: dict[int, int] = {}  # distance -> of those, found in the cache and used there
+        self.issued_to: dict[int, list[tuple[int, int]]] = {}  # target ls -> (obj, j) prefetched for it
+        self.caused = 0  # demand misses beyond the shadow's, plus prefetch hits: what prefetches caused
+        self.prefetched = 0
+        self.steps = 0
+        self.steps_missed = 0
+        self.issued = 0
+        self.refused = 0
+        self._idle = 0.0
+
+    # ---- statistics ---------------------------------------------------------
+    def confidence(self, j: int, rank: int) -> float:
+        """Right and still cached at the target: the candidates' precision, capped by the share of
+        issued distance-``j`` prefetches that were hits at their target (a right prefetch that the
+        caching policy evicts before its layer runs saves nothing)."""
+        key = (j, min(rank, self.RANKS - 1))
+        named = (self.right.get(key, 0) + 1.0) / (self.tried.get(key, 0) + 2.0)
+        landed = (self.landed_right.get(j, 0) + 3.0) / (self.landed_tried.get(j, 0) + 4.0)  # prior 3/4
+        return named if named < landed else landed
+
+    def distance_precision(self, j: int) -> float:
+        tried = sum(n for (d, _), n in self.tried.items() if d == j)
+        right = sum(n for (d, _), n in self.right.items() if d == j)
+        return (right + 1.0) / (tried + 2.0)
+
+    def regret_rate(self) -> float:
+        """Demand misses caused per prefetch, measured against the shadow cache (prior 1/4)."""
+        return min(3.0, max(0.0, (self.caused + 0.5) / (self.prefetched + 2.0)))
+
+    def observe(self, real, shadow) -> None:
+        """The cache's and the shadow's counts so far (CacheCounts)."""
+        self.caused = real.misses - shadow.misses + real.prefetch_hits
+        self.prefetched = real.prefetches
+
+    def miss_rate(self) -> float:
+        return (self.steps_missed + 1.0) / (self.steps + 2.0)
+
+    def horizon(self) -> int:
+        floor = self.regret_rate()
+        h = 0
+        for j in range(1, self.t.max_distance + 1):
+            if self.distance_precision(j) <= floor:
+                break
+            h = j
+        return h
+
+    # ---- the planner's calls ------------------------------------------------
+    def begin(self, ls: int, needed, hits=()) -> None:
+        """Layer step ``ls`` has routed: score the predictions and the prefetches aimed at it."""
+        needed = set(needed)
+        issued = self.issued_to.pop(ls, ())
+        if issued:
+            hit = set(hits)
+            for obj, j in issued:
+                self.landed_tried[j] = self.landed_tried.get(j, 0) + 1
+                if obj in hit:
+                    self.landed_right[j] = self.landed_right.get(j, 0) + 1
+        for obj, j, rank in self.pending.pop(ls, ()):
+            key = (j, min(rank, self.RANKS - 1))
+            self.tried[key] = self.tried.get(key, 0) + 1
+            if obj in needed:
+                self.right[key] = self.right.get(key, 0) + 1
+
+    def after_demand(self, ls: int, n_misses: int) -> None:
+        """Demand copies go first: they occupy the link from now on."""
+        self.steps += 1
+        if n_misses:
+            self.steps_missed += 1
+            start = self.link if self.link > self.now else self.now
+            self.link = start + n_misses * self.t.demand_copy_s / self.t.engines
+        step = self.t.step_s[ls]
+        self._next = max(self.now + step, self.link if n_misses else 0.0)
+        self._idle = max(0.0, self._next - max(self.link, self.now))
+
+    def note(self, ls: int, obj: int, j: int, rank: int) -> None:
+        self.pending.setdefault(ls + j, []).append((obj, j, rank))
+
+    def worth(self, ls: int, j: int, rank: int, has_victim: bool) -> bool:
+        t = self.t
+        c = self.confidence(j, rank)
+        t_target = self.now + sum(t.step_s[ls:ls + j])
+        start = self.link if self.link > self.now else self.now
+        arrival = start + t.prefetch_copy_s
+        saving = t.demand_copy_s - max(0.0, arrival - t_target)
+        if saving <= 0.0:
+            return False
+        occupancy = t.prefetch_copy_s / t.engines
+        spill = max(0.0, occupancy - self._idle)
+        link_cost = self.miss_rate() * spill
+        victim_cost = self.regret_rate() * t.demand_copy_s if has_victim else 0.0
+        return c * saving > (1.0 - c) * link_cost + victim_cost
+
+    def issued_prefetch(self, ls: int, j: int, obj: int = -1) -> None:
+        """A prefetch went out: it occupies the link, and its fate is scored at its target."""
+        self.issued += 1
+        self.issued_to.setdefault(ls + j, []).append((obj, j))
+        occupancy = self.t.prefetch_copy_s / self.t.engines
+        start = self.link if self.link > self.now else self.now
+        self.link = start + occupancy
+        self._idle = max(0.0, self._idle - occupancy)
+
+    def end(self, ls: int) -> None:
+        """Advance the model clock to the next router result: compute, or the last demand copy."""
+        self.now = self._next

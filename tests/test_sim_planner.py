@@ -1,0 +1,196 @@
+"""The planner's rules: protection of what speculation names, and the cost gate on prefetches."""
+
+import pytest
+
+from pregate.simulator import Settings, Simulation
+from pregate.simulator.gate import PrefetchTiming
+from pregate.simulator.policies import SPECULATION
+from pregate.simulator.policies.speculation import SpeculationPolicy
+from pregate.simulator.synthetic import make_trace
+from pregate.traces import open_trace
+
+
+@pytest.fixture(scope="module")
+def top2(tmp_path_factory):
+    """Decoder-only, top-2 of 8, six MoE layers, with a pre-gating signal."""
+    path = make_trace(tmp_path_factory.mktemp("pl") / "t", seqs=4, prompt_len=2, new_tokens=12, layers=6,
+                      experts=8, top_k=2, ahead=3, seed=5)
+    return open_trace(path)
+
+
+class Scripted(SpeculationPolicy):
+    """Names, at one layer step, exactly the experts a test chose."""
+
+    def __init__(self, at: int, names):
+        super().__init__()
+        self.at, self.names = at, names
+
+    def predict(self, view):
+        return list(self.names(view)) if view.ls == self.at else []
+
+
+def _walk(sim, settings, upto, spec=None, timing=None):
+    cache, planner, _, _ = sim._parts(settings)
+    if spec is not None:
+        planner.spec, planner.wants_prefetch = spec, True
+    planner.use_timing(timing)
+    for ls in range(upto):
+        plan = planner.plan(ls)
+        for obj in plan.prefetches:
+            cache.landed(obj)
+        for obj, _, cached in plan.misses:
+            if cached:
+                cache.landed(obj)
+    return cache, planner
+
+
+def _later_layer_objects(sim, ls, exclude, n):
+    """``n`` experts of the layers after ``ls``'s in the same pass, none in ``exclude``."""
+    stream, layout = sim.stream, sim.stream.layout
+    layer = int(stream.ls_layer[ls])
+    out = []
+    for target in range(layer + 1, layout.n_layers):
+        base = int(layout.base[target])
+        out += [base + e for e in range(int(layout.experts[target])) if base + e not in exclude]
+    return out[:n]
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_a_resident_expert_that_speculation_names_is_not_evicted_by_a_later_prefetch(top2, gated):
+    settings = Settings(cache=6, cache_policy="lru", prefetch_gate="off")
+    sim = Simulation(top2, settings)
+    first = int(sim.stream.pass_ls_start[3])  # first layer step of a decode pass: the cache is full by now
+    needed = set(sim.stream.needed(first).tolist())
+    chosen, held = {}, {}
+
+    def names(view):
+        # after this step's hits and misses: the LRU victim is the oldest expert this step does not use
+        cache = held["cache"]
+        chosen["old"] = next(o for o in cache.policies[0].order if o not in needed)
+        fresh = _later_layer_objects(sim, first, set(cache.state) | needed, 6)
+        return [chosen["old"]] + fresh
+
+    cheap = PrefetchTiming(1e-9, 1e-4, 1, [1e-3] * sim.stream.n_layer_steps) if gated else None
+    cache, planner, _, _ = sim._parts(settings)
+    held["cache"] = cache
+    planner.spec, planner.wants_prefetch = Scripted(first, names), True
+    planner.use_timing(cheap)  # from the start, so the gate's shadow cache has seen the same requests
+    for ls in range(first):
+        plan = planner.plan(ls)
+        for obj, _, cached in plan.misses:
+            if cached:
+                cache.landed(obj)
+    evicted = []
+    cache.evict_listener = evicted.append
+    plan = planner.plan(first)
+    assert plan.prefetches, "the scripted prefetches must have been issued for the test to mean anything"
+    old = chosen["old"]
+    assert old in cache.state, "the named resident expert was evicted by a prefetch of the same round"
+    assert old not in evicted
+    assert len(evicted) >= len(plan.prefetches) - 1  # the cache was full: the prefetches had to evict
+    assert not set(evicted) & needed
+
+
+@pytest.mark.parametrize("spec", SPECULATION.names())
+@pytest.mark.parametrize("gate", ["off", "cost"])
+def test_no_prefetch_evicts_the_current_step_or_an_earlier_prediction(top2, spec, gate):
+    """Every registered speculation policy on a top-2 trace: a prefetch never evicts an expert the
+    current layer step uses, nor one that an earlier name of the same round protected."""
+    settings = Settings(speculation=spec, cache_policy="lru", cache="30%", prefetch_gate=gate, batch_size=2)
+    sim = Simulation(top2, settings)
+    cache, planner, _, _ = sim._parts(settings)
+    names: list[int] = []
+    predict = planner.spec.predict
+
+    def spy(view):
+        names[:] = predict(view)
+        return names
+
+    planner.spec.predict = spy
+    phase = {"named": False}
+    round_evictions: list[tuple[int, bool, int]] = []  # (victim, after the prediction, prefetches so far)
+    cache.evict_listener = lambda obj: round_evictions.append((obj, phase["named"], cache.counts.prefetches))
+    issued = 0
+    for ls in range(sim.stream.n_layer_steps):
+        names.clear()
+        round_evictions.clear()
+        phase["named"] = False
+        base = cache.counts.prefetches
+        planner.spec.predict = lambda view: (phase.update(named=True), spy(view))[1]
+        plan = planner.plan(ls)
+        needed = set(sim.stream.needed(ls).tolist())
+        assert not {v for v, _, _ in round_evictions} & needed
+        for victim, after, so_far in round_evictions:
+            if not after:
+                continue
+            cause = plan.prefetches[so_far - base]  # the prefetch that made room
+            earlier = names[: names.index(cause)]
+            assert victim not in earlier, f"{spec}: prefetch of {cause} evicted {victim}, named before it"
+        issued += len(plan.prefetches)
+        for obj in plan.prefetches:
+            cache.landed(obj)
+        for obj, _, cached in plan.misses:
+            if cached:
+                cache.landed(obj)
+        cache.check()
+    counts = cache.finish()
+    assert counts.hits + counts.misses == sim.stream.n_requests
+    assert counts.prefetch_hits + counts.wasted_prefetches == counts.prefetches == issued
+
+
+def test_the_gate_refuses_prefetches_a_slow_link_cannot_pay_for(top2):
+    settings = Settings(speculation="layer_minus_1", cache="30%")
+    sim = Simulation(top2, settings)
+    n = sim.stream.n_layer_steps
+    cheap = PrefetchTiming(1e-6, 1e-6, 1, [1e-3] * n)  # copies far faster than a layer step
+    dear = PrefetchTiming(1.0, 1.0, 1, [1e-3] * n)  # a copy costs a thousand layer steps
+    _, free = _walk(sim, settings, n, timing=cheap)
+    _, slow = _walk(sim, settings, n, timing=dear)
+    _, ungated = _walk(sim, settings, n, timing=None)
+    assert free.gate.issued > 0
+    assert slow.gate.issued < free.gate.issued
+    assert slow.gate.refused > 0
+    assert ungated.gate is None
+
+
+def test_gate_confidence_learns_the_policys_precision(top2):
+    """Oracle predictions are always right: the gate's confidence in them tends to 1."""
+    settings = Settings(speculation="oracle", cache="30%")
+    sim = Simulation(top2, settings)
+    n = sim.stream.n_layer_steps
+    _, planner = _walk(sim, settings, n, timing=PrefetchTiming(1e-6, 1e-6, 1, [1e-3] * n))
+    assert planner.gate.confidence(1, 0) > 0.95
+    assert planner.gate.horizon() == 3
+
+
+@pytest.mark.parametrize("spec", ["layer_minus_1", "transition", "oracle"])
+def test_gated_decisions_identical_in_replay_and_timed_run(top2, spec):
+    settings = Settings(speculation=spec, cache="25%", prefetch_gate="cost", batch_size=2)
+    sim = Simulation(top2, settings)
+    counts = sim.replay(settings, fast=False)
+    outcome, cache = sim.timed(settings)
+    c = cache.counts
+    assert (counts.prefetches, counts.misses, counts.evictions) == (c.prefetches, c.misses, c.evictions)
+    assert counts.hits == c.hits
+
+
+def test_reset_cache_per_sequence_starts_every_batch_cold(top2):
+    keep = Simulation(top2, Settings(cache="50%"))
+    reset = Settings(cache="50%", reset_cache_per_sequence=True)
+    cold = Simulation(top2, reset)
+    warm_counts, cold_counts = keep.replay(), cold.replay()
+    assert cold_counts.misses > warm_counts.misses
+    # the first layer step of every batch misses on every expert it needs
+    cache, planner, _, _ = cold._parts(reset)
+    s = cold.stream
+    firsts = {int(s.pass_ls_start[p]) for p in range(s.n_passes) if p == 0 or s.pass_group[p] != s.pass_group[p - 1]}
+    for ls in range(s.n_layer_steps):
+        plan = planner.plan(ls)
+        if ls in firsts:
+            assert not plan.hits
+        for obj, _, cached in plan.misses:
+            if cached:
+                cache.landed(obj)
+    # both drivers agree with the reset too
+    timed_outcome, timed_cache = cold.timed(reset)
+    assert timed_cache.counts.misses == cold_counts.misses
