@@ -32,6 +32,7 @@ from collections import deque
 
 from pregate.simulator.cache import ExpertCache
 from pregate.simulator.costs import CostTables
+from pregate.simulator.engine_compiled import eligible, run_compiled
 from pregate.simulator.outcome import StepRecord, TimedOutcome
 from pregate.simulator.planner import Planner
 from pregate.simulator.stream import RequestStream
@@ -78,11 +79,15 @@ class Server:
 
 def run_timed(stream: RequestStream, costs: CostTables, planner: Planner, cache: ExpertCache, *,
               demand_dtype: str, prefetch_dtype: str, copy_engines: int = 1, timeline: bool = False,
-              all_resident: bool = False, reference: bool = False) -> TimedOutcome:
+              all_resident: bool = False, reference: bool = False, compiled: bool = True) -> TimedOutcome:
     """Simulate the whole stream; returns per-step latencies and their breakdown.
 
-    ``reference=True`` runs the SimPy reference engine instead (same results, slower).
+    Settings the compiled kernel covers (on-demand lru/fifo, see ``engine_compiled``) run
+    there when numba is installed, unless ``compiled=False``; ``reference=True`` runs the
+    SimPy reference engine instead. All three give identical results.
     """
+    if not reference and compiled and eligible(planner, cache, timeline, all_resident):
+        return run_compiled(stream, costs, planner, cache, demand_dtype=demand_dtype, copy_engines=copy_engines)
     if reference:
         from pregate.simulator.engine_simpy import run_timed_simpy
 

@@ -11,6 +11,8 @@ import itertools
 
 import pytest
 
+from pregate.simulator import engine_compiled
+
 from pregate.simulator import Settings, Simulation
 from pregate.simulator.engine import run_timed
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
@@ -27,17 +29,25 @@ def traces(tmp_path_factory):
     return [open_trace(make_trace(root / str(i), **kw)) for i, kw in enumerate(shapes)]
 
 
+def _run(sim, settings, **kw):
+    cache, planner, buffering, comp = sim._parts(settings)
+    engines = settings.copy_engines or int(sim.profile["pcie.copy_engines"])
+    outcome = run_timed(sim.stream, sim.costs, planner, cache, demand_dtype=comp.demand_dtype(sim.gpu_dtype),
+                        prefetch_dtype=comp.prefetch_dtype(sim.gpu_dtype), copy_engines=engines,
+                        all_resident=buffering.all_resident, **kw)
+    return outcome, cache.finish().as_dict(), dict(cache.state)
+
+
 def _both(trace, settings):
+    """(lean, reference) outcomes with timelines; and the default path (the compiled kernel
+    where it applies) must equal the reference without one."""
     sim = Simulation(trace, settings)
-    out = []
-    for reference in (False, True):
-        cache, planner, buffering, comp = sim._parts(settings)
-        engines = settings.copy_engines or int(sim.profile["pcie.copy_engines"])
-        outcome = run_timed(sim.stream, sim.costs, planner, cache, demand_dtype=comp.demand_dtype(sim.gpu_dtype),
-                            prefetch_dtype=comp.prefetch_dtype(sim.gpu_dtype), copy_engines=engines, timeline=True,
-                            all_resident=buffering.all_resident, reference=reference)
-        out.append((outcome, cache.finish().as_dict()))
-    return out
+    lean = _run(sim, settings, timeline=True, compiled=False)
+    ref = _run(sim, settings, timeline=True, reference=True)
+    default, ref_plain = _run(sim, settings), _run(sim, settings, reference=True)
+    assert default == ref_plain, settings
+    assert lean[2] == ref[2]  # the cache's contents at the end
+    return lean[:2], ref[:2]
 
 
 PAIRS = list(itertools.product(SPECULATION.names(), CACHING.names()))
@@ -62,3 +72,17 @@ def test_lean_engine_equals_simpy_on_buffering_and_compression(traces, buffering
         (lean, lean_counts), (ref, ref_counts) = _both(trace, settings)
         assert lean == ref, (buffering, compression, spec)
         assert lean_counts == ref_counts
+
+
+@pytest.mark.skipif(engine_compiled.numba is None, reason="numba is not installed")
+@pytest.mark.parametrize("policy", ["lru", "fifo"])
+def test_compiled_kernel_runs_and_equals_simpy(traces, policy):
+    """On-demand lru/fifo takes the compiled kernel; ties, bypasses and several engines included."""
+    for trace, kw in itertools.product(traces, [dict(cache=1), dict(cache=3, copy_engines=3, batch_size=2),
+                                                dict(cache="50%", copy_engines=2, compression="int4"),
+                                                dict(cache=7, buffering="double_buffer")]):
+        settings = Settings(cache_policy=policy, **kw)
+        sim = Simulation(trace, settings)
+        cache, planner, buffering, comp = sim._parts(settings)
+        assert engine_compiled.eligible(planner, cache, False, buffering.all_resident)
+        assert _run(sim, settings) == _run(sim, settings, reference=True)
