@@ -242,7 +242,7 @@ def main(argv=None) -> int:
                     r = run_worker(site if code == "base" else None, trace, args.cache, args.timeout)
                     results[(model, rows, code)] = r
                     if "error" in r:
-                        print(f"{model:<13} {fmt_rows(rows):>5} {code:<8} failed: {r['error']}")
+                        print(f"{model:<13} {fmt_rows(rows):>5} {code:<8} failed: {r['error']}", flush=True)
                         continue
                     print(f"{model:<13} {fmt_rows(r['rows']):>5} {code:<8} {r['build_s']:>8.1f} "
                           f"{r['none+lru'] / 1e3:>9.1f}k {r['layer_minus_1+lru'] / 1e3:>9.1f}k "

@@ -34,7 +34,7 @@ from pregate.simulator.cache import ExpertCache
 from pregate.simulator.costs import CostTables
 from pregate.simulator.outcome import StepRecord, TimedOutcome
 from pregate.simulator.planner import Planner
-from pregate.simulator.stream import RequestStream
+from pregate.simulator.stream import RequestStream, as_list
 
 QUEUED, RUNNING, DONE, CANCELLED = 0, 1, 2, 3
 
@@ -152,7 +152,7 @@ def run_timed_simpy(stream: RequestStream, costs: CostTables, planner: Planner, 
     d_deq = costs.dequant[demand_dtype]
     expert_gpu, expert_cpu = costs.expert_gpu, costs.expert_cpu
     expert_host = costs.expert_host_resident if all_resident else costs.expert_host
-    dense_gpu, dense_host, sync = costs.dense_gpu, costs.dense_host, costs.router_sync
+    dense_gpu, dense_host, sync = as_list(costs.dense_gpu), as_list(costs.dense_host), costs.router_sync
     layer_step, resident_step, copy_issue = costs.layer_step, costs.resident_layer_step, costs.copy_issue
     pass_start = stream.pass_ls_start.tolist()
 
