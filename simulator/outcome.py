@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass
+@dataclass(slots=True)  # one per forward pass: slots keep a long run's records small
 class StepRecord:
     pass_index: int
     group: int
