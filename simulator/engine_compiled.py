@@ -300,7 +300,7 @@ def run_compiled(stream: RequestStream, costs: CostTables, planner: Planner, cac
     policy = cache.policies[0]
     out, counts, total, tot_c, tot_s, tot_d, final = _kernel(
         np.asarray(stream.pass_ls_start, np.int64), np.asarray(stream.ls_req_start, np.int64),
-        np.asarray(stream.req_obj, np.int64), np.asarray(stream.req_tokens, np.int64),
+        np.asarray(stream.req_obj, np.int32), np.asarray(stream.req_tokens, np.int32),
         np.asarray(costs.dense_gpu, np.float64), np.asarray(costs.dense_host, np.float64),
         np.asarray(costs.expert_gpu, np.float64), stream.layout.n_objects, cache.capacity,
         type(policy) is LRU, max(1, copy_engines), costs.router_sync, costs.layer_step, costs.copy_issue,
@@ -326,3 +326,17 @@ def _rebuild_cache(cache: ExpertCache, final: np.ndarray) -> None:
     cache.policies[0].order = OrderedDict((obj, None) for obj in order)
     cache.state = {obj: RESIDENT for obj in order}
     cache.sizes = [len(order)]
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's cache) the kernel on a tiny input; returns the seconds it
+    took. A process pays this once, before its first compiled run."""
+    import time
+
+    if numba is None:
+        return 0.0
+    start = time.perf_counter()
+    one = np.array([0, 1], np.int64)
+    _kernel(one, one, np.zeros(1, np.int32), np.ones(1, np.int32), np.zeros(1), np.zeros(1), np.zeros(2), 1, 1,
+            True, 1, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    return time.perf_counter() - start

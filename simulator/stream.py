@@ -332,13 +332,15 @@ def _join_ahead(parts: list[dict], n_ls: list[int]) -> dict:
     js = sorted({j for p in parts for j in p})
     out = {}
     for j in js:
+        total = sum(len(p[j][1]) for p in parts if j in p)
+        offset_type = np.int32 if total < np.iinfo(np.int32).max else np.int64  # offsets into the entries
         starts, objs, scores, done = [], [], [], 0
         for k, p in enumerate(parts):
             if j in p:
-                st, ob, sc = p[j]
+                st, ob, sc = p.pop(j)
             else:
-                st, ob, sc = np.zeros(n_ls[k] + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float64)
-            starts.append((st[:-1] if k < len(parts) - 1 else st) + done)
+                st, ob, sc = np.zeros(n_ls[k] + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
+            starts.append(((st[:-1] if k < len(parts) - 1 else st) + done).astype(offset_type))
             objs.append(ob)
             scores.append(sc)
             done += len(ob)
@@ -371,6 +373,11 @@ def next_uses(req_obj: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     return out
 
 
+def _scores(values: np.ndarray) -> np.ndarray:
+    """Scores as summed (float32 from float32 probabilities: storing them wider adds nothing)."""
+    return values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
+
+
 def _ahead_arrays(frame: pl.DataFrame, layout: Layout, n_ls: int, top_k: int) -> dict:
     """Per layer step and distance j: the experts later routers would pick, best first.
 
@@ -397,5 +404,5 @@ def _ahead_arrays(frame: pl.DataFrame, layout: Layout, n_ls: int, top_k: int) ->
         ls_col = part.get_column("ls").to_numpy()
         starts = np.searchsorted(ls_col, np.arange(n_ls + 1)).astype(np.int64)
         out[j] = (starts, part.get_column("obj").to_numpy().astype(np.int32),
-                  part.get_column("score").to_numpy().astype(np.float64))
+                  _scores(part.get_column("score").to_numpy()))
     return dict(sorted(out.items()))

@@ -15,6 +15,7 @@ A policy whose decisions change on purpose changes these outcomes; then rerun
 
 import hashlib
 import json
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ CASES = json.loads((HERE / "expected.json").read_text())["cases"]
 def _digest(outcome):
     h = hashlib.sha256()
     for s in outcome.steps:
-        h.update(repr(tuple(s.__dict__.values())).encode())
+        h.update(repr(astuple(s)).encode())
     return h.hexdigest(), hashlib.sha256(repr(outcome.events).encode()).hexdigest()
 
 
