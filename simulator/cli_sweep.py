@@ -96,7 +96,8 @@ def run(args) -> int:
         print(f"interrupted: finished points are kept in {args.out}; rerun the same command to continue",
               file=sys.stderr)
         return 130
-    print(f"{outcome.ran} points simulated in {outcome.seconds:.1f} s, {outcome.skipped} already done")
+    print(f"{outcome.ran} points simulated in {outcome.seconds:.1f} s ({outcome.points_per_s:.2f} points/s), "
+          f"{outcome.skipped} already done")
     frame = read_results(args.out)
     keys = {p.key for p in plan.points}
     frame = frame.filter(frame["key"].is_in(list(keys)))

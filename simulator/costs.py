@@ -81,8 +81,8 @@ class CostTables:
     expert_host: float  # host dispatch seconds for one expert's kernels
     expert_host_resident: float  # the same with every expert resident (no slot events)
     expert_cpu: list[float]  # [n tokens] -> CPU seconds for one expert, with activation copies
-    dense_gpu: list[float]  # [layer step] -> GPU seconds of dense work and router
-    dense_host: list[float]  # [layer step] -> host seconds to dispatch it
+    dense_gpu: np.ndarray  # [layer step] -> GPU seconds of dense work and router (an array: one per trace row)
+    dense_host: np.ndarray  # [layer step] -> host seconds to dispatch it
     router_sync: float
     copy: dict[str, float]  # dtype of the host copy -> seconds for one expert copy
     dequant: dict[str, float]  # dtype of the host copy -> GPU seconds to dequantise
@@ -205,8 +205,8 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
         resident_layer_step=min(profile.get("host.resident_layer_step", 0.0), profile.get("host.layer_step", 0.0)),
         copy_issue=profile.get("host.copy_issue", 0.0),
         expert_cpu=expert_cpu.tolist(),
-        dense_gpu=dense_gpu.tolist(),
-        dense_host=dense_host.tolist(),
+        dense_gpu=np.asarray(dense_gpu, dtype=np.float64),
+        dense_host=np.asarray(dense_host, dtype=np.float64),
         router_sync=profile["host.router_sync"],
         copy=copy,
         dequant=dequant,

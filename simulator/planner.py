@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pregate.simulator.cache import ExpertCache
 from pregate.simulator.gate import CostGate, PrefetchTiming
 from pregate.simulator.policies.speculation import LayerView, SpeculationPolicy, require_ahead
-from pregate.simulator.stream import NEVER, RequestStream
+from pregate.simulator.stream import NEVER, RequestStream, as_list
 
 
 @dataclass
@@ -58,17 +58,18 @@ class Planner:
         self.future_for_cache = future_for_cache
         if speculation.needs_ahead:
             require_ahead(speculation.name, stream.meta.ahead_distance)
+        # The stream's arrays, read like lists through windows (list speed, bounded memory).
         s = stream
-        self.req_start = s.ls_req_start.tolist()
-        self.req_obj = s.req_obj.tolist()
-        self.req_tokens = s.req_tokens.tolist()
-        self.req_next = s.req_next.tolist()
-        self.ls_layer = s.ls_layer.tolist()
-        self.ls_pass = s.ls_pass.tolist()
-        self.ls_tokens = s.ls_tokens.tolist()
-        self.pass_group = s.pass_group.tolist()
-        self.pass_end = s.pass_ls_start[1:].tolist()
-        self.ahead = {j: (a[0].tolist(), a[1].tolist(), a[2].tolist()) for j, a in s.ahead.items()} \
+        self.req_start = as_list(s.ls_req_start)
+        self.req_obj = as_list(s.req_obj)
+        self.req_tokens = as_list(s.req_tokens)
+        self.req_next = as_list(s.req_next)
+        self.ls_layer = as_list(s.ls_layer)
+        self.ls_pass = as_list(s.ls_pass)
+        self.ls_tokens = as_list(s.ls_tokens)
+        self.pass_group = as_list(s.pass_group)
+        self.pass_end = as_list(s.pass_ls_start[1:])
+        self.ahead = {j: (as_list(a[0]), as_list(a[1]), as_list(a[2])) for j, a in s.ahead.items()} \
             if speculation.needs_ahead else {}
         self.wants_prefetch = type(speculation).predict is not SpeculationPolicy.predict
         self.use_timing(timing)

@@ -76,7 +76,7 @@ def replay_fast(stream: RequestStream, policy: str, capacity: int, demand_bytes:
     if stream.max_needed() <= 1:
         bounds = None
     else:
-        bounds = stream.ls_req_start.tolist()
+        bounds = stream.ls_req_start  # walked in windows (see _layer_steps)
     if capacity <= 0:
         n = len(objs)
         return ReplayCounts(n, 0, n, n, 0, 0, 0, 0, 0, demand_bytes * n)
@@ -91,11 +91,20 @@ def replay_fast(stream: RequestStream, policy: str, capacity: int, demand_bytes:
     return ReplayCounts(len(objs), hits, misses, bypass, 0, 0, 0, evictions, peak, demand_bytes * misses)
 
 
-def _layer_steps(objs, bounds):
-    """(lo, hi) per layer step; one request each when bounds is None."""
+def _layer_steps(objs, bounds, window: int = 1 << 16):
+    """(lo, hi) per layer step, lazily from the offsets array a window at a time (a list of
+    every pair would cost more memory than the stream); None when bounds is None."""
     if bounds is None:
         return None
-    return list(zip(bounds[:-1], bounds[1:]))
+    return _pairs(bounds, window)
+
+
+def _pairs(bounds, window):
+    for c in range(0, len(bounds) - 1, window):
+        part = bounds[c : c + window + 1]
+        if not isinstance(part, list):
+            part = part.tolist()
+        yield from zip(part[:-1], part[1:])
 
 
 def _lru_fifo(objs, bounds, capacity, is_lru):

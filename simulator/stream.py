@@ -145,24 +145,100 @@ class RequestStream:
         return int(np.diff(self.ls_req_start).max()) if self.n_layer_steps else 0
 
 
+CHUNK_ROWS = 1 << 18  # trace rows flattened at a time: the build's working memory follows this, not the trace
+
+
+class Window:
+    """A numpy array read like a list, one window of it held as a Python list at a time.
+
+    Why: the planner indexes the stream element by element, which is fastest on
+    lists, but a list of the whole stream costs 8 to 36 bytes per element (the
+    larger part of the memory per trace row). A window keeps list speed for
+    the sequential walk while only ``size`` elements are ever lists.
+    """
+
+    __slots__ = ("array", "size", "lo", "hi", "items")
+
+    def __init__(self, array: np.ndarray, size: int = 1 << 15):
+        self.array, self.size = array, size
+        self.lo = self.hi = 0
+        self.items: list = []
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i):
+        if i.__class__ is slice:
+            a, b = i.start, i.stop
+            if a is not None and b is not None and self.lo <= a and b <= self.hi and i.step is None:
+                return self.items[a - self.lo : b - self.lo]
+            return self.array[i].tolist()
+        if self.lo <= i < self.hi:
+            return self.items[i - self.lo]
+        if i < 0:
+            i += len(self.array)
+        lo = max(0, i - self.size // 4)  # a little behind too: slices reach back to a step's start
+        self.lo, self.hi = lo, min(len(self.array), lo + self.size)
+        self.items = self.array[self.lo : self.hi].tolist()
+        return self.items[i - self.lo]
+
+
+def as_list(values) -> "list | Window":
+    """A list stays a list; an array is read through a :class:`Window`."""
+    return values if isinstance(values, list) else Window(np.asarray(values))
+
+
 def build_stream(trace: Trace | pl.DataFrame, meta: TraceMeta | None = None, batch_size: int = 1,
-                 with_ahead: bool = True) -> RequestStream:
-    """Flatten a trace (or its collected frame plus metadata) into a request stream."""
+                 with_ahead: bool = True, chunk_rows: int = CHUNK_ROWS) -> RequestStream:
+    """Flatten a trace (or its collected frame plus metadata) into a request stream.
+
+    The trace is read and flattened by groups of whole forward-pass groups
+    (``batch_size`` sequences each) of about ``chunk_rows`` rows, so the
+    working memory is that of one chunk; the arrays of the chunks are joined
+    one field at a time. Chunking changes nothing in the result: groups never
+    straddle chunks, and next uses are linked across them afterwards.
+    """
     if batch_size < 1:
         raise SimulatorError(f"--batch-size must be at least 1, got {batch_size}")
     if isinstance(trace, pl.DataFrame):
         if meta is None:
             raise SimulatorError("build_stream: a DataFrame needs its TraceMeta")
-        frame = trace
+        source = trace.lazy()
+        columns = None
     else:
         meta = trace.meta
         columns = ["seq", "stack", "step", "phase", "pos", "layer", "experts", "dropped"]
         if with_ahead and meta.ahead_distance:
             columns += ["probs", "ahead", "ahead_probs"]
-        frame = trace.scan().select(columns).collect()
+        source = trace.scan().select(columns)
     layout = Layout.from_meta(meta)
-    if frame.height == 0:
+    per_seq = source.group_by("seq").agg(rows=pl.len()).sort("seq").collect()
+    if per_seq.height == 0 or int(per_seq.get_column("rows").sum()) == 0:
         raise SimulatorError("the trace has no rows to simulate")
+    seqs = per_seq.get_column("seq").to_numpy()
+    rows = per_seq.get_column("rows").to_numpy()
+    group_rows = np.add.reduceat(rows, np.arange(0, len(seqs), batch_size))
+    # chunks of whole groups: [first group, last group + 1)
+    bounds, acc, first = [], 0, 0
+    for g, n in enumerate(group_rows.tolist()):
+        acc += n
+        if acc >= chunk_rows:
+            bounds.append((first, g + 1))
+            first, acc = g + 1, 0
+    if first < len(group_rows):
+        bounds.append((first, len(group_rows)))
+    parts = []
+    for g_lo, g_hi in bounds:
+        lo_seq, hi_seq = int(seqs[g_lo * batch_size]), int(seqs[min(g_hi * batch_size, len(seqs)) - 1])
+        frame = source.filter(pl.col("seq").is_between(lo_seq, hi_seq)).collect()
+        parts.append(_flatten(frame, meta, layout, batch_size, with_ahead, g_lo * batch_size))
+        del frame
+    return _join(parts, meta, layout, batch_size)
+
+
+def _flatten(frame: pl.DataFrame, meta: TraceMeta, layout: Layout, batch_size: int, with_ahead: bool,
+             seq_rank0: int) -> dict:
+    """One chunk's arrays (layer steps, passes and requests numbered from 0 within it)."""
     offset = {}
     first = 0
     for name in ("encoder", "decoder"):
@@ -170,7 +246,7 @@ def build_stream(trace: Trace | pl.DataFrame, meta: TraceMeta | None = None, bat
             offset[name] = first
             first += meta.stacks[name].moe_layers
     seqs = frame.get_column("seq").unique().sort()
-    rank = pl.DataFrame({"seq": seqs, "group": pl.int_range(0, len(seqs), eager=True) // batch_size})
+    rank = pl.DataFrame({"seq": seqs, "group": (pl.int_range(0, len(seqs), eager=True) + seq_rank0) // batch_size})
     frame = (
         frame.join(rank, on="seq", how="left")
         .with_columns(
@@ -198,37 +274,108 @@ def build_stream(trace: Trace | pl.DataFrame, meta: TraceMeta | None = None, bat
     )
     rows = rows.with_columns(obj=pl.Series(layout.base[rows.get_column("gl").to_numpy()]) + pl.col("experts").cast(pl.Int64))
     req = rows.group_by(["ls", "obj"], maintain_order=True).agg(tokens=pl.len())
+    del rows
     n_ls = ls.height
     req_ls = req.get_column("ls").to_numpy()
-    req_start = np.searchsorted(req_ls, np.arange(n_ls + 1)).astype(np.int64)
-    req_obj = req.get_column("obj").to_numpy().astype(np.int64)
-    n = len(req_obj)
-    order = np.lexsort((np.arange(n), req_obj))
-    same = req_obj[order][1:] == req_obj[order][:-1]
-    req_next = np.full(n, NEVER, dtype=np.int64)
-    req_next[order[:-1][same]] = order[1:][same]
-    pass_of_ls = ls.get_column("pas").to_numpy().astype(np.int64)
-    stream = RequestStream(
-        meta=meta,
-        layout=layout,
-        batch_size=batch_size,
-        pass_group=passes.get_column("group").to_numpy().astype(np.int64),
-        pass_step=passes.get_column("step").to_numpy().astype(np.int64),
+    pass_of_ls = ls.get_column("pas").to_numpy().astype(np.int32)
+    part = dict(
+        pass_group=passes.get_column("group").to_numpy().astype(np.int32),
+        pass_step=passes.get_column("step").to_numpy().astype(np.int32),
         pass_decode=passes.get_column("decode").to_numpy().astype(bool),
-        pass_seqs=passes.get_column("seqs").to_numpy().astype(np.int64),
+        pass_seqs=passes.get_column("seqs").to_numpy().astype(np.int32),
         pass_ls_start=np.searchsorted(pass_of_ls, np.arange(passes.height + 1)).astype(np.int64),
         ls_pass=pass_of_ls,
-        ls_layer=ls.get_column("gl").to_numpy().astype(np.int64),
-        ls_tokens=ls.get_column("tokens").to_numpy().astype(np.int64),
+        ls_layer=ls.get_column("gl").to_numpy().astype(np.int32),
+        ls_tokens=ls.get_column("tokens").to_numpy().astype(np.int32),
         ls_ctx=ls.get_column("ctx").to_numpy().astype(np.int64),
-        ls_req_start=req_start,
-        req_obj=req_obj,
-        req_tokens=req.get_column("tokens").to_numpy().astype(np.int64),
-        req_next=req_next,
+        ls_req_start=np.searchsorted(req_ls, np.arange(n_ls + 1)).astype(np.int64),
+        req_obj=req.get_column("obj").to_numpy().astype(np.int32),
+        req_tokens=req.get_column("tokens").to_numpy().astype(np.int32),
+        ahead={},
     )
     if with_ahead and meta.ahead_distance and "ahead" in frame.columns:
-        stream.ahead = _ahead_arrays(frame, layout, n_ls, max(s.top_k for s in meta.stacks.values()))
+        part["ahead"] = _ahead_arrays(frame, layout, n_ls, max(s.top_k for s in meta.stacks.values()))
+    return part
+
+
+OFFSET_FIELDS = {"pass_ls_start": "ls", "ls_req_start": "req", "ls_pass": "pass"}
+
+
+def _join(parts: list[dict], meta: TraceMeta, layout: Layout, batch_size: int) -> RequestStream:
+    """Concatenate chunks field by field (freeing each chunk's copy as it goes), renumbering
+    the offsets, then link every request to the next request of its object."""
+    n_pass = [len(p["pass_step"]) for p in parts]
+    n_ls = [len(p["ls_layer"]) for p in parts]
+    n_req = [len(p["req_obj"]) for p in parts]
+    base = {"pass": np.cumsum([0] + n_pass), "ls": np.cumsum([0] + n_ls), "req": np.cumsum([0] + n_req)}
+    out = {}
+    for name in ("pass_group", "pass_step", "pass_decode", "pass_seqs", "pass_ls_start", "ls_pass", "ls_layer",
+                 "ls_tokens", "ls_ctx", "ls_req_start", "req_obj", "req_tokens"):
+        pieces = []
+        for k, p in enumerate(parts):
+            piece = p.pop(name)
+            if name in OFFSET_FIELDS:
+                if name != "ls_pass":
+                    piece = piece[:-1] if k < len(parts) - 1 else piece  # the next chunk's first offset
+                piece = piece + piece.dtype.type(base[OFFSET_FIELDS[name]][k])
+            pieces.append(piece)
+        out[name] = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        del pieces
+    ahead = _join_ahead([p.pop("ahead") for p in parts], n_ls)
+    stream = RequestStream(meta=meta, layout=layout, batch_size=batch_size, req_next=next_uses(out["req_obj"]),
+                           **out)
+    stream.ahead = ahead
     return stream
+
+
+def _join_ahead(parts: list[dict], n_ls: list[int]) -> dict:
+    js = sorted({j for p in parts for j in p})
+    out = {}
+    for j in js:
+        total = sum(len(p[j][1]) for p in parts if j in p)
+        offset_type = np.int32 if total < np.iinfo(np.int32).max else np.int64  # offsets into the entries
+        starts, objs, scores, done = [], [], [], 0
+        for k, p in enumerate(parts):
+            if j in p:
+                st, ob, sc = p.pop(j)
+            else:
+                st, ob, sc = np.zeros(n_ls[k] + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
+            starts.append(((st[:-1] if k < len(parts) - 1 else st) + done).astype(offset_type))
+            objs.append(ob)
+            scores.append(sc)
+            done += len(ob)
+        out[j] = (np.concatenate(starts), np.concatenate(objs), np.concatenate(scores))
+    return out
+
+
+def next_uses(req_obj: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """Index of the next request of the same object, or NEVER; computed from the end in
+    chunks (a stable sort of each), carrying each object's first later use, so the
+    temporaries follow the chunk, not the stream."""
+    n = len(req_obj)
+    out = np.empty(n, np.int64)
+    if n == 0:
+        return out
+    first_after = np.full(int(req_obj.max()) + 1, NEVER, np.int64)
+    for lo in range(((n - 1) // chunk) * chunk, -1, -chunk):
+        hi = min(lo + chunk, n)
+        objs = req_obj[lo:hi]
+        order = np.argsort(objs, kind="stable")
+        so = objs[order]
+        same = so[1:] == so[:-1]
+        nxt = np.empty(hi - lo, np.int64)
+        nxt[order[:-1]] = np.where(same, order[1:] + lo, first_after[so[:-1]])
+        nxt[order[-1]] = first_after[so[-1]]
+        firsts = np.ones(len(so), bool)
+        firsts[1:] = ~same
+        first_after[so[firsts]] = order[firsts] + lo
+        out[lo:hi] = nxt
+    return out
+
+
+def _scores(values: np.ndarray) -> np.ndarray:
+    """Scores as summed (float32 from float32 probabilities: storing them wider adds nothing)."""
+    return values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
 
 
 def _ahead_arrays(frame: pl.DataFrame, layout: Layout, n_ls: int, top_k: int) -> dict:
@@ -256,6 +403,6 @@ def _ahead_arrays(frame: pl.DataFrame, layout: Layout, n_ls: int, top_k: int) ->
         j = int(j[0]) if isinstance(j, tuple) else int(j)
         ls_col = part.get_column("ls").to_numpy()
         starts = np.searchsorted(ls_col, np.arange(n_ls + 1)).astype(np.int64)
-        out[j] = (starts, part.get_column("obj").to_numpy().astype(np.int64),
-                  part.get_column("score").to_numpy().astype(np.float64))
+        out[j] = (starts, part.get_column("obj").to_numpy().astype(np.int32),
+                  _scores(part.get_column("score").to_numpy()))
     return dict(sorted(out.items()))

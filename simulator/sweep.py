@@ -329,14 +329,42 @@ def plan_sweep(spec: SweepSpec) -> Plan:
 
 # ---------------------------------------------------------------------------- running one point
 
-# Per worker process: prepared simulations and the bound runs they share.
+# Per worker process: request streams, the prepared simulations over them and the bound runs
+# they share. A stream depends only on the trace and the batch size, so the simulations of every
+# profile, dtype and host tier share one (it is the large part: a few dozen bytes per trace row).
+_STREAMS: dict[tuple, Any] = {}
 _SIMS: dict[tuple, Any] = {}
 _BOUNDS: dict[tuple, float] = {}
 _MAX_SIMS = 4
+_MAX_STREAMS = 2
 
 
 def _group_key(trace_id: str, s: Settings) -> tuple:
     return (trace_id, s.profile, s.batch_size, s.dtype, s.host_tier)
+
+
+def _stream(trace_path: str, trace_id: str, batch_size: int):
+    """The worker's stream of (trace, batch size): built once, reused by every point."""
+    key = (trace_id, batch_size)
+    stream = _STREAMS.get(key)
+    if stream is None:
+        from pregate.simulator.stream import build_stream
+        from pregate.traces import open_trace
+
+        if len(_STREAMS) >= _MAX_STREAMS:
+            old = next(iter(_STREAMS))
+            _STREAMS.pop(old)
+            for k in [k for k in _SIMS if (k[0], k[2]) == old]:
+                _drop_sim(k)
+        stream = build_stream(open_trace(trace_path), batch_size=batch_size)
+        _STREAMS[key] = stream
+    return stream
+
+
+def _drop_sim(key: tuple) -> None:
+    _SIMS.pop(key, None)
+    for b in [b for b in _BOUNDS if b[0] == key]:
+        _BOUNDS.pop(b)
 
 
 def _simulation(trace_path: str, trace_id: str, settings: Settings, profile):
@@ -346,11 +374,9 @@ def _simulation(trace_path: str, trace_id: str, settings: Settings, profile):
     sim = _SIMS.get(key)
     if sim is None:
         if len(_SIMS) >= _MAX_SIMS:
-            old = next(iter(_SIMS))
-            _SIMS.pop(old)
-            for b in [b for b in _BOUNDS if b[0] == old]:
-                _BOUNDS.pop(b)
-        sim = Simulation(trace_path, settings, profile=profile)
+            _drop_sim(next(iter(_SIMS)))
+        stream = _stream(trace_path, trace_id, settings.batch_size)
+        sim = Simulation(trace_path, settings, profile=profile, stream=stream)
         _SIMS[key] = sim
     return key, sim
 
@@ -406,8 +432,14 @@ def run_task(task: dict) -> dict:
     rows: list[dict] = []
     try:
         trace_path = task["trace"]
-        if task.get("blobs") is not None:
-            trace_path = _materialise(task["trace_id"], task["trace"], task["blobs"])
+        if task.get("stream") is not None:  # on Ray: the stream from the object store, once per worker
+            key = (task["trace_id"], task["batch_size"])
+            if key not in _STREAMS:
+                import ray
+
+                if len(_STREAMS) >= _MAX_STREAMS:
+                    _STREAMS.pop(next(iter(_STREAMS)))
+                _STREAMS[key] = ray.get(task["stream"][0])
         for key, settings_dict in task["points"]:
             settings = Settings(**settings_dict)
             point = Point(key, task["trace"], task["trace_id"], settings)
@@ -430,37 +462,6 @@ def _raise_task_error(error: dict) -> None:
     if error["user"]:
         raise SweepError(f"point {error['point']}: {error['message']}")
     raise RuntimeError(f"point {error['point']} failed in a worker:\n{error['traceback']}")
-
-
-_LOCAL_TRACES: dict[str, str] = {}
-
-
-def _materialise(trace_id: str, path: str, blobs_box: list) -> str:
-    """On a Ray worker: the trace at its own path when that holds the same bytes, else a local copy."""
-    if trace_id in _LOCAL_TRACES:
-        return _LOCAL_TRACES[trace_id]
-    local = path
-    try:
-        same = Path(path).exists() and trace_identity(path) == trace_id
-    except Exception:
-        same = False
-    if not same:
-        import tempfile
-
-        import ray
-
-        blobs = ray.get(blobs_box[0])
-        folder = Path(tempfile.gettempdir()) / "pregate-sweep-traces" / trace_id
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in blobs.items():
-            target = folder / name
-            if not target.exists() or target.stat().st_size != len(data):
-                tmp = folder / f".{name}.{os.getpid()}.tmp"
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
-        local = str(folder)
-    _LOCAL_TRACES[trace_id] = local
-    return local
 
 
 # ---------------------------------------------------------------------------- results storage
@@ -592,6 +593,11 @@ class SweepOutcome:
     seconds: float
     results: Path
 
+    @property
+    def points_per_s(self) -> float:
+        """Points simulated per second of wall time (this run's, skipped points excluded)."""
+        return self.ran / self.seconds if self.seconds > 0 else 0.0
+
 
 class _Writer:
     """Buffers finished rows and writes a chunk at most every FLUSH_SECONDS, and on close."""
@@ -714,11 +720,20 @@ def _run_ray(tasks: list[dict], plan: Plan, address: str, workers: int,
         else:
             ray.init(address=address, log_to_driver=False)
     remote = ray.remote(num_cpus=1)(run_task)
-    blobs = {tid: ray.put({f.name: f.read_bytes() for f in files}) for tid, files in plan.trace_files.items()}
+    # Each (trace, batch size) stream is built once, here, and put in the object store; its
+    # arrays reach the workers without a copy, and no worker reads the trace itself.
+    from pregate.simulator.stream import build_stream
+    from pregate.traces import open_trace
+
+    streams = {}
     refs = []
     for task in tasks:
-        # boxed in a list so that Ray does not fetch the bytes unless the worker needs them
-        refs.append(remote.remote({**task, "blobs": [blobs[task["trace_id"]]]}))
+        batch = Settings(**task["points"][0][1]).batch_size
+        key = (task["trace_id"], batch)
+        if key not in streams:
+            streams[key] = ray.put(build_stream(open_trace(task["trace"]), batch_size=batch))
+        # boxed in a list so that Ray passes the reference, not the stream, as the argument
+        refs.append(remote.remote({**task, "batch_size": batch, "stream": [streams[key]]}))
     pending = list(refs)
     try:
         while pending:

@@ -1,0 +1,342 @@
+"""A compiled timed run for on-demand loading (no speculation) into one lru or fifo cache.
+
+Why: the settings a sweep visits most are on-demand baselines, and for them
+the Python engine's time goes to the planner's bookkeeping, not the model.
+With no prefetch there are no late hits, no promotions and no cancelled
+copies: every copy of a layer step is a demand copy submitted at the router's
+read-back and waited for before the step ends. This kernel runs the same
+model in numba: the in-use rule and the lru/fifo order of the cache
+mechanism, the copy engines as servers processed in SimPy's event order
+(time, then event id), and the host/GPU clocks with the same floating-point
+operations in the same order, so it returns exactly what the event-lean
+engine (and the SimPy reference) returns; the tests compare all three.
+
+Used only when numba is installed and the setting qualifies
+(:func:`eligible`); otherwise the event-lean Python engine runs.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from pregate.simulator.cache import RESIDENT, ExpertCache
+from pregate.simulator.costs import CostTables
+from pregate.simulator.outcome import StepRecord, TimedOutcome
+from pregate.simulator.planner import Planner
+from pregate.simulator.policies.caching import FIFO, LRU
+from pregate.simulator.policies.speculation import SpeculationPolicy
+from pregate.simulator.stream import RequestStream
+
+try:  # optional: without numba every setting runs on the Python engine
+    import numba
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    numba = None
+
+INF = np.inf
+
+
+def eligible(planner: Planner, cache: ExpertCache, timeline: bool, all_resident: bool) -> bool:
+    """On-demand loading into one global lru/fifo cache, fresh, with no timeline."""
+    return (numba is not None and not timeline and not all_resident and not planner.wants_prefetch
+            and not planner.cpu_misses and not cache.per_layer and not cache.state
+            and cache.counts.misses == 0 and cache.counts.hits == 0
+            and type(planner.spec).predict is SpeculationPolicy.predict
+            and type(cache.policies[0]) in (LRU, FIFO))
+
+
+def _advance(t, sq, ev_t, ev_s, woken, cur, queue, qpos, qlen, job_end, job_done, d_copy, seqa, moved, once):
+    """Process every engine event before (t, sq) (only the first with ``once``), in SimPy's
+    order: time, then event id."""
+    n = len(ev_t)
+    while True:
+        first = -1
+        for e in range(n):
+            if ev_t[e] < t or (ev_t[e] == t and ev_s[e] < sq):
+                if first < 0 or ev_t[e] < ev_t[first] or (ev_t[e] == ev_t[first] and ev_s[e] < ev_s[first]):
+                    first = e
+        if first < 0:
+            return
+        e = first
+        if woken[e]:
+            woken[e] = False
+            at = ev_t[e]
+        else:
+            j = cur[e]
+            job_done[j] = True
+            moved[0] += 1
+            at = job_end[j]
+        if qpos[e] < qlen[e]:  # pick the next queued copy
+            j = queue[e, qpos[e]]
+            qpos[e] += 1
+            cur[e] = j
+            job_end[j] = at + d_copy
+            seqa[0] += 1.0
+            ev_t[e] = job_end[j]
+            ev_s[e] = seqa[0]
+        else:
+            cur[e] = -1
+            ev_t[e] = INF
+            ev_s[e] = INF
+        if once:
+            return
+
+
+def _kernel(pass_start, req_start, req_obj, req_tokens, dense_gpu, dense_host, expert_gpu, n_objects, capacity,
+            is_lru, n_engines, sync, step_host, copy_issue, expert_host, d_copy, d_deq):
+    n_pass = len(pass_start) - 1
+    out = np.zeros((n_pass, 7))  # start, latency, compute, stall, dispatch, hits, misses
+    counts = np.zeros(6, np.int64)  # hits, misses, bypasses, evictions, peak, copies landed
+    # the cache: a doubly linked list in lru/fifo order (head = the first victim candidate)
+    prev = np.full(n_objects, -1, np.int64)
+    nxt = np.full(n_objects, -1, np.int64)
+    cached = np.zeros(n_objects, np.bool_)
+    stamp = np.full(n_objects, -1, np.int64)  # the layer step using the object (protected)
+    head = -1
+    tail = -1
+    size = 0
+    # copy engines: one pending event each, and the demand copies queued this layer step
+    ev_t = np.full(n_engines, INF)
+    ev_s = np.full(n_engines, INF)
+    woken = np.zeros(n_engines, np.bool_)
+    cur = np.full(n_engines, -1, np.int64)
+    max_req = 1
+    for ls in range(len(req_start) - 1):
+        if req_start[ls + 1] - req_start[ls] > max_req:
+            max_req = req_start[ls + 1] - req_start[ls]
+    queue = np.zeros((n_engines, max_req), np.int64)
+    qpos = np.zeros(n_engines, np.int64)
+    qlen = np.zeros(n_engines, np.int64)
+    job_end = np.zeros(max_req)
+    job_done = np.zeros(max_req, np.bool_)
+    miss_tok = np.zeros(max_req, np.int64)
+    hit_tok = np.zeros(max_req, np.int64)
+    seqa = np.zeros(1)
+    moved = np.zeros(1, np.int64)
+    tot_c = 0.0
+    tot_s = 0.0
+    tot_d = 0.0
+    h = 0.0
+    g = 0.0
+    now = 0.0
+    for p in range(n_pass):
+        start = h
+        comp = 0.0
+        stall = 0.0
+        hits = 0
+        misses = 0
+        for ls in range(pass_start[p], pass_start[p + 1]):
+            gd = dense_gpu[ls]
+            g_start = g if g > h else h
+            h += dense_host[ls]
+            g = g_start + gd
+            if h > g:
+                g = h
+            comp += gd
+            if g > h:
+                h = g
+            h += sync
+            h += step_host
+            g = h
+            if h > now:  # the router's read-back; every copy engine is idle here
+                seqa[0] += 1.0
+                now = now + (h - now)
+            lo = req_start[ls]
+            hi = req_start[ls + 1]
+            for i in range(lo, hi):
+                stamp[req_obj[i]] = ls
+            k = 0
+            m = 0
+            for i in range(lo, hi):
+                obj = req_obj[i]
+                if cached[obj]:
+                    counts[0] += 1
+                    hit_tok[k] = req_tokens[i]
+                    k += 1
+                    if is_lru and obj != tail:  # move to the back of the order
+                        a = prev[obj]
+                        b = nxt[obj]
+                        if a >= 0:
+                            nxt[a] = b
+                        else:
+                            head = b
+                        prev[b] = a
+                        prev[obj] = tail
+                        nxt[obj] = -1
+                        nxt[tail] = obj
+                        tail = obj
+                    continue
+                counts[1] += 1
+                insert = True
+                if size >= capacity:
+                    victim = head
+                    while victim >= 0 and stamp[victim] == ls:
+                        victim = nxt[victim]
+                    if victim < 0:  # every occupant in use: a staging buffer, not cached
+                        counts[2] += 1
+                        insert = False
+                    else:
+                        a = prev[victim]
+                        b = nxt[victim]
+                        if a >= 0:
+                            nxt[a] = b
+                        else:
+                            head = b
+                        if b >= 0:
+                            prev[b] = a
+                        else:
+                            tail = a
+                        prev[victim] = -1
+                        nxt[victim] = -1
+                        cached[victim] = False
+                        size -= 1
+                        counts[3] += 1
+                if insert:
+                    cached[obj] = True
+                    size += 1
+                    prev[obj] = tail
+                    nxt[obj] = -1
+                    if tail >= 0:
+                        nxt[tail] = obj
+                    else:
+                        head = obj
+                    tail = obj
+                    if size > counts[4]:
+                        counts[4] = size
+                miss_tok[m] = req_tokens[i]
+                m += 1
+            # the demand copies: the least loaded engine (the first of the least) takes each
+            for e in range(n_engines):
+                qpos[e] = 0
+                qlen[e] = 0
+            for j in range(m):
+                best = 0
+                best_load = 1 << 60
+                for e in range(n_engines):
+                    load = qlen[e] - qpos[e] + (0 if (cur[e] < 0 and not woken[e]) else 1)
+                    if load < best_load:
+                        best_load = load
+                        best = e
+                queue[best, qlen[best]] = j
+                qlen[best] += 1
+                job_done[j] = False
+                job_end[j] = INF
+                if cur[best] < 0 and not woken[best]:
+                    woken[best] = True
+                    seqa[0] += 1.0
+                    ev_t[best] = now
+                    ev_s[best] = seqa[0]
+            hits += k
+            misses += m
+            h += copy_issue * m
+            # experts: hits first, then those waiting for a copy
+            for j in range(k):
+                ge = expert_gpu[hit_tok[j]]
+                comp += ge
+                h += expert_host
+                g = (g if g > h - expert_host else h - expert_host) + ge
+                if h > g:
+                    g = h
+            for j in range(m):
+                h += expert_host
+                ready_at = g if g > h - expert_host else h - expert_host
+                if not job_done[j]:
+                    if ready_at > now:
+                        seqa[0] += 1.0
+                        t = now + (ready_at - now)
+                        _advance(t, seqa[0], ev_t, ev_s, woken, cur, queue, qpos, qlen, job_end, job_done, d_copy,
+                                 seqa, moved, False)
+                        now = t
+                    if not job_done[j]:
+                        while not job_done[j]:  # the next event, whenever it is
+                            _advance(INF, INF, ev_t, ev_s, woken, cur, queue, qpos, qlen, job_end, job_done,
+                                     d_copy, seqa, moved, True)
+                        _advance(job_end[j], INF, ev_t, ev_s, woken, cur, queue, qpos, qlen, job_end, job_done,
+                                 d_copy, seqa, moved, False)
+                        now = job_end[j]
+                if now > ready_at:
+                    stall += now - ready_at
+                    ready_at = now
+                ge = expert_gpu[miss_tok[j]] + d_deq
+                comp += ge
+                g = ready_at + ge
+                if h > g:
+                    g = h
+        if g > h:
+            h = g
+        g = h
+        latency = h - start
+        dispatch = latency - comp - stall
+        if dispatch < 0.0:
+            dispatch = 0.0
+        out[p, 0] = start
+        out[p, 1] = latency
+        out[p, 2] = comp
+        out[p, 3] = stall
+        out[p, 4] = dispatch
+        out[p, 5] = hits
+        out[p, 6] = misses
+        tot_c += comp
+        tot_s += stall
+        tot_d += dispatch
+    counts[5] = moved[0]
+    final = np.empty(size, np.int64)  # what the cache holds at the end, first victim first
+    obj = head
+    for i in range(size):
+        final[i] = obj
+        obj = nxt[obj]
+    return out, counts, h, tot_c, tot_s, tot_d, final
+
+
+if numba is not None:
+    _advance = numba.njit(cache=True)(_advance)
+    _kernel = numba.njit(cache=True)(_kernel)
+
+
+def run_compiled(stream: RequestStream, costs: CostTables, planner: Planner, cache: ExpertCache, *,
+                 demand_dtype: str, copy_engines: int) -> TimedOutcome:
+    """The timed run of an :func:`eligible` setting; the cache ends as the planner would leave it."""
+    policy = cache.policies[0]
+    out, counts, total, tot_c, tot_s, tot_d, final = _kernel(
+        np.asarray(stream.pass_ls_start, np.int64), np.asarray(stream.ls_req_start, np.int64),
+        np.asarray(stream.req_obj, np.int32), np.asarray(stream.req_tokens, np.int32),
+        np.asarray(costs.dense_gpu, np.float64), np.asarray(costs.dense_host, np.float64),
+        np.asarray(costs.expert_gpu, np.float64), stream.layout.n_objects, cache.capacity,
+        type(policy) is LRU, max(1, copy_engines), costs.router_sync, costs.layer_step, costs.copy_issue,
+        costs.expert_host, costs.copy[demand_dtype], costs.dequant[demand_dtype])
+    c = cache.counts
+    c.hits, c.misses, c.bypasses, c.evictions, c.peak_slots = (int(v) for v in counts[:5])
+    _rebuild_cache(cache, final)
+    seqs = stream.pass_seqs.tolist()
+    decode = stream.pass_decode.tolist()
+    groups, step_of = stream.pass_group.tolist(), stream.pass_step.tolist()
+    first_tokens = stream.ls_tokens[stream.pass_ls_start[:-1]].tolist()
+    steps = [StepRecord(p, groups[p], step_of[p], decode[p], seqs[p] if decode[p] else first_tokens[p],
+                        r[0], r[1], r[2], r[3], r[4], int(r[5]), 0, int(r[6]), 0)
+             for p, r in enumerate(out.tolist())]
+    return TimedOutcome(total_s=float(total), steps=steps, late_hits=0,
+                        bytes_moved=int(counts[5]) * costs.expert_bytes[demand_dtype], cancelled_copies=0,
+                        compute_s=float(tot_c), stall_s=float(tot_s), dispatch_s=float(tot_d), events=[])
+
+
+def _rebuild_cache(cache: ExpertCache, final: np.ndarray) -> None:
+    """Leave the cache holding what the run left in it, in the policy's order."""
+    order = final.tolist()
+    cache.policies[0].order = OrderedDict((obj, None) for obj in order)
+    cache.state = {obj: RESIDENT for obj in order}
+    cache.sizes = [len(order)]
+
+
+def warm_up() -> float:
+    """Compile (or load from numba's cache) the kernel on a tiny input; returns the seconds it
+    took. A process pays this once, before its first compiled run."""
+    import time
+
+    if numba is None:
+        return 0.0
+    start = time.perf_counter()
+    one = np.array([0, 1], np.int64)
+    _kernel(one, one, np.zeros(1, np.int32), np.ones(1, np.int32), np.zeros(1), np.zeros(1), np.zeros(2), 1, 1,
+            True, 1, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    return time.perf_counter() - start
