@@ -36,6 +36,8 @@ class Settings:
     copy_engines: int = _opt(0, "host-to-device copy engines to use (default 0: the profile's count)")
     max_prefetch: int = _opt(0, "most prefetches issued per MoE layer (default 0: no limit beyond the cache)")
     seed: int = _opt(0, "seed for any randomised choice; same inputs and seed give identical output")
+    predictor: str = _opt("", "trained predictor file for --speculation learned (from 'pregate predictor train'); "
+                              "default: train one on this trace's training split and predict for the other sequences")
 
     def to_dict(self) -> dict:
         return asdict(self)
