@@ -32,6 +32,7 @@ from pregate.simulator.api import prefetch_timing
 from pregate.simulator.cache import IN_FLIGHT, RESIDENT, ExpertCache
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
+from pregate.simulator.policies.build import make_speculation
 from pregate.simulator.settings import Settings
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -94,13 +95,13 @@ class Decision:
     evicted: list[int] = field(default_factory=list)
 
 
-def make_policies(settings: Settings, layout, capacity: int, planner_factory):
+def make_policies(settings: Settings, layout, capacity: int, planner_factory, source=None):
     """Cache, speculation and planner exactly as the simulator builds them for ``settings``."""
     spec_cls, cache_cls = SPECULATION.get(settings.speculation), CACHING.get(settings.cache_policy)
     buffering = BUFFERING.get(settings.buffering)()
     cache = ExpertCache(layout, capacity, lambda: cache_cls(layout=layout, seed=settings.seed),
                         per_layer=settings.per_layer)
-    spec = spec_cls(layout=layout, seed=settings.seed)
+    spec = make_speculation(spec_cls, layout, settings, source)
     planner = planner_factory(cache, spec, cpu_misses=buffering.cpu_misses, max_prefetch=settings.max_prefetch,
                               future_for_cache=cache_cls.needs_future)
     if getattr(planner, "stream", None) is not None:  # on a trace: the simulator's cost gate, same numbers

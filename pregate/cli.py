@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "pregate.simulator.cli_sweep",
     "recommend": "pregate.simulator.cli_recommend",
     "synth": "pregate.simulator.cli_synth",
+    "predictor": "pregate.simulator.cli_predictor",
     "report": "pregate.analysis.cli_report",
     "train": "pregate.tracer.cli_train",
     "execute": "pregate.executor.cli_execute",

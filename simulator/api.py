@@ -31,6 +31,7 @@ from pregate.simulator.gate import PrefetchTiming, timing_from_costs
 from pregate.simulator.lower_bound import mean_step_lower_bound
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
+from pregate.simulator.policies.build import make_speculation
 from pregate.simulator.profile import HardwareProfile, load_profile
 from pregate.simulator.replay import FAST_POLICIES, ReplayCounts, replay_fast, replay_general
 from pregate.simulator.settings import Settings, parse_cache_size
@@ -97,6 +98,8 @@ class Simulation:
         if stream is None:
             stream = build_stream(_open(trace), batch_size=settings.batch_size)
         self.stream = stream
+        self.source = trace  # the trace itself (a path or Trace), for policies that train on it
+        self.speculation_note = None
         self.profile = profile or load_profile(settings.profile)
         self.costs = build_costs(stream, self.profile, settings.dtype, settings.host_tier)
         self.gpu_dtype = self.costs.gpu_dtype
@@ -113,7 +116,8 @@ class Simulation:
         buffering = buf_cls()
         cache = ExpertCache(layout, self.capacity(settings), lambda: cache_cls(layout=layout, seed=settings.seed),
                             per_layer=settings.per_layer)
-        spec = spec_cls(layout=layout, seed=settings.seed)
+        spec = make_speculation(spec_cls, layout, settings, self.source)
+        self.speculation_note = getattr(spec, "note", "") or None
         comp = comp_cls()
         planner = Planner(self.stream, cache, spec, cpu_misses=buffering.cpu_misses,
                           max_prefetch=settings.max_prefetch, future_for_cache=cache_cls.needs_future,
@@ -227,6 +231,7 @@ class Simulation:
             "fits_gpu_memory": bool(peak_bytes <= self.profile["gpu.memory"]),
             "expert_table": self.costs.used_table or None,
             "dense_table": self.costs.used_dense_table or None,
+            "speculation_note": self.speculation_note,
         }
 
 

@@ -42,6 +42,8 @@ class Settings:
     reset_cache_per_sequence: bool = _opt(False, "empty the expert cache whenever a new batch of sequences starts "
                                                  "(default: the cache persists across sequences, as in a server)")
     seed: int = _opt(0, "seed for any randomised choice; same inputs and seed give identical output")
+    predictor: str = _opt("", "trained predictor file for --speculation learned (from 'pregate predictor train'); "
+                              "default: train one on this trace's training split and predict for the other sequences")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,5 +9,6 @@ inserted") and answer questions ("which experts to prefetch", "whom to evict").
 from pregate.simulator.policies.registry import BUFFERING, CACHING, COMPRESSION, SPECULATION, Registry
 from pregate.simulator.policies import buffering, caching, compression, speculation  # noqa: F401  (registers)
 from pregate.simulator.policies import caching_next_use, caching_s3fifo  # noqa: F401  (registers)
+from pregate.simulator.policies import learned  # noqa: F401,E402  (registers; needs speculation first)
 
 __all__ = ["BUFFERING", "CACHING", "COMPRESSION", "SPECULATION", "Registry"]
