@@ -49,7 +49,7 @@ def _load(path: Path) -> pl.DataFrame:
 
 def _expert_columns(frame: pl.DataFrame, opts: ImportOptions, path: Path) -> list[str]:
     pattern = re.compile(opts.expert_columns or DEFAULT_EXPERT_COLUMNS, re.IGNORECASE)
-    mapped = {getattr(opts.columns, r) or r for r in ROLES}
+    mapped = {getattr(opts.columns, r) or r for r in ROLES if r != "seq"} | set(opts.columns.seq_fields() or ["seq"])
     found = {}
     for name in frame.columns:
         match = pattern.fullmatch(name)
@@ -156,4 +156,5 @@ def read(paths, opts: ImportOptions, shape: ModelShape) -> Source:
         has_probs=True,
         notes=notes,
         experts=n_experts,
+        raw=lambda f, r: _load(files[f]).row(r, named=True),
     )
