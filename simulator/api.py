@@ -25,6 +25,7 @@ from pregate.simulator.engine import StepRecord, TimedOutcome, run_timed
 from pregate.simulator.errors import SimulatorError
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
+from pregate.simulator.pricing import require_expert_size
 from pregate.simulator.profile import HardwareProfile, load_profile
 from pregate.simulator.replay import FAST_POLICIES, ReplayCounts, replay_fast, replay_general
 from pregate.simulator.settings import Settings, parse_cache_size
@@ -89,6 +90,7 @@ class Simulation:
         if stream is None:
             stream = build_stream(_open(trace), batch_size=settings.batch_size)
         self.stream = stream
+        require_expert_size(stream.meta)
         self.profile = profile or load_profile(settings.profile)
         self.costs = build_costs(stream, self.profile, settings.dtype, settings.host_tier)
         self.gpu_dtype = self.costs.gpu_dtype
