@@ -1,6 +1,6 @@
 """``pregate import``: routing logs of other tools (JSON Lines, dense CSV, Parquet) as a trace."""
 
-HELP = "import routing logs of other tools (jsonl, csv-dense, parquet) as a pregate trace"
+HELP = "import routing logs of other tools (jsonl, csv-dense, parquet, SGLang routed experts) as a pregate trace"
 DESCRIPTION = """Turn routing logs written by other tools (patched vLLM or SGLang, forward
 hooks, published trace datasets) into a pregate trace that the simulator,
 executor and analysis read like a recorded one.
@@ -9,6 +9,11 @@ formats:
   jsonl      one JSON object per (sequence, token, layer) with top-k expert ids and probabilities
   csv-dense  one row per token, one column per expert holding its router score
   parquet    Parquet/Arrow tables with list columns of expert ids and probabilities
+  sglang-routed-experts
+             JSON / JSON Lines of SGLang generate responses whose meta_info.routed_experts
+             holds base64 int32 expert ids by token, layer and top-k slot (-1: no routed
+             expert); the model's shape from --model or --model-config; prompt tokens
+             become prefill, generated tokens decode steps
 
 Fields default to the field of the same name (seq, pos, layer, experts, probs,
 token, phase, stack, dropped). --layer and --experts take a field name or a
@@ -45,6 +50,8 @@ examples:
   # dense per-layer CSV files Layer_2.csv..Layer_9.csv, 64-row blocks per sequence
   pregate import --format csv-dense flame/Layer_*.csv -o runs/flame --top-k 8 \\
       --layer-from-path 'Layer_(\\d+)' --layer-offset 2 --rows-per-seq 64
+  # SGLang generate responses (server run with --enable-return-routed-experts)
+  pregate import --format sglang-routed-experts responses.jsonl -o runs/dsv2 --model deepseek-v2-lite
   # a hook log in execution order (prefill runs, then one record per layer per decode step)
   pregate import --format jsonl hook.jsonl -o runs/hook --seq request --order execution"""
 
@@ -52,7 +59,8 @@ examples:
 def add_arguments(parser) -> None:
     parser.add_argument("sources", nargs="+", metavar="SRC", help="source files (a folder stands for its files)")
     parser.add_argument("-o", "--out", required=True, metavar="TRACE", help="trace folder to write")
-    parser.add_argument("--format", required=True, choices=("jsonl", "csv-dense", "parquet"), help="source format")
+    parser.add_argument("--format", required=True, choices=("jsonl", "csv-dense", "parquet", "sglang-routed-experts"),
+                        help="source format")
     fields = parser.add_argument_group("fields of the source (default: the field of the same name, if present)")
     fields.add_argument("--seq", metavar="FIELD[,FIELD...]",
                         help="sequence (request) key; several fields form one key (--seq dataset,problem_id), kept as "

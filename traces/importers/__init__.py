@@ -85,6 +85,7 @@ FORMATS = {
     "jsonl": "pregate.traces.importers.jsonl",
     "csv-dense": "pregate.traces.importers.csv_dense",
     "parquet": "pregate.traces.importers.parquet",
+    "sglang-routed-experts": "pregate.traces.importers.sglang",
 }
 
 

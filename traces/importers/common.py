@@ -68,6 +68,8 @@ class Source:
     experts: int | None = None  # experts per layer when the format shows it (csv-dense: score columns)
     # (file index, record index) -> the record's raw fields, read again only for error hints
     raw: Callable[[int, int], dict] | None = None
+    seq_labels: list[str] | None = None  # the source's key of each sequence id, where the format numbers them
+    block_indices: dict[str, list[int]] | None = None  # blocks of the MoE layers, where the format shows them
 
 
 # ---- reading helpers used by the format modules ------------------------------------
@@ -573,6 +575,8 @@ def import_frames(source: Source, shape: ModelShape, opts: ImportOptions, report
         frame = execution_order(frame, report)
         has_pos = False  # inferred positions: duplicates cannot be told from tokens
     frame = _normalise_seq(frame, report)
+    if source.seq_labels is not None and report.seq_labels is None:
+        report.seq_labels = list(source.seq_labels)
     _check_records(frame, check, source, shape, has_pos and opts.order != "execution")
     resolved = _resolve(frame, check, shape, report)
     if has_pos and opts.order != "execution":
@@ -628,6 +632,9 @@ def import_frames(source: Source, shape: ModelShape, opts: ImportOptions, report
             hint = (f"; if the source numbers blocks from {lowest}, pass --layer-offset {lowest} (or --layer-map)"
                     if lowest > 0 and not opts.remaps_layers else "")
             report.notes.append(f"{name}: records for {count} of its {resolved.stacks[name]} MoE layers{hint}")
+    for name, blocks in (source.block_indices or {}).items():
+        if name in resolved.stacks and len(blocks) == resolved.stacks[name]:
+            resolved.block_indices[name] = list(blocks)
     if opts.remaps_layers:
         # The source's own numbers are block indices of the MoE layers (Layer_2.csv is block 2).
         pairs = frame.select("stack", "layer", "__src_layer").unique()
