@@ -99,7 +99,8 @@ def add_arguments(parser) -> None:
                        help="the scores are probabilities already (default: router logits, softmaxed)")
     model = parser.add_argument_group("model shape (for costing transfers; missing values are inferred)")
     model.add_argument("--model", metavar="NAME", help="a known model: switch-base-8..256, switch-large-128, "
-                       "mixtral-8x7b, olmoe-1b-7b, qwen1.5-moe-a2.7b, qwen3-30b-a3b")
+                       "mixtral-8x7b, olmoe-1b-7b, qwen1.5-moe-a2.7b, qwen3-30b-a3b, deepseek-v2-lite, "
+                       "deepseek-v3, gpt-oss-20b")
     model.add_argument("--model-config", metavar="FILE", help="TOML or JSON with experts, moe_layers, top_k, d_model, "
                        "d_ff, dtype, gating, activation (and optionally stacks)")
     model.add_argument("--model-id", metavar="ID", help="name recorded in the trace metadata")

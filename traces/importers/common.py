@@ -682,7 +682,7 @@ def make_meta(source: Source, shape: ModelShape, resolved: Resolved, opts: Impor
     dtype = check_dtype(shape.dtype or "float32")
     activation = shape.activation or "unknown"
     if shape.d_model and shape.d_ff:
-        params = expert_params(shape.d_model, shape.d_ff, activation)
+        params = shape.expert_params or expert_params(shape.d_model, shape.d_ff, activation)
         sizes = bytes_per_dtype(params)
     else:
         params, sizes = 0, {}
