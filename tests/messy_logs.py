@@ -46,7 +46,7 @@ def renumbered_decode_log(path: Path, *, with_tokens: bool = True, layers: int =
         for problem in (0, 1):
             label = f"{dataset}/{problem}"
             truth.lengths[label] = tokens
-            damaged = sorted(rng.choice(layers, size=3, replace=False).tolist())
+            damaged = sorted(rng.choice(layers, size=min(3, layers - 1), replace=False).tolist())
             for layer in damaged:
                 truth.lost[(label, layer)] = int(rng.integers(1, tokens - 1))
             for layer in range(layers):

@@ -66,6 +66,19 @@ def test_renumbered_log_keeps_no_shifted_layer(tmp_path, capsys):
     assert "seq gsm8k/0 layer" in out
 
 
+def test_renumbered_two_layer_log_locates_the_shift_against_the_intact_layer(tmp_path, capsys):
+    """With two layers a shifted and an intact one tie on every token: the intact one decides."""
+    truth = renumbered_decode_log(tmp_path / "log.jsonl", layers=2)
+    rc, out, err = run_import(capsys, "--format", "jsonl", tmp_path / "log.jsonl", "-o", tmp_path / "t", *KEY,
+                              "--token", "token_id", "--on-mismatch", "keep-aligned", "--on-missing", "hole",
+                              "--prob-bits", 23)
+    assert rc == 0, err
+    rows, _ = imported(tmp_path / "t")
+    assert_true_cells(rows, truth)
+    expected = {key for key in truth.cells if not ((key[0], key[2]) in truth.lost and key[1] >= truth.lost[(key[0], key[2])])}
+    assert set(rows) == expected
+
+
 def test_renumbered_log_with_holes(tmp_path, capsys):
     truth = renumbered_decode_log(tmp_path / "log.jsonl")
     rc, out, err = run_import(capsys, "--format", "jsonl", tmp_path / "log.jsonl", "-o", tmp_path / "t",

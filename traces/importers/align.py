@@ -138,19 +138,25 @@ def _cut(frame: pl.DataFrame, opts: ImportOptions, report: ImportReport, locate)
     has_tokens = frame["token"].is_not_null().any()
     # Before the first visible gap, the i-th record of the cell sits at the i-th position of the segment.
     ok = pl.col("__u") == pl.col("__c")
+    # Without a visible gap the lost record may be anywhere: nothing of the cell can be trusted ...
+    gap_visible = pl.col("__have") < pl.col("__u").max().over(cell) + 1
     if has_tokens:
+        # ... unless token ids show where the shift starts: compared with the layers that lost
+        # nothing (all layers where every one lost something), the first differing token.
+        intact = work.filter(pl.col("__have") == pl.col("__size"))
+        voters = intact if intact.height else work
         consensus = (
-            frame.filter(pl.col("token").is_not_null())
+            voters.filter(pl.col("token").is_not_null())
             .group_by("seq", "stack", "pos", "token").agg(pl.len().alias("__votes"))
             .sort("__votes", "token", descending=[True, False])
             .unique(subset=["seq", "stack", "pos"], keep="first")
             .select("seq", "stack", "pos", pl.col("token").alias("__consensus"))
         )
         short = short.join(consensus, on=["seq", "stack", "pos"], how="left")
-        ok = ok & (pl.col("token").is_null() | (pl.col("token") == pl.col("__consensus")))
+        known = pl.col("token").is_not_null() & pl.col("__consensus").is_not_null()
+        ok = ok & pl.when(known).then(pl.col("token") == pl.col("__consensus")).otherwise(gap_visible)
     else:
-        # Without a visible gap the lost record may be anywhere: nothing of the cell can be trusted.
-        ok = ok & (pl.col("__have") < pl.col("__u").max().over(cell) + 1)
+        ok = ok & gap_visible
     short = short.sort(*cell, "pos").with_columns(__keep=ok.cast(pl.Int64).cum_prod().over(cell).cast(pl.Boolean))
     cut_rows = short.filter(~pl.col("__keep"))
     cells = short.group_by(cell, maintain_order=True).agg(

@@ -823,9 +823,9 @@ def read_records(
     for role in ("pos", "probs"):
         if len(found_any[role]) > 1:
             raise TraceError(f"some files have a '{role}' field and others do not; map it the same way in every file")
-    if not any(found_any["seq"]):
+    if not any(found_any["seq"]) and opts.rows_per_seq is None:
         notes.append("no sequence field: all records are one sequence (map one with --seq FIELD)")
-    if not any(found_any["pos"]):
+    if not any(found_any["pos"]) and opts.rows_per_seq is None and opts.order != "execution":
         notes.append("no position field: tokens are numbered in record order within each sequence and layer")
     return Source(
         files=files,

@@ -144,9 +144,9 @@ def read(paths, opts: ImportOptions, shape: ModelShape) -> Source:
     how = "the scores as probabilities" if opts.scores_are_probs else f"softmax over the {n_experts} scores"
     notes.append(f"top-{k} of {n_experts} scores per token; probabilities: {how}"
                  + (", renormalised over the top-k" if renorm else ""))
-    if not any(found_any["seq"]):
+    if not any(found_any["seq"]) and opts.rows_per_seq is None:
         notes.append("no sequence column: all rows are one sequence (map one with --seq FIELD)")
-    if not any(found_any["pos"]):
+    if not any(found_any["pos"]) and opts.rows_per_seq is None and opts.order != "execution":
         notes.append("no position column: tokens are numbered in row order within each sequence and layer")
     return Source(
         files=files,
