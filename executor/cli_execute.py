@@ -18,6 +18,9 @@ examples:
   pregate execute --model google/switch-base-8 --random-init --device cpu --speculation layer_minus_1 \\
       --cache-policy lru --cache 25% --max-new-tokens 16
   pregate execute --model runs/tiny-moe --device cuda --cache 50% --compression int8 --compare
+  # trace a model too big for the GPU while running it offloaded
+  pregate execute --model /data/Mixtral-8x7B --dtype bfloat16 --device cuda --cache 30% --input prompts.txt \\
+      --limit 64 --batch-size 8 --max-new-tokens 64 --record-trace runs/mixtral-offloaded
   pregate execute --trace runs/sb8 --device cuda --speculation multi_layer --cache-policy lfu --cache 2GB \\
       --batch-size 16 --profile my-gpu.toml --compare --json out.json"""
 
@@ -47,6 +50,10 @@ def add_arguments(p) -> None:
     p.add_argument("--compare", action="store_true", help="compare with the all-resident model, or with the simulator")
     p.add_argument("--poison", action="store_true", help="fill evicted slots with NaN (a check that no slot is reused early)")
     p.add_argument("--json", metavar="OUT", help="write the summary as JSON")
+    p.add_argument("--record-trace", metavar="DIR",
+                   help="with --model: also write the routing this run saw (with 'ahead' from the live routers) as "
+                   "a regular trace in DIR, so a model too big for the GPU is traced offloaded")
+    p.add_argument("--record-overwrite", action="store_true", help="replace an existing trace in --record-trace DIR")
 
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on the cpu (default: 1, for stable timings when cores are shared)")
@@ -63,6 +70,9 @@ def _print(summary: dict) -> None:
     print(f"  step latency mean {ms(summary['mean_step_latency_s'])}  p50 {ms(summary['p50_step_latency_s'])}  "
           f"p95 {ms(summary['p95_step_latency_s'])}  tokens/s {summary['tokens_per_s'] or 0:.1f}  "
           f"stall share {summary['stall_share']:.1%}")
+    rec = summary.get("recorded_trace")
+    if rec:
+        print(f"  recorded trace {rec['out']}: {rec['rows']} rows in {rec['parts']} part(s), ahead {rec['ahead_distance']}")
     cmp = summary.get("compare")
     if cmp and "identical_tokens" in cmp:
         print(f"  vs all-resident: identical tokens {cmp['identical_tokens']}, token agreement "
@@ -94,6 +104,8 @@ def _run(args) -> int:
 
         profile = load_profile(args.profile)
     if args.trace:
+        if args.record_trace:
+            raise ExecutorError("--record-trace records a model's routing; with --trace the routing is the trace's own")
         summary = _run_trace(args, settings, profile)
     else:
         from pregate.executor.run import execute_model
@@ -102,7 +114,8 @@ def _run(args) -> int:
         result = execute_model(args.model, settings, random_init=args.random_init, device=args.device,
                                dtype=args.dtype or "float32", seed=args.seed, source=args.input, limit=args.limit,
                                max_new_tokens=args.max_new_tokens, poison=args.poison, compare=args.compare,
-                               memory=memory, memory_where=f"the GPU in profile {profile.name}" if profile else "")
+                               memory=memory, memory_where=f"the GPU in profile {profile.name}" if profile else "",
+                               record_trace=args.record_trace, record_overwrite=args.record_overwrite)
         summary = result.summary
     summary["settings"] = settings.to_dict()
     _print(summary)

@@ -18,6 +18,7 @@ Policies that read the future (``belady``, ``oracle``) need a trace.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
@@ -173,6 +174,7 @@ class LiveSession:
         self.planner: LivePlanner | None = None
         self.group = 0
         self.top_k = self.adapter.top_k()
+        self.recording = None  # a TraceRecording (--record-trace), whose router hooks skip our own predictions
 
     def extract(self, store: HostStore, device: torch.device) -> None:
         """Move every expert's weights into the host store and put the wrappers in place."""
@@ -199,10 +201,11 @@ class LiveSession:
         if J <= 0:
             return {}
         ids, probs = [], []
-        for j in range(1, J + 1):
-            i, p = self.adapter.predict(self.sites[(stack, layer + j)], hidden, self.top_k)
-            ids.append(i)
-            probs.append(p.float())
+        with self.recording.paused() if self.recording is not None else nullcontext():
+            for j in range(1, J + 1):
+                i, p = self.adapter.predict(self.sites[(stack, layer + j)], hidden, self.top_k)
+                ids.append(i)
+                probs.append(p.float())
         ids_l = torch.stack(ids).tolist()
         probs_l = torch.stack(probs).tolist()
         out = {}

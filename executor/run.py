@@ -230,8 +230,12 @@ def _pad(loaded, ids: list[list[int]], device) -> tuple[torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
-def generate(loaded, ids: list[list[int]], batch_size: int, max_new_tokens: int, device, on_batch=None) -> list[list[int]]:
-    """Greedy generation in batches; the new tokens of every prompt (padding after EOS kept)."""
+def generate(loaded, ids: list[list[int]], batch_size: int, max_new_tokens: int, device, on_batch=None,
+             on_result=None) -> list[list[int]]:
+    """Greedy generation in batches; the new tokens of every prompt (padding after EOS kept).
+
+    ``on_result(group, first, input_ids, mask, result)`` sees each batch's padded input and
+    ``generate``'s whole output (what ``--record-trace`` turns into rows)."""
     from pregate.tracer.run import _eos_pad
 
     eos, pad = _eos_pad(loaded.model)
@@ -244,6 +248,8 @@ def generate(loaded, ids: list[list[int]], batch_size: int, max_new_tokens: int,
         result = loaded.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                        do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad,
                                        eos_token_id=eos)
+        if on_result is not None:
+            on_result(group, first, input_ids, mask, result)
         new = result[:, 1:] if loaded.adapter.encoder_decoder else result[:, input_ids.shape[1]:]
         out += new.cpu().tolist()
     return out
@@ -336,13 +342,29 @@ class OffloadedModel:
         if self._timing and self.runtime._pass is not None:
             self.runtime.end_pass()
 
-    def generate(self, ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    def generate(self, ids: list[list[int]], max_new_tokens: int, recording=None) -> list[list[int]]:
+        """``recording``: a :class:`~pregate.executor.record.TraceRecording` that writes what the routers chose."""
         def on_batch(group):
             self.session.group = group
             self._calls = 0
             self._rows = len(ids[group * self.settings.batch_size : (group + 1) * self.settings.batch_size])
+            if recording is not None:
+                recording.begin()
 
-        return generate(self.loaded, ids, self.settings.batch_size, max_new_tokens, self.device.torch, on_batch)
+        on_result = None
+        if recording is not None:
+            self.session.recording = recording
+
+            def on_result(group, first, input_ids, mask, result):
+                recording.end(group, first, input_ids, mask, result)
+
+        try:
+            return generate(self.loaded, ids, self.settings.batch_size, max_new_tokens, self.device.torch, on_batch,
+                            on_result)
+        finally:
+            if recording is not None:
+                recording.close()
+                self.session.recording = None
 
     @torch.no_grad()
     def logits(self, input_ids: list[int], target: list[int]) -> torch.Tensor:
@@ -399,14 +421,26 @@ def execute_model(model: str, settings: Settings, *, random_init: bool = False, 
                   dtype: str = "float32", seed: int = 0, ids: list[list[int]] | None = None, source: str = "builtin",
                   limit: int | None = None, max_new_tokens: int = 16, poison: bool = False, record: bool = False,
                   overrides: dict | None = None, memory: float | None = None, memory_where: str = "",
-                  compare: bool = False) -> ModelRun:
-    run = OffloadedModel(model, settings, random_init=random_init, device=device, dtype=dtype, seed=seed,
+                  compare: bool = False, record_trace: str | None = None, record_overwrite: bool = False) -> ModelRun:
+    """``record_trace``: also write the routing the run saw as a trace in that folder (see executor/record.py)."""
+    recording = None
+    loaded = model
+    if record_trace is not None:
+        from pregate.executor.record import TraceRecording
+
+        loaded = load(model, random_init, dtype, seed, overrides)
+        recording = TraceRecording(loaded, record_trace, source=source, limit=limit, max_new_tokens=max_new_tokens,
+                                   batch_size=settings.batch_size, seed=seed, dtype=dtype, device=device,
+                                   random_init=random_init, overwrite=record_overwrite)
+    run = OffloadedModel(loaded, settings, random_init=random_init, device=device, dtype=dtype, seed=seed,
                          poison=poison, record=record, overrides=overrides, memory=memory, memory_where=memory_where)
     if ids is None:
         ids = prompt_ids(run.loaded, source, limit)
-    generated = run.generate(ids, max_new_tokens)
+    generated = run.generate(ids, max_new_tokens, recording)
     summary = run.runtime.summary()
     summary.update(model=model, generated=generated)
+    if recording is not None:
+        summary["recorded_trace"] = recording.summary
     if compare:
         summary["compare"] = compare_with_reference(run, model, random_init=random_init, dtype=dtype, seed=seed,
                                                     ids=ids, generated=generated, max_new_tokens=max_new_tokens,

@@ -32,6 +32,7 @@ from pregate.simulator.lower_bound import mean_step_lower_bound
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
 from pregate.simulator.policies.build import make_speculation
+from pregate.simulator.pricing import require_expert_size
 from pregate.simulator.profile import HardwareProfile, load_profile
 from pregate.simulator.replay import FAST_POLICIES, ReplayCounts, replay_fast, replay_general
 from pregate.simulator.settings import Settings, parse_cache_size
@@ -100,6 +101,7 @@ class Simulation:
         self.stream = stream
         self.source = trace  # the trace itself (a path or Trace), for policies that train on it
         self.speculation_note = None
+        require_expert_size(stream.meta)
         self.profile = profile or load_profile(settings.profile)
         self.costs = build_costs(stream, self.profile, settings.dtype, settings.host_tier)
         self.gpu_dtype = self.costs.gpu_dtype

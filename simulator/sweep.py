@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pregate.simulator.errors import SimulatorError
+from pregate.simulator.pricing import require_expert_size
 from pregate.simulator.settings import Settings, parse_cache_size
 
 SWEEP_FORMAT = 1  # bump when the meaning of a stored point changes: every key changes with it
@@ -315,6 +316,10 @@ def plan_sweep(spec: SweepSpec) -> Plan:
         if trace.meta.ahead_distance == 0 and needs_ahead:
             raise SweepError(f"{where}: trace {path} has no 'ahead' column (recorded with --ahead 0), which "
                              f"speculation {', '.join(needs_ahead)} need; drop them or sweep that trace apart")
+        try:
+            require_expert_size(trace.meta, f"trace {path}")
+        except SimulatorError as exc:
+            raise SweepError(f"{where}: {exc}") from None
         tid = trace_identity(path)
         trace_files[tid] = list(trace.files)
         for s in settings_list:

@@ -101,9 +101,15 @@ def test_dense_mismatch_between_layer_files(tmp_path, capsys):
     rc, _, err = run_import(capsys, *args, "-o", tmp_path / "a")
     assert rc == 2 and "2 sequence(s) have layers whose tokens disagree" in err
     assert "seq 0 (decoder): layer 1 has 1 tokens, other layers 2" in err
-    rc, stdout, _ = run_import(capsys, *args, "-o", tmp_path / "b", "--on-mismatch", "keep-aligned")
+    # Without positions or token ids a short layer's lost row may be any of them: keep-aligned
+    # trusts none of that layer's rows for the sequence (it used to keep row 0 whatever it was).
+    rc, _, err = run_import(capsys, *args, "-o", tmp_path / "b", "--on-mismatch", "keep-aligned")
+    assert rc == 2 and "nothing is left once the layers that lost records are cut" in err and "--on-missing hole" in err
+    rc, stdout, _ = run_import(capsys, *args, "-o", tmp_path / "b", "--on-mismatch", "keep-aligned",
+                               "--on-missing", "hole")
     assert rc == 0 and "keep-aligned without a position field" in stdout
+    assert "2 cell(s) whole (gap not located)" in stdout and "holes     4 (token, layer) pair(s)" in stdout
     frame = open_trace(tmp_path / "b").collect()
-    assert frame.select("seq", "pos", "layer").rows() == [(0, 0, 0), (0, 0, 1), (1, 0, 0), (1, 0, 1)]
+    assert frame.select("seq", "pos", "layer").rows() == [(0, 0, 0), (0, 1, 0), (1, 0, 1), (1, 1, 1)]
     rc, _, err = run_import(capsys, *args, "-o", tmp_path / "c", "--on-mismatch", "drop")
-    assert rc == 2 and "no records left" in err
+    assert rc == 2 and "--on-mismatch drop leaves nothing" in err and "keep-aligned" in err

@@ -29,19 +29,20 @@ def test_expert_sizes():
 
 
 def test_known_shapes_agree_with_the_tracer_variants():
-    from pregate.tracer.adapters import all_adapters
+    from pregate.tracer.models import find_variant
+    from pregate.traces.importers.model_shapes import expert_params
 
-    variants = {v.name: v.config for cls in all_adapters().values() for v in cls.variants}
     for short, data in KNOWN_MODELS.items():
-        config = variants[data["model_id"]]
-        d_model = config.get("d_model", config.get("hidden_size"))
-        d_ff = config.get("moe_intermediate_size", config.get("intermediate_size", config.get("d_ff")))
-        experts = config.get("num_experts", config.get("num_local_experts"))
-        assert (data["d_model"], data["d_ff"], data["experts"]) == (d_model, d_ff, experts), short
-        if "num_experts_per_tok" in config:
-            assert data["top_k"] == config["num_experts_per_tok"] and data["stacks"] == {"decoder": config["num_hidden_layers"]}
-        else:
-            assert data["stacks"] == {"encoder": config["num_sparse_encoder_layers"], "decoder": config["num_sparse_decoder_layers"]}
+        cls, variant = find_variant(data["model_id"])
+        summary = cls.summarize(cls.build_config(dict(variant.config)))
+        assert (data["d_model"], data["d_ff"], data["experts"], data["top_k"]) == \
+            (summary["d_model"], summary["d_ff"], summary["experts"], summary["top_k"]), short
+        layers = "+".join(str(n) for n in data["stacks"].values())
+        assert layers == summary["moe_layers"], short
+        params = data.get("expert_params") or expert_params(data["d_model"], data["d_ff"], data["activation"])
+        assert params == summary["expert_params"], short
+        if "deepseek" in short:
+            assert data["block_indices"]["decoder"] == cls.moe_blocks(cls.build_config(dict(variant.config)))
 
 
 def test_config_then_flags_override(tmp_path):

@@ -67,6 +67,20 @@ class RoutingRecorder:
     def reset(self) -> None:
         self.calls = {}
 
+    def paused(self):
+        """A context in which router calls are not recorded (predictions made with the routers)."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def pause():
+            before, self._paused = self._paused, True
+            try:
+                yield
+            finally:
+                self._paused = before
+
+        return pause()
+
     def layers(self, stack: str) -> int:
         return sum(1 for s in self.sites if s.stack == stack)
 

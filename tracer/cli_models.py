@@ -18,26 +18,16 @@ def run(args) -> int:
 
     rows = []
     for cls, v in known_variants():
-        c = cls.build_config(dict(v.config))
-        experts = getattr(c, "num_experts", None) or getattr(c, "num_local_experts", None)
-        if cls.encoder_decoder:
-            moe_layers = f"{c.num_sparse_encoder_layers}+{c.num_sparse_decoder_layers}"
-            top_k, d_ff, d_model, expert_params = 1, c.d_ff, c.d_model, 2 * c.d_model * c.d_ff
-        else:
-            step = getattr(c, "decoder_sparse_step", 1) or 1
-            moe_layers = str(len([i for i in range(c.num_hidden_layers) if (i + 1) % step == 0]))
-            top_k, d_model = c.num_experts_per_tok, c.hidden_size
-            d_ff = getattr(c, cls.expert_ff_attr)
-            expert_params = 3 * d_model * d_ff
-        rows.append(dict(family=cls.family, name=v.name, experts=experts, top_k=top_k, moe_layers=moe_layers,
-                         d_model=d_model, d_ff=d_ff, expert_mb_bf16=round(expert_params * 2 / 1e6, 2),
-                         params=v.params))
+        shape = cls.summarize(cls.build_config(dict(v.config)))
+        rows.append(dict(family=cls.family, name=v.name, experts=shape["experts"], top_k=shape["top_k"],
+                         moe_layers=shape["moe_layers"], d_model=shape["d_model"], d_ff=shape["d_ff"],
+                         expert_mb_bf16=round(shape["expert_params"] * 2 / 1e6, 2), params=v.params))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'family':<11}{'name':<30}{'experts':>8}{'top-k':>6}{'MoE layers':>11}{'MB/expert':>10}{'params':>9}")
+    print(f"{'family':<13}{'name':<30}{'experts':>8}{'top-k':>6}{'MoE layers':>11}{'MB/expert':>10}{'params':>9}")
     for r in rows:
         params = f"{r['params'] / 1e9:.2f}B" if r["params"] else "-"
-        print(f"{r['family']:<11}{r['name']:<30}{r['experts']:>8}{r['top_k']:>6}{r['moe_layers']:>11}"
+        print(f"{r['family']:<13}{r['name']:<30}{r['experts']:>8}{r['top_k']:>6}{r['moe_layers']:>11}"
               f"{r['expert_mb_bf16']:>10}{params:>9}")
     return 0

@@ -3,7 +3,15 @@
 Importing this package imports every family file so that the registry is full.
 """
 
-from pregate.tracer.adapters import mixtral, olmoe, pregate_moe, qwen_moe, switch  # noqa: F401  (registration)
+from pregate.tracer.adapters import (  # noqa: F401  (registration)
+    deepseek,
+    gpt_oss,
+    mixtral,
+    olmoe,
+    pregate_moe,
+    qwen_moe,
+    switch,
+)
 from pregate.tracer.adapters.base import (
     KnownVariant,
     ModelAdapter,

@@ -107,6 +107,13 @@ class ModelAdapter:
         model = cls.model_class()(config)
         return model.to(dtype).eval()
 
+    @classmethod
+    def summarize(cls, config) -> dict[str, Any]:
+        """The shape of ``config`` without building the model (``pregate models`` lists
+        shapes of tens of billions of parameters): experts, top_k, moe_layers (text, e.g.
+        "6+6" for two stacks), d_model, d_ff and expert_params of one routed expert."""
+        raise NotImplementedError
+
     # ---- routing --------------------------------------------------------------
     def sites(self) -> list[RouterSite]:
         raise NotImplementedError

@@ -35,6 +35,12 @@ class SmallMoEAdapter(TopKRouterAdapter):
         base = PRESETS[overrides.pop("preset", "tiny")]
         return replace(base, **overrides)
 
+    @classmethod
+    def summarize(cls, config):
+        blocks = [b for b in range(config.n_layers) if config.is_moe(b)]
+        return dict(experts=config.num_experts, top_k=config.top_k, moe_layers=str(len(blocks)),
+                    d_model=config.d_model, d_ff=config.d_ff, expert_params=2 * config.d_model * config.d_ff)
+
     def expert_shape(self):
         shape = super().expert_shape()
         shape["activation"] = "gelu"

@@ -81,6 +81,14 @@ class SwitchAdapter(ModelAdapter):
 
         return SwitchTransformersForConditionalGeneration
 
+    @classmethod
+    def summarize(cls, config) -> dict[str, Any]:
+        gated = "gated" in str(getattr(config, "feed_forward_proj", ""))
+        return dict(experts=int(config.num_experts), top_k=1,
+                    moe_layers=f"{config.num_sparse_encoder_layers}+{config.num_sparse_decoder_layers}",
+                    d_model=config.d_model, d_ff=config.d_ff,
+                    expert_params=config.d_model * config.d_ff * (3 if gated else 2))
+
     def sites(self) -> list[RouterSite]:
         found = []
         for stack_name, stack in (("encoder", self.model.encoder), ("decoder", self.model.decoder)):

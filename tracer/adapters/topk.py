@@ -24,6 +24,23 @@ class TopKRouterAdapter(ModelAdapter):
     # (None: read config.norm_topk_prob).
     always_renormalise: ClassVar[bool | None] = None
 
+    @classmethod
+    def moe_blocks(cls, config) -> list[int]:
+        """Decoder blocks that hold an MoE layer, from the config alone (Qwen's
+        ``decoder_sparse_step`` and ``mlp_only_layers``; every block otherwise)."""
+        step = getattr(config, "decoder_sparse_step", 1) or 1
+        dense = set(getattr(config, "mlp_only_layers", None) or [])
+        return [i for i in range(config.num_hidden_layers) if (i + 1) % step == 0 and i not in dense]
+
+    @classmethod
+    def summarize(cls, config) -> dict[str, Any]:
+        d_model, d_ff = int(config.hidden_size), int(getattr(config, cls.expert_ff_attr))
+        experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None) \
+            or getattr(config, "n_routed_experts", None)
+        return dict(experts=int(experts), top_k=int(config.num_experts_per_tok),
+                    moe_layers=str(len(cls.moe_blocks(config))), d_model=d_model, d_ff=d_ff,
+                    expert_params=3 * d_model * d_ff)
+
     def _layers(self):
         inner = getattr(self.model, "model", self.model)
         return inner.layers

@@ -19,6 +19,8 @@ Formats (one module each):
   router score; the top-k are the largest scores, probabilities the softmax
   over the scores (``--scores-are-probs`` when they are probabilities already).
 - ``parquet``: Parquet or Arrow tables with list columns of ids and scores.
+- ``sglang-routed-experts``: SGLang generate responses with
+  ``meta_info.routed_experts`` (base64 int32 by token, layer, top-k slot).
 
 Fields are mapped with ``--seq``, ``--pos``, ``--layer``, ``--experts``,
 ``--probs``, ``--token``, ``--phase``, ``--stack``, ``--dropped``; each
@@ -56,10 +58,16 @@ dropped:
   order).
 - Every token of a sequence must appear in every MoE layer that the import
   has records for. Where layers disagree the import fails with a summary of
-  the sequences and layers affected, unless ``--on-mismatch drop`` (drop those
-  sequences) or ``--on-mismatch keep-aligned`` (keep the tokens present in every
-  layer of the sequence; without a position field, tokens are matched by
-  record order, so the first n are kept).
+  the sequences (by the source's own key), layers and files affected, unless
+  ``--on-mismatch drop`` (drop those sequences) or ``--on-mismatch
+  keep-aligned``: a layer that lost records is cut at its first gap, since
+  tools renumber the records after a lost one (see :mod:`.align`), then the
+  tokens present in every layer are kept, or every token with
+  ``--on-missing hole`` (a layer without its record is a hole).
+- Keys and tokens: ``--seq a,b`` joins fields into one sequence key, kept as a
+  label; ``--layer-from-path``, ``--layer-offset``, ``--layer-map`` read layers
+  from paths; ``--rows-per-seq N`` and ``--order execution`` find tokens in
+  logs without usable positions (see :mod:`.order`).
 - Phase: from the phase field (``prefill`` or ``decode``), else encoder tokens
   are prefill and decoder tokens decode. Step: prefill rows 0; decode tokens
   1, 2, ... in position order within their sequence.
@@ -85,6 +93,7 @@ FORMATS = {
     "jsonl": "pregate.traces.importers.jsonl",
     "csv-dense": "pregate.traces.importers.csv_dense",
     "parquet": "pregate.traces.importers.parquet",
+    "sglang-routed-experts": "pregate.traces.importers.sglang",
 }
 
 

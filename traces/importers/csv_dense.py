@@ -49,7 +49,7 @@ def _load(path: Path) -> pl.DataFrame:
 
 def _expert_columns(frame: pl.DataFrame, opts: ImportOptions, path: Path) -> list[str]:
     pattern = re.compile(opts.expert_columns or DEFAULT_EXPERT_COLUMNS, re.IGNORECASE)
-    mapped = {getattr(opts.columns, r) or r for r in ROLES}
+    mapped = {getattr(opts.columns, r) or r for r in ROLES if r != "seq"} | set(opts.columns.seq_fields() or ["seq"])
     found = {}
     for name in frame.columns:
         match = pattern.fullmatch(name)
@@ -144,9 +144,9 @@ def read(paths, opts: ImportOptions, shape: ModelShape) -> Source:
     how = "the scores as probabilities" if opts.scores_are_probs else f"softmax over the {n_experts} scores"
     notes.append(f"top-{k} of {n_experts} scores per token; probabilities: {how}"
                  + (", renormalised over the top-k" if renorm else ""))
-    if not any(found_any["seq"]):
+    if not any(found_any["seq"]) and opts.rows_per_seq is None:
         notes.append("no sequence column: all rows are one sequence (map one with --seq FIELD)")
-    if not any(found_any["pos"]):
+    if not any(found_any["pos"]) and opts.rows_per_seq is None and opts.order != "execution":
         notes.append("no position column: tokens are numbered in row order within each sequence and layer")
     return Source(
         files=files,
@@ -156,4 +156,5 @@ def read(paths, opts: ImportOptions, shape: ModelShape) -> Source:
         has_probs=True,
         notes=notes,
         experts=n_experts,
+        raw=lambda f, r: _load(files[f]).row(r, named=True),
     )

@@ -61,6 +61,8 @@ class ModelShape:
     dense_params: int | None = None
     dense_bytes_per_layer: int | None = None
     tokenizer: str | None = None
+    # Parameters of one routed expert where they are not (2 or 3) * d_model * d_ff (biases).
+    expert_params: int | None = None
 
     def merged(self, other: "ModelShape") -> "ModelShape":
         """This shape with every field that ``other`` sets replaced by ``other``'s."""
@@ -128,6 +130,25 @@ KNOWN_MODELS: dict[str, dict[str, Any]] = {
     "qwen1.5-moe-a2.7b": _decoder("Qwen/Qwen1.5-MoE-A2.7B", "qwen2_moe", 24, 60, 4, 2048, 1408, False, 51_520_000),
     # q, o: 2048*4096 each; k, v: 2048*512 each; router 2048*128.
     "qwen3-30b-a3b": _decoder("Qwen/Qwen3-30B-A3B", "qwen3_moe", 48, 128, 8, 2048, 768, True, 19_140_000),
+    # dense_params below are derived: (all parameters - routed experts - embeddings - output head) / blocks
+    # of the published architecture built on PyTorch's meta device (tracer/adapters); they hold the
+    # attention (MLA for DeepSeek), norms, router, the shared experts (always resident, run by every
+    # token) and the leading dense blocks' MLPs, averaged over the blocks.
+    "deepseek-v2-lite": {
+        **_decoder("deepseek-ai/DeepSeek-V2-Lite", "deepseek_v2", 26, 64, 6, 2048, 1408, False, 33_044_536),
+        "block_indices": {"decoder": list(range(1, 27))},  # block 0 is dense (first_k_dense_replace 1)
+    },
+    "deepseek-v3": {
+        **_decoder("deepseek-ai/DeepSeek-V3", "deepseek_v3", 58, 256, 8, 7168, 2048, True, 250_234_023),
+        "gating": "topk-group-limited-sigmoid-renorm",
+        "block_indices": {"decoder": list(range(3, 61))},  # blocks 0..2 are dense
+    },
+    # experts carry biases: 3 d f + 2 f + d parameters each.
+    "gpt-oss-20b": {
+        **_decoder("openai/gpt-oss-20b", "gpt_oss", 24, 32, 4, 2880, 2880, True, 26_648_216),
+        "activation": "swiglu-clamped-gated",
+        "expert_params": 3 * 2880 * 2880 + 2 * 2880 + 2880,
+    },
 }
 
 
