@@ -164,6 +164,7 @@ class Recommendation:
     runner_up: list[dict] = field(default_factory=list)
     points: int = 0
     all_resident: bool = False
+    runtime: str = ""  # the runtime profile the answer is priced for (empty: the default)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,7 +193,7 @@ def _slim(row: dict | None) -> dict | None:
 
 def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None, batch_size: int = 1,
               margin_gb: float | None = None, workers: int | None = None, results: str | Path | None = None,
-              progress: bool = False) -> Recommendation:
+              progress: bool = False, runtime: str = "") -> Recommendation:
     import polars as pl
 
     from pregate.simulator.profile import detect_profile, load_profile
@@ -203,7 +204,9 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
     if vram_gb is not None and vram_gb <= 0:
         raise SweepError("--vram must be positive (GB)")
     gpu = detect_profile() if gpu == "auto" else gpu
-    load_profile(gpu)  # an unknown GPU fails before any work
+    from pregate.simulator.runtime import load_runtime
+
+    runtime_name = load_runtime(runtime, load_profile(gpu)).name  # an unknown GPU or runtime fails before any work
     with tempfile.TemporaryDirectory(prefix="pregate-recommend-") as tmp:
         tmp = Path(tmp)
         source = model_source(model, batch_size, tmp)
@@ -219,7 +222,7 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
 
         has_ahead = open_trace(source.trace).meta.ahead_distance > 0
         specs = [s for s in SPECULATIONS if has_ahead or s in ("none", "transition", "eam")]
-        base = {"profile": [gpu], "batch_size": [batch_size]}
+        base = {"profile": [gpu], "runtime": [runtime], "batch_size": [batch_size]}
         memory = {"vram_bytes": mem.vram, "dense_bytes": mem.dense, "margin_bytes": mem.margin,
                   "expert_bytes": mem.expert_bytes, "total_experts": mem.total_experts,
                   "cache_experts": mem.cache_experts}
@@ -229,7 +232,7 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
             frame = read_results(out).filter(pl.col("key").is_in([p.key for p in plan.points]))
             best = _slim(_pick(frame))
             return Recommendation(source.model_id, gpu, batch_size, source.synthetic, source.note, memory, best, best,
-                                  points=frame.height, all_resident=True)
+                                  points=frame.height, all_resident=True, runtime=runtime_name)
         cap = mem.cache_experts
         stage1 = plan_sweep(SweepSpec([trace], {**base, "speculation": specs, "cache_policy": CACHINGS,
                                                 "cache": [str(cap)]}, source="recommend"))
@@ -253,7 +256,7 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
                   .sort(["tokens_per_s", "key"], descending=[True, False])
                   .unique(["speculation", "cache_policy"], maintain_order=True).head(3))
         return Recommendation(source.model_id, gpu, batch_size, source.synthetic, source.note, memory, _slim(best),
-                              _slim(plain), [_slim(r) for r in others.iter_rows(named=True)], points=frame.height)
+                              _slim(plain), [_slim(r) for r in others.iter_rows(named=True)], points=frame.height, runtime=runtime_name)
 
 
 def _gb(x: float) -> str:
@@ -262,7 +265,8 @@ def _gb(x: float) -> str:
 
 def format_recommendation(r: Recommendation) -> str:
     m = r.memory
-    lines = [f"{r.model} on {r.gpu} ({_gb(m['vram_bytes'])}), batch {r.batch_size}"]
+    lines = [f"{r.model} on {r.gpu} ({_gb(m['vram_bytes'])}), batch {r.batch_size}"
+             + (f", runtime {r.runtime}" if r.runtime else "")]
     if r.synthetic:
         lines.append(f"  note: {r.source_note}")
     else:
