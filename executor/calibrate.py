@@ -495,8 +495,6 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
                       ("copy_issue", "issuing one expert copy on the side stream, with its cache bookkeeping"),
                       ("expert_issue", "issuing one expert: gather, expert function, scatter-add, slot events"),
                       ("resident_expert_issue", "the same with every expert resident (no slot events)")):
-        if not device.cuda and key in ("block_issue", "expert_issue", "resident_expert_issue"):
-            continue  # on the cpu the host computes: issuing is the measured tables' compute itself
         values[f"host.{key}"] = (max(overheads[key], 1e-8), "s",
                                  f"{what}: host time inside the executor's run loop, fitted over runs of a tiny "
                                  "model shape")
@@ -695,7 +693,10 @@ def split_profile(text: str, where: str, kernels=None) -> tuple[str, str]:
     head = [line[2:] for line in text.splitlines() if line.startswith("# ") and "schema" not in line
             and not line.startswith("# Not in the schema")][:3]
     runtime = runtime_from_legacy(profile, kernels, name=f"{profile.name}-executor")
-    runtime = dataclasses.replace(runtime, description=f"pregate's executor as calibrated with {profile.name}")
+    # on the cpu device one thread computes and issues: its host costs add to the tables' compute
+    serial = bool(kernels) and "cuda_names" not in tomllib.loads(text)
+    runtime = dataclasses.replace(runtime, description=f"pregate's executor as calibrated with {profile.name}",
+                                  host_is_device=serial)
     return (render_profile(profile, "\n".join(head)),
             render_runtime(runtime, "\n".join(head + ["Host costs of pregate's executor on the calibrated machine; "
                                                         "load with --runtime this file."])))

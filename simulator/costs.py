@@ -115,13 +115,14 @@ class CostTables:
     used_dense_table: str = ""  # source of the measured dense-block table, if used
     planner: dict = field(default_factory=dict)  # caching policy -> (layer_step, copy_issue) where it has its own
     runtime: str = ""  # name of the runtime profile
+    sync_copy: float = 0.0  # host seconds per copy when copies block the host (the CPU device)
 
     def for_policy(self, cache_policy: str) -> "CostTables":
         """These tables with the planner's cost of ``cache_policy``'s family (the runtime's, if it has one)."""
         if cache_policy not in self.planner:
             return self
         layer_step, copy_issue = self.planner[cache_policy]
-        return dataclasses.replace(self, layer_step=layer_step, copy_issue=copy_issue,
+        return dataclasses.replace(self, layer_step=layer_step, copy_issue=copy_issue + self.sync_copy,
                                    resident_layer_step=min(self.resident_layer_step, layer_step))
 
 
@@ -242,6 +243,21 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, runtime: Runtim
             policy = key[len("planner."):].rsplit("_", 2)[0]
             planner[policy] = runtime.planner(policy)
     n_blocks_total = blocks if blocks else total_moe
+    sync_copy = 0.0
+    if runtime.host_is_device:
+        # One thread does both: a block costs the loop's measured time for its shape if there is one
+        # (compute included), else its compute plus the host's time around it; an expert its
+        # compute plus the loop's time around it; a copy blocks the host for its whole length.
+        if measured_issue is not None:
+            dense_gpu = np.maximum(dense_gpu, dense_host)
+        else:
+            dense_gpu = dense_gpu + dense_host
+        dense_host = np.zeros(len(tokens))
+        expert_gpu = expert_gpu + expert_host
+        expert_gpu[0] = 0.0
+        expert_host = expert_host_resident = 0.0
+        sync_copy = copy[gpu_dtype]
+        copy = {d: 0.0 for d in copy}
     return CostTables(
         gpu_dtype=gpu_dtype,
         expert_bytes=bytes_of,
@@ -250,7 +266,8 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, runtime: Runtim
         expert_host_resident=float(expert_host_resident),
         layer_step=runtime["host.layer_step"],
         resident_layer_step=min(runtime["host.resident_layer_step"], runtime["host.layer_step"]),
-        copy_issue=runtime["host.copy_issue"],
+        copy_issue=runtime["host.copy_issue"] + sync_copy,
+        sync_copy=sync_copy,
         expert_cpu=expert_cpu.tolist(),
         dense_gpu=dense_gpu.tolist(),
         dense_host=dense_host.tolist(),

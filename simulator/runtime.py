@@ -35,7 +35,12 @@ its kind and range (:mod:`pregate.simulator.provenance`):
   (a missed expert's copy is issued just before that expert);
 * ``[[block_issue]]`` (optional): measured host time of one dense block of a
   given shape (``d_model``, ``block_params``, ``seconds``, ``source``);
-* ``host_rule``: how the host numbers carry to another host CPU.
+* ``host_rule``: how the host numbers carry to another host CPU;
+* ``host_is_device`` (optional, default false): true for the CPU device,
+  where one thread does the host's and the device's work: a block or an
+  expert costs its measured compute plus the loop's host time around it (not
+  the larger of the two), and a copy blocks the host (it is issued
+  synchronously) instead of running beside the compute.
 
 A hardware profile written in the old single-file schema (``pregate.profile/1``)
 holds the executor's host costs of the machine it measured; those load as a
@@ -85,7 +90,8 @@ FIELDS: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {
         "int4": (("ratio", "B/s"), True),
     },
 }
-TOP_LEVEL = {"schema", "name", "description", "host_rule", "copies", "planner", "block_issue", *FIELDS}
+TOP_LEVEL = {"schema", "name", "description", "host_rule", "host_is_device", "copies", "planner", "block_issue",
+             *FIELDS}
 BLOCK_ISSUE_KEYS = {"d_model", "block_params", "seconds", "source"}
 
 
@@ -110,6 +116,7 @@ class RuntimeProfile:
     host_rule: str = ""
     block_issue_tables: tuple[BlockIssue, ...] = ()
     path: str = ""
+    host_is_device: bool = False  # the CPU device: the host does the device's work, so their times add
 
     def __getitem__(self, key: str) -> float:
         try:
@@ -217,7 +224,11 @@ def parse_runtime(data: dict, where: str) -> RuntimeProfile:
     rule = data.get("host_rule", "")
     if not isinstance(rule, str) or not rule.strip():
         raise ProfileError(f"{where}: 'host_rule' must say how the host numbers carry to another host CPU")
-    return RuntimeProfile(data["name"], str(data.get("description", "")), entries, mode, rule, tuple(issue), where)
+    serial = data.get("host_is_device", False)
+    if not isinstance(serial, bool):
+        raise ProfileError(f"{where}: 'host_is_device' must be true or false")
+    return RuntimeProfile(data["name"], str(data.get("description", "")), entries, mode, rule, tuple(issue), where,
+                          serial)
 
 
 def _legacy_value(src: Value | None, fallback: float, why: str, unit: str = "s") -> Value:
@@ -344,6 +355,7 @@ def render_runtime(runtime: RuntimeProfile, header: str = "") -> str:
     lines += [f"# {line}" if line else "#" for line in header.splitlines()]
     lines += [f'schema = "{SCHEMA}"', f"name = {json.dumps(runtime.name)}",
               f"description = {json.dumps(runtime.description)}", f"host_rule = {json.dumps(runtime.host_rule)}",
+              *(["host_is_device = true"] if runtime.host_is_device else []),
               "", "[copies]", f"issue = {json.dumps(runtime.copy_issue_mode)}"]
     sections = list(FIELDS) + ["planner"]
     for section in sections:

@@ -223,3 +223,50 @@ def test_cli_runtime_flag_and_bad_name(tmp_path, capsys):
     assert main(["simulate", str(trace), "--runtime", "pregate-eagr"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "did you mean 'pregate-eager'" in err
+
+
+def test_cpu_runtime_adds_host_time_and_blocks_on_copies(tmp_path):
+    """host_is_device: a block or an expert costs compute plus host time, and copies block the host."""
+    import dataclasses
+
+    from pregate.simulator import Settings, Simulation
+    from pregate.simulator.synthetic import make_trace
+
+    trace = make_trace(tmp_path / "t", seqs=2, prompt_len=3, new_tokens=4, layers=3)
+    eager = Simulation(trace, Settings(cache="25%"))
+    serial = Simulation(trace, Settings(cache="25%"), runtime=dataclasses.replace(eager.runtime, host_is_device=True))
+    c, s = eager.costs, serial.costs
+    assert s.expert_host == 0 and s.expert_gpu[1] == pytest.approx(c.expert_gpu[1] + c.expert_host)
+    assert s.dense_host == [0.0] * len(s.dense_host)
+    assert s.dense_gpu[0] == pytest.approx(c.dense_gpu[0] + c.dense_host[0])
+    copy = c.copy[c.gpu_dtype]
+    assert s.copy[s.gpu_dtype] == 0 and s.for_policy("lru").copy_issue == pytest.approx(
+        c.for_policy("lru").copy_issue + copy)
+    assert serial.timed()[0].stall_s == 0.0
+
+
+def test_reference_loop_makes_the_simulators_decisions(tmp_path):
+    """The independent loop's own LRU and oracle prefetch give the simulator's hits and misses exactly.
+
+    (With a cache of 3 for top-1 routing the loop issues a few more prefetches than the simulator,
+    which skips a prefetch whose slot it would have to take from another prefetch of the same step.)
+    """
+    import importlib.util
+
+    from pregate.simulator.stream import build_stream
+    from pregate.simulator.synthetic import make_trace
+    from pregate.traces import open_trace
+
+    spec = importlib.util.spec_from_file_location("reference_loop", ROOT / "bench" / "reference_loop.py")
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    trace = open_trace(make_trace(tmp_path / "t", seqs=3, prompt_len=3, new_tokens=5, layers=3, seed=4))
+    hw, rt = load_profile("rtx3090"), load_runtime("pregate-eager")
+    for batch, cap, pre in ((1, 6, False), (2, 8, True), (1, 3, True)):
+        stream = build_stream(trace, batch_size=batch)
+        loop = ref.Loop(trace.meta, stream.layout, cap, 1)
+        got = ref.run(loop, stream, pre)["counts"]
+        _, counts = ref.predict(stream, hw, rt, cap, pre)
+        assert (got["hits"], got["misses"]) == (counts.hits, counts.misses), (batch, cap, pre)
+        if cap > 3:
+            assert got["prefetches"] == counts.prefetches
