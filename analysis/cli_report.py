@@ -15,6 +15,7 @@ lookahead distance, LRU hit rate by cache size and per layer. With
 examples:
   pregate report res -o report
   pregate report res -o report --trace runs/sb8
+  pregate sweep --trace T --uncertainty corners -o res && pregate report res -o report --uncertainty
   pregate report res -o report --measured validation.parquet   # columns measured_s, simulated_s[, label]"""
 
 
@@ -26,6 +27,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--measured", metavar="FILE.parquet",
                         help="measured vs simulated step latencies (columns measured_s, simulated_s, optional label)")
     parser.add_argument("--title", default="pregate sweep report", help="page title")
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="require the bands of 'pregate sweep --uncertainty' (drawn whenever the results have them)")
 
 
 def run(args) -> int:
@@ -45,6 +48,7 @@ def run(args) -> int:
         missing = [c for c in ("measured_s", "simulated_s") if c not in measured.columns]
         if missing:
             raise SweepError(f"{path}: missing column(s) {', '.join(missing)}")
-    files = write_report(args.results, args.out, traces=args.trace, measured=measured, title=args.title)
+    files = write_report(args.results, args.out, traces=args.trace, measured=measured, title=args.title,
+                         uncertainty=args.uncertainty)
     print(f"wrote {files.html} ({len(files.figures)} plots embedded), {files.markdown} and {Path(args.out) / 'figures'}/")
     return 0

@@ -1,0 +1,360 @@
+"""A minimal offloaded decode loop in plain torch, apart from pregate's executor, and the simulator's prediction of it.
+
+Why: a cost model validated only against the executor it was calibrated on
+may describe that executor and nothing else. This loop is written from
+scratch (it imports nothing of pregate.executor): per MoE layer, dense blocks
+of two matmuls, a router whose choice is read back to the host (then replaced
+by the trace's routing, so both sides see the same requests), experts kept in
+a host store, a device slot cache with on-demand LRU (the experts of the
+current layer protected; a miss with no free slot goes through a staging
+buffer) and an oracle prefetch of the next layer step's experts. On the CPU
+the "device" is the host, copies are host copies and block.
+
+Its runtime profile is measured the way ``pregate calibrate`` measures the
+executor's: kernel counts of its functions; the expert and dense-block times
+by token count back to back (tables); the loop's own host time per phase
+inside its run loop, over runs of a tiny synthetic shape (never the points it
+then predicts), fitted per unit (block, expert, layer step, copy). The
+simulator is then given the hardware profile (copies, memory rates), these
+tables and this runtime profile, and predicts each point with no fitting.
+
+    python bench/reference_loop.py TRACE... --profile cpu.toml [--batch-size 1,16] [--cache 25%,50%] \\
+        [--rounds 2] [-o OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+KERNELS = {"dense_block": 4, "dense_ffn": 0, "expert": 6, "gated_expert": 6}  # counted below (count_kernels)
+
+
+class Loop:
+    """The model's weights and the slot cache for one trace's shapes."""
+
+    def __init__(self, meta, layout, capacity: int, blocks: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        d, f = meta.d_model, meta.d_ff
+        dense_params = meta.dense_bytes_per_layer / {"float32": 4, "bfloat16": 2, "float16": 2}.get(meta.dtype, 4)
+        hidden = max(1, int(dense_params // (2 * d)))  # a block holds the trace's dense weights in two matmuls
+        self.d, self.hidden, self.blocks = d, hidden, blocks
+        n_layers = layout.n_layers
+        self.dense = [[(torch.randn(hidden, d, generator=g) * d ** -0.5, torch.randn(d, hidden, generator=g) * hidden ** -0.5)
+                       for _ in range(blocks)] for _ in range(n_layers)]
+        self.router = [torch.randn(int(layout.experts[i]), d, generator=g) for i in range(n_layers)]
+        self.numel = 2 * d * f
+        self.store = torch.randn(layout.n_objects, self.numel, generator=g) * d ** -0.5  # the host store
+        self.capacity = capacity
+        self.slots = torch.empty(max(1, capacity), self.numel)
+        self.staging = torch.empty(self.numel)
+        self.where: OrderedDict[int, int] = OrderedDict()  # obj -> slot, least recently used first
+        self.free = list(range(capacity))
+        self.hits = self.misses = self.prefetches = self.bypasses = 0
+
+    # ---- compute
+    def run_dense(self, layer: int, x):
+        for w1, w2 in self.dense[layer]:
+            x = x + torch.relu(x @ w1.T) @ w2.T
+        return x
+
+    def route(self, layer: int, x):
+        return torch.topk(torch.softmax(x @ self.router[layer].T, -1), 1, -1).indices.tolist()
+
+    def expert(self, flat, x, tokens: int, out, idx):
+        d = self.d
+        w1 = flat[: self.numel // 2].view(-1, d)
+        w2 = flat[self.numel // 2:].view(d, -1)
+        i = idx[:tokens]
+        out.index_add_(0, i, torch.relu(x.index_select(0, i) @ w1.T) @ w2.T * 0.5)
+
+    # ---- the cache: on-demand LRU, current layer protected, oracle prefetch
+    def _room(self, protected) -> int | None:
+        if self.free:
+            return self.free.pop()
+        for obj in self.where:
+            if obj not in protected:
+                return self.where.pop(obj)
+        return None
+
+    def fetch(self, obj: int, protected, prefetch: bool) -> torch.Tensor | None:
+        if obj in self.where:
+            if not prefetch:
+                self.where.move_to_end(obj)
+                self.hits += 1
+            return self.slots[self.where[obj]]
+        slot = self._room(protected)
+        if slot is None:
+            if prefetch:
+                return None
+            self.bypasses += 1
+            self.misses += 1
+            self.staging.copy_(self.store[obj])
+            return self.staging
+        self.slots[slot].copy_(self.store[obj])
+        self.where[obj] = slot
+        if prefetch:
+            self.prefetches += 1
+        else:
+            self.misses += 1
+        return self.slots[slot]
+
+
+def run(loop: Loop, stream, prefetch: bool) -> dict:
+    """Walk the stream; per pass its wall time, and the host time per phase."""
+    ls_start, req_start = stream.pass_ls_start, stream.ls_req_start
+    req_obj, req_tok = stream.req_obj.tolist(), stream.req_tokens.tolist()
+    idx = torch.arange(int(stream.ls_tokens.max()) + 1)
+    phases = dict(dense_s=0.0, route_s=0.0, plan_s=0.0, expert_s=0.0, layer_steps=0, experts=0, copies=0, blocks=0)
+    step_s = []
+    resident = loop.capacity >= stream.layout.n_objects
+    if resident:
+        for obj in range(stream.layout.n_objects):
+            loop.fetch(obj, (), True)
+        loop.prefetches = 0
+    for p in range(stream.n_passes):
+        a, b = int(ls_start[p]), int(ls_start[p + 1])
+        t_pass = time.perf_counter()
+        x = torch.randn(int(stream.ls_tokens[a]), loop.d)
+        for ls in range(a, b):
+            layer = int(stream.ls_layer[ls])
+            t0 = time.perf_counter()
+            x = loop.run_dense(layer, x)
+            t1 = time.perf_counter()
+            loop.route(layer, x)
+            t2 = time.perf_counter()
+            lo, hi = int(req_start[ls]), int(req_start[ls + 1])
+            objs = req_obj[lo:hi]
+            protected = set(objs)
+            copies0 = loop.misses + loop.prefetches
+            weights = [loop.fetch(o, protected, False) for o in objs]
+            if prefetch and not resident and ls + 1 < b:  # oracle: the next layer step's experts
+                for o in req_obj[int(req_start[ls + 1]):int(req_start[ls + 2])]:
+                    loop.fetch(o, protected, True)
+            t3 = time.perf_counter()
+            out = torch.zeros_like(x)
+            for w, tok in zip(weights, req_tok[lo:hi]):
+                loop.expert(w, x, tok, out, idx)
+            x = x + out
+            t4 = time.perf_counter()
+            phases["dense_s"] += t1 - t0
+            phases["route_s"] += t2 - t1
+            phases["plan_s"] += t3 - t2
+            phases["expert_s"] += t4 - t3
+            phases["layer_steps"] += 1
+            phases["experts"] += hi - lo
+            phases["blocks"] += loop.blocks
+            phases["copies"] += loop.misses + loop.prefetches - copies0
+        if stream.pass_decode[p]:
+            step_s.append(time.perf_counter() - t_pass)
+    phases["step_s"] = step_s
+    phases["counts"] = {"hits": loop.hits, "misses": loop.misses, "prefetches": loop.prefetches}
+    return phases
+
+
+def per_call(fn, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.perf_counter() - t) / reps)
+    return best
+
+
+def count_kernels(loop: Loop) -> dict:
+    """Torch operations the loop's functions dispatch (views excluded)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    views = {"view", "t", "slice", "alias", "as_strided", "expand", "transpose", "detach", "_unsafe_view"}
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func.__name__.split(".")[0] not in views
+            return func(*args, **(kwargs or {}))
+
+    x, out, idx = torch.randn(2, loop.d), torch.zeros(2, loop.d), torch.arange(2)
+    with Count():
+        loop.run_dense(0, x)
+    dense = Count.n // loop.blocks
+    Count.n = 0
+    with Count():
+        loop.expert(loop.store[0], x, 2, out, idx)
+    return {"dense_block": dense, "dense_ffn": 0, "expert": Count.n, "gated_expert": Count.n}
+
+
+def tables(loop: Loop, meta, counts: list[int], where: str):
+    """The loop's expert and dense-block times by token count, back to back (the hardware profile's tables)."""
+    from pregate.simulator.profile import DenseTable, ExpertTable
+
+    idx = torch.arange(max(counts))
+    xs = {n: torch.randn(n, loop.d) for n in counts}
+    out = torch.zeros(max(counts), loop.d)
+    exp = [per_call(lambda n=n: loop.expert(loop.store[0], xs[n], n, out, idx), 20) for n in counts]
+    den = [per_call(lambda n=n: loop.run_dense(0, xs[n]), 10) / loop.blocks for n in counts]
+    exp, den = np.maximum.accumulate(exp).tolist(), np.maximum.accumulate(den).tolist()
+    params = int(meta.dense_bytes_per_layer / {"float32": 4, "bfloat16": 2, "float16": 2}.get(meta.dtype, 4))
+    src = f"measured by bench/reference_loop.py on {where}: the loop's function, back to back"
+    return (ExpertTable(meta.d_model, meta.d_ff, "float32", tuple(counts), tuple(exp), src),
+            DenseTable(meta.d_model, params, "float32", 64, tuple(counts), tuple(den), src))
+
+
+def blocks_of(meta, layout) -> int:
+    blocks = int(meta.extra.get("blocks", 0) or 0) if isinstance(meta.extra, dict) else 0
+    if meta.stacks and all(s.block_indices for s in meta.stacks.values()):
+        blocks = sum(max(s.block_indices) + 1 for s in meta.stacks.values())
+    return max(1, round(blocks / layout.n_layers)) if blocks else 1
+
+
+def measure_runtime(where: str, base_runtime):
+    """The loop's host costs, fitted from its phases over runs of a tiny synthetic shape (not the points predicted)."""
+    from pregate.simulator.provenance import Value
+    from pregate.simulator.stream import build_stream
+    from pregate.simulator.synthetic import make_trace
+    from pregate.traces import open_trace
+
+    tmp = tempfile.TemporaryDirectory()  # the trace is read lazily: the folder lives until the fit is done
+    trace = open_trace(make_trace(Path(tmp.name) / "tiny", seqs=8, prompt_len=4, new_tokens=8, layers=4, seed=5))
+    # a tiny expert and block (64 wide): their compute is small, so the phases' excess over the
+    # tables is the loop's host time (Python, the allocator, the cache), as calibrate fits it
+    small = dataclasses.replace(trace.meta, d_model=64, d_ff=128, expert_params=2 * 64 * 128,
+                                dense_bytes_per_layer=2 * 64 * 256 * 4, dtype="float32")
+    runs = {}
+    for batch in (1, 4):
+        stream = build_stream(trace, batch_size=batch)
+        n = stream.layout.n_objects
+        for cap, pre in ((n, False), (n // 4, False), (n // 2, True)):
+            best = None
+            for _ in range(2):
+                loop = Loop(small, stream.layout, cap, blocks_of(trace.meta, stream.layout))
+                r = run(loop, stream, pre)
+                best = r if best is None or sum(r["step_s"]) < sum(best["step_s"]) else best
+            exp_t, den_t = tables(loop, small, [1, 2, 4, 8, 16, 32], where)
+            r["table_expert_s"] = float(sum(np.interp(t, exp_t.tokens, exp_t.seconds) for t in stream.req_tokens))
+            r["table_dense_s"] = float(sum(np.interp(t, den_t.tokens, den_t.seconds) for t in stream.ls_tokens)
+                                       * loop.blocks)
+            r["copy_s"] = per_call(lambda: loop.slots[0].copy_(loop.store[1]), 50)
+            runs[(batch, cap, pre)] = best | {k: r[k] for k in ("table_expert_s", "table_dense_s", "copy_s")}
+    tot = lambda k: np.array([r[k] for r in runs.values()], float)  # noqa: E731
+    per_block = float(np.median((tot("dense_s") - tot("table_dense_s")) / tot("blocks")))
+    per_expert = float(np.median((tot("expert_s") - tot("table_expert_s")) / tot("experts")))
+    route = float(np.median(tot("route_s") / tot("layer_steps")))
+    A = np.stack([tot("layer_steps"), tot("copies")], 1)
+    y = tot("plan_s") - tot("copies") * tot("copy_s")
+    (a, b), *_ = np.linalg.lstsq(A, y, rcond=None)
+    full = max(k[1] for k in runs)
+    res = [k for k in runs if k[1] == full]
+    res_plan = float(np.median([runs[k]["plan_s"] / runs[k]["layer_steps"] for k in res])) if res else a
+    src = f"measured by bench/reference_loop.py on {where}: host time per phase inside the loop over a tiny shape, fitted"
+    m = lambda v, what: Value(max(float(v), 0.0), "s", "measured", f"{src} ({what})", max(float(v), 0.0), max(float(v), 0.0))  # noqa: E731
+    e = dict(base_runtime.entries)
+    for k in [k for k in e if k.startswith("planner.") or k in ("host.block_issue", "host.expert_issue",
+                                                                 "host.resident_expert_issue")]:
+        del e[k]
+    e.update({"host.per_kernel": m(0.0, "folded into per_block and per_expert"), "host.per_block": m(per_block, "per block"),
+              "host.per_expert": m(per_expert, "per expert"), "host.per_resident_expert": m(per_expert, "per expert"),
+              "host.router_sync": m(route, "router and read-back per layer step"),
+              "host.layer_step": m(a, "cache work per layer step"), "host.resident_layer_step": m(res_plan, "resident"),
+              "host.copy_issue": m(b, "per copy, beyond the copy itself")})
+    kernels = count_kernels(Loop(small, build_stream(trace, batch_size=1).layout, 2, 1))
+    tmp.cleanup()
+    for k, v in kernels.items():
+        e[f"kernels.{k}"] = Value(float(v), "count", "measured", "counted: torch operations of the loop's functions",
+                                  float(v), float(v))
+    return dataclasses.replace(base_runtime, name="reference-loop", description="bench/reference_loop.py",
+                               entries=e, host_is_device=True, block_issue_tables=(),
+                               host_rule="measured on this machine by bench/reference_loop.py"), runs
+
+
+def predict(stream, profile, runtime, capacity: int, prefetch: bool) -> float:
+    from pregate.simulator.api import Simulation
+    from pregate.simulator.engine import run_timed
+    from pregate.simulator.settings import Settings
+
+    st = Settings(speculation="oracle" if prefetch else "none", cache_policy="lru", cache=str(capacity),
+                  batch_size=stream.batch_size, dtype="float32",
+                  buffering="resident" if capacity >= stream.layout.n_objects else "cache")
+    sim = Simulation(None, st, profile=profile, stream=stream, runtime=runtime)
+    cache, planner, buffering, comp = sim._parts(st)
+    if prefetch:
+        planner.spec.depth = 1  # the loop prefetches the next layer step only
+    out = run_timed(stream, sim.costs.for_policy("lru"), planner, cache, demand_dtype="float32",
+                    prefetch_dtype="float32", copy_engines=1, all_resident=buffering.all_resident)
+    lat = [s.latency_s for s in out.steps if s.decode]
+    return float(np.mean(lat)), cache.counts
+
+
+def main(argv=None) -> int:
+    from pregate.simulator.profile import load_profile
+    from pregate.simulator.runtime import load_runtime
+    from pregate.simulator.settings import parse_cache_size
+    from pregate.simulator.stream import build_stream
+    from pregate.traces import open_trace
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("traces", nargs="+")
+    ap.add_argument("--profile", required=True, help="hardware profile of this machine (pregate calibrate --device cpu)")
+    ap.add_argument("--batch-size", default="1,16")
+    ap.add_argument("--cache", default="25%,50%")
+    ap.add_argument("--rounds", type=int, default=2, help="runs per point; each point keeps its fastest")
+    ap.add_argument("-o", "--out", default=None, help="write reference-loop.json and the runtime profile here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    where = "cpu (1 thread), " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    profile = load_profile(args.profile)
+    runtime, fit_runs = measure_runtime(where, load_runtime("pregate-eager"))
+    rows = []
+    for path in args.traces:
+        trace = open_trace(path)
+        for batch in [int(b) for b in args.batch_size.split(",")]:
+            stream = build_stream(trace, batch_size=batch)
+            n = stream.layout.n_objects
+            blocks = blocks_of(trace.meta, stream.layout)
+            loop = Loop(trace.meta, stream.layout, 1, blocks)
+            exp_t, den_t = tables(loop, trace.meta, [1, 2, 4, 8, 16, 32, 64], where)
+            hw = dataclasses.replace(profile, expert_tables=(exp_t,), dense_tables=(den_t,))
+            settings = [(n, False)] + [(parse_cache_size(c, n, 1), pre) for c in args.cache.split(",")
+                                       for pre in (False, True)]
+            for cap, pre in settings:
+                best = None
+                for _ in range(args.rounds):
+                    r = run(Loop(trace.meta, stream.layout, cap, blocks), stream, pre)
+                    m = float(np.mean(r["step_s"]))
+                    best = (m, r) if best is None or m < best[0] else best
+                sim, counts = predict(stream, hw, runtime, cap, pre)
+                meas, r = best
+                rows.append({"trace": Path(path).name, "batch_size": batch, "cache_experts": cap,
+                             "policy": "resident" if cap >= n else ("oracle+lru" if pre else "none+lru"),
+                             "measured_mean_s": meas, "simulated_mean_s": sim, "rel_error": (sim - meas) / meas,
+                             "measured_counts": r["counts"],
+                             "simulated_counts": {"hits": counts.hits, "misses": counts.misses,
+                                                  "prefetches": counts.prefetches}})
+                print(f"{rows[-1]['trace'][:18]:18} b{batch:<3} {rows[-1]['policy']:11} cache {cap:>4}: measured "
+                      f"{meas * 1e3:8.3f} ms, simulated {sim * 1e3:8.3f} ms ({rows[-1]['rel_error']:+.1%}); misses "
+                      f"{r['counts']['misses']} / {counts.misses}", flush=True)
+    err = np.abs([r["rel_error"] for r in rows])
+    print(f"{len(rows)} points: median |error| {np.median(err):.1%}, P95 |error| {np.percentile(err, 95):.1%}")
+    if args.out:
+        from pregate.simulator.runtime import render_runtime
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "reference-loop.runtime.toml").write_text(render_runtime(runtime, "Written by bench/reference_loop.py."))
+        (out / "reference-loop.json").write_text(json.dumps({"where": where, "points": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
