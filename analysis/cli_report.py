@@ -34,6 +34,15 @@ def run(args) -> int:
     from pregate.analysis.report import write_report
     from pregate.simulator.sweep import SweepError
 
+    for flag, value in (("results", args.results), ("-o", args.out)):
+        path = Path(value)
+        if flag == "results" and not path.exists():
+            raise SweepError(f"results folder not found: {path} (write one with 'pregate sweep ... -o {path}')")
+        bad = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+        if bad is not None:
+            inside = "" if bad == path else f" (inside {bad}, which is a file)"
+            raise SweepError(f"{flag} {value} is not a folder{inside}: give "
+                             + ("the folder 'pregate sweep -o' wrote" if flag == "results" else "a new or existing folder"))
     measured = None
     if args.measured:
         import polars as pl

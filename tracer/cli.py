@@ -60,6 +60,7 @@ def run(args) -> int:
         progress=not args.quiet,
     )
     out = trace(settings)
+    summary = describe(out)  # reads the finished trace back, so --quiet fails exactly when the summary would
     if not args.quiet:
-        print(format_summary(describe(out)))
+        print(format_summary(summary))
     return 0
