@@ -38,7 +38,8 @@ def add_arguments(p) -> None:
     add_settings_arguments(p, POLICY_SETTINGS)
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate per prompt (default: 16)")
     p.add_argument("--input", default="builtin", help="prompts: .txt, .jsonl or 'builtin' (default)")
-    p.add_argument("--limit", type=int, default=4, help="use the first N prompts (default: 4)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use the first N prompts (default: 4, or one batch when --batch-size is larger)")
     p.add_argument("--dtype", default="", help="float32, bfloat16 or float16 (default: float32 for a model, the trace's dtype)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (default: 0)")
     p.add_argument("--seqs", type=int, default=None, help="with --trace: use only the first N sequences")
@@ -75,6 +76,20 @@ def _print(summary: dict) -> None:
               f"misses {cmp['misses']} vs {summary['misses']}")
 
 
+def _prompt_limit(limit: int | None, batch_size: int) -> int:
+    """Prompts to run: enough for one full batch, so --batch-size is what runs (never silently fewer)."""
+    from pregate.executor.device import ExecutorError
+
+    if limit is None:
+        return max(4, batch_size)
+    if limit < 1:
+        raise ExecutorError(f"--limit must be at least 1, got {limit}")
+    if limit < batch_size:
+        raise ExecutorError(f"--batch-size {batch_size} needs at least {batch_size} prompts but --limit is {limit}: "
+                            f"raise --limit to {batch_size} or lower --batch-size to {limit}")
+    return limit
+
+
 def _run(args) -> int:
     import json
 
@@ -85,6 +100,8 @@ def _run(args) -> int:
     check_device(args.device)
     if args.batch_size < 1:
         raise ExecutorError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.model:
+        args.limit = _prompt_limit(args.limit, args.batch_size)
     settings = settings_from_args(args, POLICY_SETTINGS, dtype=args.dtype if args.trace else "", seed=args.seed,
                                   profile=args.profile or "rtx3090")
     resolve_policies(settings)

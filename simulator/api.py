@@ -27,7 +27,7 @@ from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
 from pregate.simulator.profile import HardwareProfile, load_profile
 from pregate.simulator.replay import FAST_POLICIES, ReplayCounts, replay_fast, replay_general
-from pregate.simulator.settings import Settings, parse_cache_size
+from pregate.simulator.settings import Settings, check_per_layer, parse_cache_size
 from pregate.simulator.stream import RequestStream, build_stream
 from pregate.traces import Trace, open_trace
 
@@ -97,7 +97,9 @@ class Simulation:
     def capacity(self, settings: Settings) -> int:
         total = self.stream.layout.n_objects
         requested = parse_cache_size(settings.cache, total, self.expert_bytes)
-        return BUFFERING.get(settings.buffering)().capacity(requested, total, self.stream.max_needed())
+        capacity = BUFFERING.get(settings.buffering)().capacity(requested, total, self.stream.max_needed())
+        check_per_layer(capacity, self.stream.layout.n_layers, settings.per_layer, settings.cache)
+        return capacity
 
     def _parts(self, settings: Settings):
         spec_cls, cache_cls, buf_cls, comp_cls = resolve_policies(settings)

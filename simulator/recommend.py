@@ -164,6 +164,7 @@ class Recommendation:
     runner_up: list[dict] = field(default_factory=list)
     points: int = 0
     all_resident: bool = False
+    ties: int = 0  # other settings within TIE of the best's tokens/s; the least memory among them was chosen
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -179,6 +180,16 @@ def _pick(frame):
     top = frame["tokens_per_s"].max()
     near = frame.filter(pl.col("tokens_per_s") >= top * (1 - TIE))
     return near.sort(["peak_gpu_bytes", "tokens_per_s", "key"], descending=[False, True, False]).row(0, named=True)
+
+
+def _ties(frame) -> int:
+    """How many other settings are as fast as the best (within TIE): the answer says it chose among them."""
+    import polars as pl
+
+    frame = frame.filter(pl.col("tokens_per_s").is_not_null())
+    if frame.is_empty():
+        return 0
+    return frame.filter(pl.col("tokens_per_s") >= frame["tokens_per_s"].max() * (1 - TIE)).height - 1
 
 
 _KEEP = ("speculation", "cache_policy", "cache", "cache_capacity_experts", "compression", "buffering", "tokens_per_s",
@@ -253,7 +264,8 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
                   .sort(["tokens_per_s", "key"], descending=[True, False])
                   .unique(["speculation", "cache_policy"], maintain_order=True).head(3))
         return Recommendation(source.model_id, gpu, batch_size, source.synthetic, source.note, memory, _slim(best),
-                              _slim(plain), [_slim(r) for r in others.iter_rows(named=True)], points=frame.height)
+                              _slim(plain), [_slim(r) for r in others.iter_rows(named=True)], points=frame.height,
+                              ties=_ties(frame))
 
 
 def _gb(x: float) -> str:
@@ -282,6 +294,9 @@ def format_recommendation(r: Recommendation) -> str:
                 f"experts ({_gb(x['cache_capacity_experts'] * m['expert_bytes'])}){comp}")
 
     lines.append(f"  run: {describe(b)}")
+    if r.ties:
+        lines.append(f"  tie: {r.ties} other setting(s) within {TIE:.1%} of these tokens/s; the one using the least "
+                     "GPU memory is shown")
     lines.append(f"  expect: {b['tokens_per_s']:.1f} tokens/s ({b['mean_step_latency_s'] * 1e3:.1f} ms per step), "
                  f"hit rate {b['hit_rate']:.0%}, {b['stall_share']:.0%} of the time waiting for copies")
     lines.append(f"  bounds: all experts resident {b['bound_resident_tokens_per_s']:.1f} tokens/s "

@@ -720,11 +720,15 @@ def _write_manifest(results: Path, plan: Plan) -> None:
 
 def _run_pool(tasks: list[dict], workers: int, finished: Callable[[list[dict]], None]) -> None:
     import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from pregate.simulator.poolguard import exit_on_second_interrupt, guarded_pool, restore_interrupt, stop_pool
 
     # spawn, not fork: polars and numpy keep thread pools that a forked child may find locked.
     ctx = mp.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx)
+    # Ctrl-C: workers killed at once (finished rows are already stored), a second Ctrl-C exits; workers die with us
+    guarded = exit_on_second_interrupt()
+    pool = guarded_pool(min(workers, len(tasks)), mp_context=ctx)
     try:
         # Submit largest groups first is not needed: tasks are similar in size.
         futures = {pool.submit(run_task, t) for t in tasks}
@@ -733,9 +737,11 @@ def _run_pool(tasks: list[dict], workers: int, finished: Callable[[list[dict]], 
             for fut in done:
                 finished(fut.result())
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop_pool(pool)
         raise
     pool.shutdown(wait=True)
+    if guarded:
+        restore_interrupt()
 
 
 def _run_ray(tasks: list[dict], plan: Plan, address: str, workers: int,
