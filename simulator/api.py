@@ -148,7 +148,12 @@ class Simulation:
         summary = self.summarise(settings, outcome, cache)
         if bounds:
             resident, oracle = bound_settings(settings)
-            add_bounds(summary, _mean_step(self.timed(resident)[0]), _mean_step(self.timed(oracle)[0]))
+            r_out, o_out = self.timed(resident)[0], self.timed(oracle)[0]
+            add_bounds(summary, _mean_step(r_out), _mean_step(o_out))
+            total = summary["total_s"]
+            summary.update(bound_resident_total_s=r_out.total_s, bound_oracle_total_s=o_out.total_s,
+                           ratio_to_resident_all=total / r_out.total_s if r_out.total_s else None,
+                           ratio_to_oracle_all=total / o_out.total_s if o_out.total_s else None)
         return Result(settings=settings.to_dict(), summary=summary, steps=outcome.steps, events=outcome.events)
 
     def summarise(self, settings: Settings, outcome: TimedOutcome, cache: ExpertCache) -> dict:
@@ -199,7 +204,43 @@ class Simulation:
             "fits_gpu_memory": bool(peak_bytes <= self.profile["gpu.memory"]),
             "expert_table": self.costs.used_table or None,
             "dense_table": self.costs.used_dense_table or None,
+            **self._phase_summary(settings, steps, all_resident),
         }
+
+    def _phase_summary(self, settings: Settings, steps: list[StepRecord], all_resident: bool) -> dict:
+        """Counts and times per phase, ``decode_*`` and ``prefill_*``: the totals above mix both.
+
+        Why: tokens/s, step latencies and the bound ratios are decode-only, and
+        a few prefill passes can hold most of the stall; a decode headline next
+        to an all-passes stall share misleads. ``*_hits`` are on time,
+        ``*_late_hits`` were in flight when needed, never mixed.
+        ``*_bytes_issued`` are the copies issued in that phase (derived: demand
+        misses x demand size + prefetches x prefetch size; a prefetch cancelled
+        later counts, so the two phases may add up to more than ``bytes_moved``).
+        """
+        comp = COMPRESSION.get(settings.compression)()
+        cpu_misses = BUFFERING.get(settings.buffering).cpu_misses
+        demand = 0 if all_resident or cpu_misses else self.costs.expert_bytes[comp.demand_dtype(self.gpu_dtype)]
+        prefetch = 0 if all_resident else self.costs.expert_bytes[comp.prefetch_dtype(self.gpu_dtype)]
+        out: dict = {}
+        for phase, decode in (("decode", True), ("prefill", False)):
+            part = [s for s in steps if s.decode == decode]
+            hits, late, misses = (sum(getattr(s, k) for s in part) for k in ("hits", "late_hits", "misses"))
+            prefetches = sum(s.prefetches for s in part)
+            requests = hits + late + misses
+            time_s, stall = sum(s.latency_s for s in part), sum(s.stall_s for s in part)
+            out.update({
+                f"{phase}_passes": len(part), f"{phase}_requests": requests, f"{phase}_hits": hits,
+                f"{phase}_late_hits": late, f"{phase}_misses": misses, f"{phase}_prefetches": prefetches,
+                f"{phase}_hit_rate": hits / requests if requests else None,
+                f"{phase}_late_hit_rate": late / requests if requests else None,
+                f"{phase}_bytes_issued": int(misses * demand + prefetches * prefetch),
+                f"{phase}_time_s": time_s, f"{phase}_stall_s": stall,
+                f"{phase}_compute_s": sum(s.compute_s for s in part),
+                f"{phase}_dispatch_s": sum(s.dispatch_s for s in part),
+                f"{phase}_stall_share": stall / time_s if time_s else 0.0,
+            })
+        return out
 
 
 def bound_settings(settings: Settings) -> tuple[Settings, Settings]:

@@ -31,26 +31,52 @@ def add_arguments(p) -> None:
     p.add_argument("--timeline", metavar="FILE.json", help="write a Chrome/Perfetto trace of the simulated streams")
     p.add_argument("--no-bounds", action="store_true", help="skip the two bound runs (faster)")
     p.add_argument("--replay-only", action="store_true", help="counts only (fast replay), no timing")
+    p.add_argument("--phase", choices=("decode", "all"), default="decode",
+                   help="what the latency headline and the bound ratios cover: decode steps (default; what a user "
+                        "waits for per token) or all passes, prefill included; counts are shown per phase either way")
 
 
-def format_summary(s: dict) -> str:
+def _phase_line(s: dict, phase: str) -> str:
+    return (f"  {phase + ':':9}{s[f'{phase}_passes']} passes, {s[f'{phase}_requests']} requests: "
+            f"hits {s[f'{phase}_hits']}  late hits {s[f'{phase}_late_hits']}  misses {s[f'{phase}_misses']}  "
+            f"prefetches {s[f'{phase}_prefetches']}  copies issued {s[f'{phase}_bytes_issued'] / 1e6:.1f} MB  "
+            f"stall {s[f'{phase}_stall_s'] * 1e3:.3f} ms ({s[f'{phase}_stall_share']:.1%} of the phase)")
+
+
+def format_summary(s: dict, phase: str = "decode") -> str:
+    """The headline is decode (what a user waits for per token) unless ``phase == "all"``; prefill apart."""
     def ms(x):
         return "n/a" if x is None else f"{x * 1e3:.3f} ms"
 
     lines = [
-        f"model {s['trace_model']} on {s['profile']}: {s['steps']} steps, {s['tokens']} tokens, "
+        f"model {s['trace_model']} on {s['profile']}: {s['steps']} decode steps, {s['tokens']} tokens, "
         f"{s['requests']} expert requests, cache {s['cache_capacity_experts']} experts",
-        f"  hits {s['hits']}  late hits {s['late_hits']}  misses {s['misses']}  "
-        f"prefetches {s['prefetches']} (wasted {s['wasted_prefetches']})  moved {s['bytes_moved'] / 1e6:.1f} MB",
-        f"  step latency mean {ms(s['mean_step_latency_s'])}  p50 {ms(s['p50_step_latency_s'])}  "
-        f"p95 {ms(s['p95_step_latency_s'])}  tokens/s {s['tokens_per_s'] or 0:.1f}  stall share {s['stall_share']:.1%}",
-        f"  peak GPU memory {_bytes(s['peak_gpu_bytes'])}" + ("" if s["fits_gpu_memory"] else " (does NOT fit the GPU)"),
     ]
-    if "bound_resident_mean_step_latency_s" in s:
-        lines.append(
-            f"  bounds: all-resident {ms(s['bound_resident_mean_step_latency_s'])} (x{s['ratio_to_resident']:.3f}), "
-            f"oracle+belady {ms(s['bound_oracle_mean_step_latency_s'])} (x{s['ratio_to_oracle']:.3f})"
-        )
+    if "decode_passes" in s:
+        lines += [_phase_line(s, "decode"), _phase_line(s, "prefill")]
+    lines.append(f"  all passes: hits {s['hits']}  late hits {s['late_hits']}  misses {s['misses']}  "
+                 f"prefetches {s['prefetches']} (wasted {s['wasted_prefetches']})  moved {s['bytes_moved'] / 1e6:.1f} MB"
+                 f"  stall share {s['stall_share']:.1%}")
+    if phase == "all":
+        passes = s["steps"] + s["prefill_passes"]
+        lines.append(f"  all {passes} passes: {ms(s['total_s'])} in all, mean {ms(s['total_s'] / max(passes, 1))} "
+                     f"per pass, stall share {s['stall_share']:.1%}")
+        if "bound_resident_total_s" in s:
+            lines.append(f"  bounds (all passes, total time): all-resident {ms(s['bound_resident_total_s'])} "
+                         f"(x{s['ratio_to_resident_all']:.3f}), oracle+belady {ms(s['bound_oracle_total_s'])} "
+                         f"(x{s['ratio_to_oracle_all']:.3f})")
+    else:
+        stall = s.get("decode_stall_share", s["stall_share"])
+        lines.append(f"  decode step latency mean {ms(s['mean_step_latency_s'])}  p50 {ms(s['p50_step_latency_s'])}  "
+                     f"p95 {ms(s['p95_step_latency_s'])}  tokens/s {s['tokens_per_s'] or 0:.1f}  "
+                     f"stall share {stall:.1%}")
+        if "bound_resident_mean_step_latency_s" in s:
+            lines.append(
+                f"  bounds (decode): all-resident {ms(s['bound_resident_mean_step_latency_s'])} "
+                f"(x{s['ratio_to_resident']:.3f}), oracle+belady {ms(s['bound_oracle_mean_step_latency_s'])} "
+                f"(x{s['ratio_to_oracle']:.3f})")
+    lines.append(f"  peak GPU memory {_bytes(s['peak_gpu_bytes'])}"
+                 + ("" if s["fits_gpu_memory"] else " (does NOT fit the GPU)"))
     return "\n".join(lines)
 
 
@@ -76,7 +102,7 @@ def run(args) -> int:
                 fh.write(text + "\n")
         return 0
     result = sim.run(timeline=bool(args.timeline), bounds=not args.no_bounds)
-    print(format_summary(result.summary))
+    print(format_summary(result.summary, args.phase))
     if args.json:
         result.write_json(args.json)
     if args.steps_out:

@@ -194,11 +194,12 @@ def _ties(frame) -> int:
 
 _KEEP = ("speculation", "cache_policy", "cache", "cache_capacity_experts", "compression", "buffering", "tokens_per_s",
          "mean_step_latency_s", "stall_share", "hit_rate", "bytes_moved", "peak_gpu_bytes", "ratio_to_resident",
-         "ratio_to_oracle", "bound_resident_tokens_per_s", "bound_oracle_tokens_per_s", "key")
+         "ratio_to_oracle", "bound_resident_tokens_per_s", "bound_oracle_tokens_per_s", "key",
+         "decode_hit_rate", "decode_late_hit_rate", "decode_stall_share")
 
 
 def _slim(row: dict | None) -> dict | None:
-    return None if row is None else {k: row[k] for k in _KEEP}
+    return None if row is None else {k: row.get(k) for k in _KEEP}
 
 
 def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None, batch_size: int = 1,
@@ -298,7 +299,11 @@ def format_recommendation(r: Recommendation) -> str:
         lines.append(f"  tie: {r.ties} other setting(s) within {TIE:.1%} of these tokens/s; the one using the least "
                      "GPU memory is shown")
     lines.append(f"  expect: {b['tokens_per_s']:.1f} tokens/s ({b['mean_step_latency_s'] * 1e3:.1f} ms per step), "
-                 f"hit rate {b['hit_rate']:.0%}, {b['stall_share']:.0%} of the time waiting for copies")
+                 + (f"decode hits {b['decode_hit_rate']:.0%} on time + {b['decode_late_hit_rate']:.0%} late, "
+                    f"{b['decode_stall_share']:.0%} of decode time waiting for copies"
+                    if b.get("decode_hit_rate") is not None else
+                    f"hit rate {b['hit_rate']:.0%} (late hits included), {b['stall_share']:.0%} of the time "
+                    "waiting for copies"))
     lines.append(f"  bounds: all experts resident {b['bound_resident_tokens_per_s']:.1f} tokens/s "
                  f"(this is {b['ratio_to_resident']:.2f}x slower; needs "
                  f"{_gb(m['dense_bytes'] + m['total_experts'] * m['expert_bytes'])}); oracle prefetch + Belady "
