@@ -26,6 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--measured", metavar="FILE.parquet",
                         help="measured vs simulated step latencies (columns measured_s, simulated_s, optional label)")
     parser.add_argument("--title", default="pregate sweep report", help="page title")
+    from pregate.cliargs import add_quiet
+
+    add_quiet(parser)
 
 
 def run(args) -> int:

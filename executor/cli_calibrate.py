@@ -25,6 +25,9 @@ def add_arguments(p) -> None:
     p.add_argument("--trace", action="append", default=[], help="also time the expert shape of this trace (repeatable)")
     p.add_argument("--dtype", default="", help="dtype of expert timings (default: bfloat16 on cuda, float32 on cpu)")
 
+    from pregate.cliargs import add_quiet
+
+    add_quiet(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on the cpu (default: 1, for stable timings when cores are shared)")
 
@@ -46,7 +49,8 @@ def _run(args) -> int:
         shapes.append(f"{meta.d_model}x{meta.d_ff}" + (":gated" if "gated" in act or "glu" in act else ""))
     shapes = list(dict.fromkeys(shapes)) or None
     text, details = calibrate(args.device, quick=args.quick, shapes=shapes, dtype=args.dtype,
-                              log=lambda m: print(f"  {m}"), traces=metas)
+                              log=(lambda m: None) if args.quiet else (lambda m: print(f"  {m}", flush=True)),
+                              traces=metas)
     path, side = write_profile(args.out, text, details)
     v = details["values"]
     print(f"wrote {path} (and {side.name}): pinned {v['pcie.pinned_bandwidth']['value'] / 1e9:.1f} GB/s, "

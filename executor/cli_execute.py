@@ -8,7 +8,8 @@ Mixtral / Qwen-MoE / OLMoE model or pregate's small MoE generates greedily;
 with --trace, a synthetic model of the trace's shapes replays its routing
 (any trace, including imported ones). Prints a summary with the simulator's
 keys (hits, late_hits, misses, bytes_moved, step latencies, tokens_per_s,
-stall_share); --json writes it, with the generated token ids for a model.
+stall_share); --json prints it as JSON (--json FILE writes it), with the
+generated token ids for a model.
 
 --compare checks the result: for a model, against the all-resident model in
 full precision (identical tokens; with --compression int8/int4 the logits'
@@ -36,7 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--random-init", action="store_true", help="build the model's exact shape with seeded random weights")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     add_settings_arguments(p, POLICY_SETTINGS)
-    p.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate per prompt (default: 16)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt (default: 32, as in "
+                   "'pregate trace')")
     p.add_argument("--input", default="builtin", help="prompts: .txt, .jsonl or 'builtin' (default)")
     p.add_argument("--limit", type=int, default=None,
                    help="use the first N prompts (default: 4, or one batch when --batch-size is larger)")
@@ -47,7 +49,10 @@ def add_arguments(p) -> None:
                                                   "with --trace --compare, the simulator prices this profile")
     p.add_argument("--compare", action="store_true", help="compare with the all-resident model, or with the simulator")
     p.add_argument("--poison", action="store_true", help="fill evicted slots with NaN (a check that no slot is reused early)")
-    p.add_argument("--json", metavar="OUT", help="write the summary as JSON")
+    from pregate.cliargs import add_json, add_quiet
+
+    add_json(p, "the summary")
+    add_quiet(p)
 
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on the cpu (default: 1, for stable timings when cores are shared)")
@@ -122,11 +127,11 @@ def _run(args) -> int:
                                memory=memory, memory_where=f"the GPU in profile {profile.name}" if profile else "")
         summary = result.summary
     summary["settings"] = settings.to_dict()
-    _print(summary)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=2, default=float)
-            fh.write("\n")
+    from pregate.cliargs import emit_json, json_to_stdout
+
+    if not json_to_stdout(args):
+        _print(summary)
+    emit_json(args, json.dumps(summary, indent=2, default=float))
     return 0
 
 

@@ -5,7 +5,8 @@ from pregate.simulator.settings import add_settings_arguments, settings_from_arg
 HELP = "simulate offloaded MoE inference on a trace: latency, hits/misses, bounds"
 DESCRIPTION = """Replay a routing trace in a discrete-event simulation of one GPU with its
 host: a GPU expert cache, copies over PCIe, speculation (prefetching) and
-caching policies. Prints a summary and, with --json, writes it; every result
+caching policies. Prints a summary (--json alone: the summary as JSON instead;
+--json FILE: also written to FILE); every result
 carries two bounds (all experts resident; oracle prediction with Belady
 eviction) and its ratio to each.
 
@@ -15,6 +16,8 @@ examples:
   pregate simulate runs/mx --batch-size 8 --cache 96 --per-layer --compression int8 --json out.json
   pregate simulate runs/sb8 --profile my-gpu.toml --steps-out steps.parquet --timeline tl.json
   pregate simulate runs/sb8 --replay-only --cache-policy belady      # counts only, fast
+  pregate simulate runs/sb8 --cache 25% --json | jq .decode_stall_share
+  pregate simulate runs/sb8 --cache 25% --phase all                   # headline over prefill and decode
 
 policies:
   --speculation   none, layer_minus_1, multi_layer, adaptive, transition, eam, oracle
@@ -26,7 +29,9 @@ policies:
 def add_arguments(p) -> None:
     p.add_argument("trace", help="trace folder (from 'pregate trace') or one Parquet part")
     add_settings_arguments(p)
-    p.add_argument("--json", metavar="OUT", help="write the summary and settings as JSON")
+    from pregate.cliargs import add_json, add_quiet
+
+    add_json(p, "the summary and settings")
     p.add_argument("--steps-out", metavar="FILE.parquet", help="write per-step latency and its breakdown")
     p.add_argument("--timeline", metavar="FILE.json", help="write a Chrome/Perfetto trace of the simulated streams")
     p.add_argument("--no-bounds", action="store_true", help="skip the two bound runs (faster)")
@@ -34,6 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("--phase", choices=("decode", "all"), default="decode",
                    help="what the latency headline and the bound ratios cover: decode steps (default; what a user "
                         "waits for per token) or all passes, prefill included; counts are shown per phase either way")
+    add_quiet(p)
 
 
 def _phase_line(s: dict, phase: str) -> str:
@@ -83,6 +89,7 @@ def format_summary(s: dict, phase: str = "decode") -> str:
 def run(args) -> int:
     import json
 
+    from pregate.cliargs import emit_json, json_to_stdout
     from pregate.simulator.api import Simulation, resolve_policies
     from pregate.simulator.profile import detect_profile
     from pregate.traces import validate_trace
@@ -96,15 +103,14 @@ def run(args) -> int:
     if args.replay_only:
         counts = sim.replay().as_dict()
         text = json.dumps({**counts, "settings": settings.to_dict()}, indent=2, sort_keys=True)
-        print(text)
-        if args.json:
-            with open(args.json, "w") as fh:
-                fh.write(text + "\n")
+        print(text)  # the counts are JSON already; --json FILE also writes them
+        if args.json and not json_to_stdout(args):
+            emit_json(args, text)
         return 0
     result = sim.run(timeline=bool(args.timeline), bounds=not args.no_bounds)
-    print(format_summary(result.summary, args.phase))
-    if args.json:
-        result.write_json(args.json)
+    if not json_to_stdout(args):
+        print(format_summary(result.summary, args.phase))
+    emit_json(args, result.to_json())
     if args.steps_out:
         result.write_steps(args.steps_out)
     if args.timeline:
