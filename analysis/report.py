@@ -240,14 +240,19 @@ figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{f
 .note{color:#8a5a00}pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}"""
 
 
+def _header(column: str) -> str:
+    """Column names read as words in a table (``top1_accuracy`` -> ``top1 accuracy``)."""
+    return column.replace("_", " ")
+
+
 def _html_table(frame: pl.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    head = "".join(f"<th>{html.escape(_header(c))}</th>" for c in frame.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in frame.iter_rows())
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _md_table(frame: pl.DataFrame) -> str:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines = ["| " + " | ".join(_header(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     for row in frame.iter_rows():
         lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |")
     return "\n".join(lines)

@@ -81,10 +81,14 @@ def _run(args) -> int:
     repeats = args.repeats if args.repeats is not None else (2 if args.device == "cuda" else 1)
     if repeats < 1:
         raise ExecutorError(f"--repeats must be at least 1, got {repeats}")
-    result = validate(args.traces, args.profile, args.device, policies=policies, caches=caches,
-                      batch_sizes=batches, dtype=args.dtype, groups=args.groups, warmup=args.warmup,
-                      quick=args.quick, repeats=repeats,
-                      log=(lambda m: None) if args.quiet else (lambda m: print(f"  {m}", flush=True)))
+    from tqdm.auto import tqdm
+
+    # one tick per executor run, with an estimate of the time left; lines print above the bar
+    with tqdm(total=None, desc="validate", unit="run", disable=args.quiet, dynamic_ncols=True) as bar:
+        result = validate(args.traces, args.profile, args.device, policies=policies, caches=caches,
+                          batch_sizes=batches, dtype=args.dtype, groups=args.groups, warmup=args.warmup,
+                          quick=args.quick, repeats=repeats, bar=bar,
+                          log=(lambda m: None) if args.quiet else (lambda m: bar.write(f"  {m}")))
     files = write_outputs(result, args.out)
     s = result["summary"]
 

@@ -62,13 +62,16 @@ def _rel(sim: float, meas: float) -> float:
 
 def validate(traces: list[str], profile_path: str, device: str = "cpu", *, policies=None, caches=None,
              batch_sizes=None, dtype: str = "", groups: int | None = None, warmup: int | None = None,
-             quick: bool = False, repeats: int = 1, log=print) -> dict:
+             quick: bool = False, repeats: int = 1, log=print, bar=None) -> dict:
     profile = load_profile(profile_path)
     policies = parse_policies(policies or (QUICK_POLICIES if quick else DEFAULT_POLICIES))
     caches = caches or (["50%"] if quick else ["25%", "50%"])
     batch_sizes = batch_sizes or ([1] if quick else [1, 16])
     if groups is None and quick:
         groups = 2
+    if bar is not None:  # a tqdm-like bar: one tick per executor run, the total known before the first
+        bar.total = _planned_runs(traces, policies, caches, batch_sizes, repeats)
+        bar.refresh()
     points, residents, skipped = [], [], []
     for trace in traces:
         ex = TraceExecutor(trace, device, dtype)
@@ -100,6 +103,8 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
             # one unmeasured run first: new kernel shapes load lazily and the GPU's clocks ramp
             # up under load; the first measured run would pay for both
             ex.run(res_settings, warmup=warmup, groups=groups).close()
+            if bar is not None:
+                bar.update(1)
             best: dict[int, dict] = {}
             means: dict[int, list[float]] = {}
             failed: set[int] = set()
@@ -111,6 +116,8 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
                         continue
                     try:
                         rt = ex.run(st, warmup=warmup, groups=groups)
+                        if bar is not None:
+                            bar.update(1)
                     except ExecutorError as exc:  # one point that cannot run costs that point, not the rest
                         if i == 0:
                             raise
@@ -140,6 +147,19 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
     result["skipped"] = skipped
     result["summary"]["skipped"] = len(skipped)
     return result
+
+
+def _planned_runs(traces, policies, caches, batch_sizes, repeats: int) -> int:
+    """Executor runs validate will make (the progress bar's total): per trace and batch size, one warm-up
+    and, per round, the all-resident run and every pair x cache size (pairs deduplicated as above)."""
+    from pregate.traces import open_trace
+
+    total = 0
+    for trace in traces:
+        ahead = open_trace(trace).meta.ahead_distance
+        pairs = policies if ahead else [(NO_AHEAD_FALLBACK.get(s, s), c) for s, c in policies]
+        total += len(batch_sizes) * (1 + max(1, repeats) * (1 + len(dict.fromkeys(pairs)) * len(caches)))
+    return total
 
 
 def _point(trace: str, st: Settings, rt, simulated, capacity: int) -> dict:
@@ -248,7 +268,15 @@ def scatter_plot(result: dict, path: Path) -> bool:
                       for p in points],
             "group": [f"{p['trace']} b{p['batch_size']}" for p in points],
         })
-        path.write_bytes(png(plot_sim_vs_measured(pairs)))
+        s = result["summary"]
+
+        def pct(x):
+            return "n/a" if x is None else f"{x:.1%}"
+
+        # the numbers printed on stdout: error statistics over the settings, not the all-resident references
+        title = (f"simulated vs measured step latency ({s['points']} settings + {len(result['resident'])} "
+                 f"all-resident)\nmedian |error| {pct(s['median_abs_error'])}, p95 {pct(s['p95_abs_error'])}")
+        path.write_bytes(png(plot_sim_vs_measured(pairs, title=title)))
         return True
     except ImportError:
         pass
