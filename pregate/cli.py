@@ -96,7 +96,7 @@ def _os_message(exc: OSError) -> str:
     names = " -> ".join(str(n) for n in (exc.filename, exc.filename2) if n is not None)
     hint = {
         "FileExistsError": "give a folder name that is free or an existing folder",
-        "NotADirectoryError": "a path inside it is a file, not a folder; give a folder",
+        "NotADirectoryError": "a file stands where a folder is needed; give a folder",
         "IsADirectoryError": "give a file name, not a folder",
         "PermissionError": "choose a place you can write to",
     }.get(type(exc).__name__, "check the path")

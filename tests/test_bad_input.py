@@ -51,6 +51,25 @@ def test_report_out_is_a_file(results, tmp_path, capsys):
     _one_line_error(capsys, code, "not a folder")
 
 
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("argv", [
+    ["trace", "--model", "pregate-moe-tiny", "--random-init", "--limit", "2", "--max-new-tokens", "2"],
+    ["train", "--preset", "tiny", "--steps", "1"],
+    ["import", str(FIXTURES / "import" / "clean.jsonl"), "--format", "jsonl"],
+    ["demo", "--quiet"],
+], ids=lambda a: a[0])
+def test_out_is_a_file_on_every_command_that_writes_a_folder(argv, tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("x")
+    err = capsys.readouterr().err
+    code = main([*argv, "-o", str(target)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.startswith("error:") and str(target) in err, err
+    assert len(err.strip().splitlines()) == 1 and target.read_text() == "x"
+
+
 def test_os_errors_become_one_line(monkeypatch, trace, tmp_path, capsys):
     """Any path the OS refuses (here: a folder where a JSON file is asked for) is one line, not a traceback."""
     code = main(["simulate", str(trace), "--replay-only", "--json", str(tmp_path)])
