@@ -56,7 +56,7 @@ def _run(args) -> int:
     # time left assumes later stages take as long as the earlier ones did, so it is rough
     stages = 6 + (1 if args.device.startswith("cuda") else 0) + len(metas) + len(shapes or DEFAULT_SHAPES.get(
         "cuda" if args.device.startswith("cuda") else "cpu", ()))
-    with tqdm(total=stages, desc="calibrate", unit="stage", disable=args.quiet, dynamic_ncols=True) as bar:
+    with tqdm(total=stages, desc="calibrate", unit="stage", disable=args.quiet, dynamic_ncols=True, delay=0.5) as bar:
         begun = []
 
         def log(message: str) -> None:  # a stage begins: the one before it has ended

@@ -84,7 +84,8 @@ def _run(args) -> int:
     from tqdm.auto import tqdm
 
     # one tick per executor run, with an estimate of the time left; lines print above the bar
-    with tqdm(total=None, desc="validate", unit="run", disable=args.quiet, dynamic_ncols=True) as bar:
+    # delay: nothing is drawn before the first run ends, so a refusal before it stays one clean line
+    with tqdm(total=None, desc="validate", unit="run", disable=args.quiet, dynamic_ncols=True, delay=0.5) as bar:
         result = validate(args.traces, args.profile, args.device, policies=policies, caches=caches,
                           batch_sizes=batches, dtype=args.dtype, groups=args.groups, warmup=args.warmup,
                           quick=args.quick, repeats=repeats, bar=bar,

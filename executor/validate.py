@@ -70,8 +70,7 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
     if groups is None and quick:
         groups = 2
     if bar is not None:  # a tqdm-like bar: one tick per executor run, the total known before the first
-        bar.total = _planned_runs(traces, policies, caches, batch_sizes, repeats)
-        bar.refresh()
+        bar.total = _planned_runs(traces, policies, caches, batch_sizes, repeats)  # shown from the first tick
     points, residents, skipped = [], [], []
     for trace in traces:
         ex = TraceExecutor(trace, device, dtype)

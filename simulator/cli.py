@@ -90,7 +90,7 @@ def run(args) -> int:
     import json
 
     from pregate.cliargs import emit_json, json_to_stdout
-    from pregate.simulator.api import Simulation, resolve_policies
+    from pregate.simulator.api import Simulation, add_total_bounds, resolve_policies
     from pregate.simulator.profile import detect_profile
     from pregate.traces import validate_trace
 
@@ -108,6 +108,8 @@ def run(args) -> int:
             emit_json(args, text)
         return 0
     result = sim.run(timeline=bool(args.timeline), bounds=not args.no_bounds)
+    if args.phase == "all" and not args.no_bounds:
+        add_total_bounds(sim, settings, result.summary)
     if not json_to_stdout(args):
         print(format_summary(result.summary, args.phase))
     emit_json(args, result.to_json())

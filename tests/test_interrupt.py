@@ -54,9 +54,38 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
-def _start(trace, out: Path, axes=AXES) -> tuple[subprocess.Popen, set[int]]:
+# The sweep run as a script whose points each take at least POINT_SLEEP seconds, in the parent and in every
+# spawned worker (spawn re-imports the script as __mp_main__): however loaded the machine, the sweep is
+# still running when the test interrupts it.
+POINT_SLEEP = 0.25
+SLOW_SWEEP = f"""
+import time
+import pregate.simulator.sweep as sw
+
+_run_point = sw.run_point
+
+
+def _slow_point(*args):
+    time.sleep({POINT_SLEEP})
+    return _run_point(*args)
+
+
+sw.run_point = _slow_point
+
+if __name__ == "__main__":
+    import sys
+    from pregate.cli import main
+
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _start(trace, out: Path, axes=AXES, slow: bool = True) -> tuple[subprocess.Popen, set[int]]:
     """A sweep on two workers, once it has stored its first points and both workers run."""
-    proc = subprocess.Popen([sys.executable, "-m", "pregate", "sweep", "--trace", str(trace), *axes, "-o", str(out),
+    script = out.parent / "slow_sweep.py"
+    script.write_text(SLOW_SWEEP)
+    runner = [str(script)] if slow else ["-m", "pregate"]
+    proc = subprocess.Popen([sys.executable, *runner, "sweep", "--trace", str(trace), *axes, "-o", str(out),
                              "--workers", "2", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     workers: set[int] = set()
@@ -150,7 +179,8 @@ def test_workers_exit_when_the_sweep_is_killed(trace, tmp_path):
 def test_ctrl_c_does_not_wait_for_long_points(tmp_path):
     """Points of several seconds each: the queued and running ones are dropped, not finished first."""
     trace = make_trace(tmp_path / "big", seqs=32, prompt_len=8, new_tokens=64, layers=8, experts=8, top_k=2, seed=4)
-    proc, workers = _start(trace, tmp_path / "res", ["--speculation", "multi_layer", "--cache", "10%,25%,50%,75%"])
+    proc, workers = _start(trace, tmp_path / "res", ["--speculation", "multi_layer", "--cache", "10%,25%,50%,75%"],
+                           slow=False)
     try:
         sent = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
