@@ -29,6 +29,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--title", default="pregate sweep report", help="page title")
     parser.add_argument("--uncertainty", action="store_true",
                         help="require the bands of 'pregate sweep --uncertainty' (drawn whenever the results have them)")
+    from pregate.cliargs import add_quiet
+
+    add_quiet(parser)
 
 
 def run(args) -> int:
@@ -37,6 +40,15 @@ def run(args) -> int:
     from pregate.analysis.report import write_report
     from pregate.simulator.sweep import SweepError
 
+    for flag, value in (("results", args.results), ("-o", args.out)):
+        path = Path(value)
+        if flag == "results" and not path.exists():
+            raise SweepError(f"results folder not found: {path} (write one with 'pregate sweep ... -o {path}')")
+        bad = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+        if bad is not None:
+            inside = "" if bad == path else f" (inside {bad}, which is a file)"
+            raise SweepError(f"{flag} {value} is not a folder{inside}: give "
+                             + ("the folder 'pregate sweep -o' wrote" if flag == "results" else "a new or existing folder"))
     measured = None
     if args.measured:
         import polars as pl

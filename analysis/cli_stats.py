@@ -25,15 +25,19 @@ the expert layer l+j really chose (top-1 accuracy), recall when the top n are
 prefetched, and the same for two baselines that need no hidden state: chance
 and always guessing that layer's most frequent expert.
 
-example:
+examples:
   pregate trace-stats traces/samples/pregate-moe-tiny
-  pregate trace-stats runs/sb8 --json"""
+  pregate trace-stats runs/sb8 --json
+  pregate trace-stats runs/sb8 --json stats.json"""
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("trace", help="trace folder")
-    parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
     parser.add_argument("--seed", type=int, default=0, help="seed of the cross-validation split (default 0)")
+    from pregate.cliargs import add_json, add_quiet
+
+    add_json(parser, "the statistics")
+    add_quiet(parser)
 
 
 def run(args) -> int:
@@ -42,9 +46,11 @@ def run(args) -> int:
     from pregate.analysis.routing import routing_stats
     from pregate.traces import open_trace
 
+    from pregate.cliargs import emit_json, json_to_stdout
+
     stats = routing_stats(open_trace(args.trace), seed=args.seed)
-    if args.json:
-        print(json.dumps(stats, indent=2))
+    emit_json(args, json.dumps(stats, indent=2))
+    if json_to_stdout(args):
         return 0
     print(f"routing statistics of {args.trace} ({stats['model']})")
     print("\nexpert use per MoE layer (max/mean 1.0 and entropy 1.0 = perfectly even)")

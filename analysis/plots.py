@@ -130,7 +130,9 @@ def plot_transitions(transitions: pl.DataFrame, max_pairs: int = 4) -> "plt.Figu
         fig, ax = plt.subplots(figsize=(6, 3))
         _note(ax, "no layer pairs (a single MoE layer)")
         return fig
-    pairs = transitions.select("stack", "layer").unique().sort("stack", "layer", descending=[True, False])
+    # decoder pairs first: decode steps are what a user waits for (an encoder runs once per prompt)
+    pairs = (transitions.select("stack", "layer").unique()
+             .sort(pl.col("stack") != "decoder", "stack", "layer").select("stack", "layer"))
     pairs = pairs.head(max_pairs)
     n = pairs.height
     fig, axes = plt.subplots(1, n, figsize=(3.3 * n + 1.0, 3.6), squeeze=False, layout="constrained")
@@ -190,7 +192,8 @@ def plot_lru_curve(curve: pl.DataFrame, results: pl.DataFrame | None = None) -> 
             ax.plot(part["cache_capacity_experts"] / total * 100, part["hit_rate"], "o--", ms=4, lw=1,
                     color=cmap(i % 10), label=f"simulated: {policy}")
     ax.set_xlabel("GPU expert cache (% of all experts)")
-    ax.set_ylabel("hit rate")
+    # the simulated rates count late hits (in flight when needed) with the hits, as a cache count does
+    ax.set_ylabel("hit rate (late hits included)")
     ax.set_ylim(0, 1.02)
     ax.set_title("hit rate by cache size")
     ax.grid(alpha=0.3)
@@ -201,10 +204,16 @@ def plot_lru_curve(curve: pl.DataFrame, results: pl.DataFrame | None = None) -> 
 def plot_hit_rate_per_layer(per_layer: pl.DataFrame, n_objects: int | None = None) -> "plt.Figure":
     """LRU hit rate of each MoE layer's requests, one line per cache size (one global cache)."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    for size in per_layer["cache_experts"].unique().sort().to_list():
+    sizes = per_layer["cache_experts"].unique().sort().to_list()
+    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--")]
+    for i, size in enumerate(sizes):
         part = per_layer.filter(pl.col("cache_experts") == size).sort("layer")
         label = f"{size} experts" + (f" ({size / n_objects:.0%})" if n_objects else "")
-        ax.plot(part["layer"], part["hit_rate"], "o-", ms=4, label=label)
+        marker, line = styles[i % len(styles)]
+        # a small sideways shift and its own marker and dash: equal lines stay visible, not hidden
+        shift = (i - (len(sizes) - 1) / 2) * 0.08
+        ax.plot(part["layer"].to_numpy() + shift, part["hit_rate"], marker=marker, linestyle=line, ms=5,
+                mfc="none", label=label)
     ax.set_xlabel("MoE layer (global: encoder layers first)")
     ax.set_ylabel("LRU hit rate")
     ax.set_ylim(0, 1.02)
@@ -215,7 +224,8 @@ def plot_hit_rate_per_layer(per_layer: pl.DataFrame, n_objects: int | None = Non
 
 
 def plot_sim_vs_measured(pairs: pl.DataFrame, measured: str = "measured_s", simulated: str = "simulated_s",
-                         label: str | None = "label", group: str | None = "group") -> "plt.Figure":
+                         label: str | None = "label", group: str | None = "group",
+                         title: str | None = None) -> "plt.Figure":
     """Simulated against measured step latency (one point per setting), with y = x and a +-10% band.
 
     ``pairs`` has one row per setting with the measured and the simulated
@@ -245,8 +255,8 @@ def plot_sim_vs_measured(pairs: pl.DataFrame, measured: str = "measured_s", simu
         for x, y, text in zip(m, s, pairs[label].to_list()):
             ax.annotate(str(text), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     err = np.abs(s - m) / m
-    ax.set_title(f"simulated vs measured step latency ({len(m)} settings)\nmedian |error| {np.median(err):.1%}, "
-                 f"p95 {np.percentile(err, 95):.1%}")
+    ax.set_title(title or f"simulated vs measured step latency ({len(m)} settings)\nmedian |error| "
+                          f"{np.median(err):.1%}, p95 {np.percentile(err, 95):.1%}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("measured (ms)")

@@ -52,6 +52,20 @@ def _bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+FIXED = 9  # the columns always shown; the first two (policy, cache) are left-aligned
+
+
+def _decode(row: dict, name: str):
+    """The decode-only value; results stored before per-phase columns fall back to the all-passes one
+    (for ``hit_rate`` that older value includes late hits)."""
+    value = row.get(f"decode_{name}")
+    return row[name] if value is None else value
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
 def format_ranking(ranked: pl.DataFrame, limit: int | None = 15) -> str:
     """A plain-text table: rank, policy, cache size, tokens/s, stall share, hit rate, bytes moved, bound ratios."""
     if ranked.is_empty():
@@ -69,21 +83,23 @@ def format_ranking(ranked: pl.DataFrame, limit: int | None = 15) -> str:
         ("policy", 34, lambda r: r["policy"][:33]),
         ("cache", 14, lambda r: f"{r['cache']} ({r['cache_capacity_experts']})"),
         ("tok/s", 9, lambda r: f"{r['tokens_per_s']:.1f}" if r["tokens_per_s"] else "n/a"),
-        ("stall", 7, lambda r: f"{r['stall_share']:.0%}"),
-        ("hits", 6, lambda r: f"{r['hit_rate']:.0%}" if r["hit_rate"] is not None else "n/a"),
+        ("stall", 7, lambda r: f"{_decode(r, 'stall_share'):.0%}"),
+        ("hits", 6, lambda r: _pct(_decode(r, "hit_rate"))),
+        ("late", 6, lambda r: _pct(r.get("decode_late_hit_rate"))),
         ("moved", 10, lambda r: _bytes(r["bytes_moved"])),
         ("x resident", 11, lambda r: f"{r['ratio_to_resident']:.2f}" if r["ratio_to_resident"] else "n/a"),
         ("x oracle", 9, lambda r: f"{r['ratio_to_oracle']:.2f}" if r["ratio_to_oracle"] else "n/a"),
     ]
-    lines = ["  #  " + "".join(name.ljust(w) if i < len(cols) - 8 + 2 else name.rjust(w)
+    lines = ["  #  " + "".join(name.ljust(w) if i < len(cols) - FIXED + 2 else name.rjust(w)
                                for i, (name, w, _) in enumerate(cols))]
     for i, r in enumerate(head.iter_rows(named=True), 1):
         cells = [fn(r) for _, _, fn in cols]
-        lines.append(f"{i:>3}  " + "".join(c.ljust(w) if j < len(cols) - 8 + 2 else c.rjust(w)
+        lines.append(f"{i:>3}  " + "".join(c.ljust(w) if j < len(cols) - FIXED + 2 else c.rjust(w)
                                            for j, (c, (_, w, _)) in enumerate(zip(cells, cols))))
     if limit is not None and ranked.height > limit:
         lines.append(f"     ... {ranked.height - limit} more points")
-    lines.append("  tok/s: decode tokens per second; stall: share of time waiting for copies; hits: requests "
-                 "found on the GPU;\n  moved: bytes copied host->GPU; x resident / x oracle: step latency over "
-                 "the all-resident and the perfect-prediction (oracle+Belady) reference")
+    lines.append("  tok/s: decode tokens per second; stall: share of decode time waiting for copies; hits: decode "
+                 "requests resident when needed;\n  late: decode requests still being copied when needed; moved: "
+                 "bytes copied host->GPU (all passes); x resident / x oracle: decode step latency over\n  the "
+                 "all-resident and the perfect-prediction (oracle+Belady) reference")
     return "\n".join(lines)

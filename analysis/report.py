@@ -65,14 +65,24 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _decode(frame: pl.DataFrame, name: str) -> pl.Series:
+    """The decode-only column (on-time hits apart from late ones); results stored before per-phase
+    columns existed fall back to the all-passes column, or nulls."""
+    col = f"decode_{name}"
+    if col in frame.columns and frame[col].null_count() < frame.height:
+        return frame[col]
+    return frame[name] if name in frame.columns else pl.Series(col, [None] * frame.height, dtype=pl.Float64)
+
+
 def _ranking_table(ranked: pl.DataFrame, limit: int = 20) -> pl.DataFrame:
     head = ranked.head(limit)
     cols = {
         "policy": head["policy"],
         "cache": [f"{c} ({n} experts)" for c, n in zip(head["cache"], head["cache_capacity_experts"])],
         "tokens/s": head["tokens_per_s"],
-        "stall share": head["stall_share"],
-        "hit rate": head["hit_rate"],
+        "decode stall share": _decode(head, "stall_share"),
+        "decode hits": _decode(head, "hit_rate"),
+        "decode late hits": _decode(head, "late_hit_rate"),
         "MB moved": head["bytes_moved"] / 1e6,
         "GPU GB": head["gpu_gb"],
         "x all-resident": head["ratio_to_resident"],
@@ -91,8 +101,9 @@ def _best_per_policy(ranked: pl.DataFrame) -> pl.DataFrame:
         "policy": best["policy"],
         "best cache": best["cache"],
         "tokens/s": best["tokens_per_s"],
-        "stall share": best["stall_share"],
-        "hit rate": best["hit_rate"],
+        "decode stall share": _decode(best, "stall_share"),
+        "decode hits": _decode(best, "hit_rate"),
+        "decode late hits": _decode(best, "late_hit_rate"),
         "x all-resident": best["ratio_to_resident"],
         "x oracle": best["ratio_to_oracle"],
     })
@@ -263,14 +274,19 @@ figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{f
 .note{color:#8a5a00}pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}"""
 
 
+def _header(column: str) -> str:
+    """Column names read as words in a table (``top1_accuracy`` -> ``top1 accuracy``)."""
+    return column.replace("_", " ")
+
+
 def _html_table(frame: pl.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    head = "".join(f"<th>{html.escape(_header(c))}</th>" for c in frame.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in frame.iter_rows())
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _md_table(frame: pl.DataFrame) -> str:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines = ["| " + " | ".join(_header(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     for row in frame.iter_rows():
         lines.append("| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |")
     return "\n".join(lines)

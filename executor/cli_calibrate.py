@@ -31,6 +31,9 @@ def add_arguments(p) -> None:
     p.add_argument("--convert", metavar="OLD.toml", default=None,
                    help="measure nothing: split a schema pregate.profile/1 file into -o and its .runtime.toml")
 
+    from pregate.cliargs import add_quiet
+
+    add_quiet(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on the cpu (default: 1, for stable timings when cores are shared)")
 
@@ -56,8 +59,26 @@ def _run(args) -> int:
         act = (meta.activation or "").lower()
         shapes.append(f"{meta.d_model}x{meta.d_ff}" + (":gated" if "gated" in act or "glu" in act else ""))
     shapes = list(dict.fromkeys(shapes)) or None
-    text, details = calibrate(args.device, quick=args.quick, shapes=shapes, dtype=args.dtype,
-                              log=lambda m: print(f"  {m}"), traces=metas)
+    from tqdm.auto import tqdm
+
+    from pregate.executor.calibrate import DEFAULT_SHAPES
+
+    # one tick per measurement stage (copies, matmuls, launches, ..., each expert shape): the estimate of the
+    # time left assumes later stages take as long as the earlier ones did, so it is rough
+    stages = 6 + (1 if args.device.startswith("cuda") else 0) + len(metas) + len(shapes or DEFAULT_SHAPES.get(
+        "cuda" if args.device.startswith("cuda") else "cpu", ()))
+    with tqdm(total=stages, desc="calibrate", unit="stage", disable=args.quiet, dynamic_ncols=True, delay=0.5) as bar:
+        begun = []
+
+        def log(message: str) -> None:  # a stage begins: the one before it has ended
+            if begun:
+                bar.update(1)
+            begun.append(message)
+            bar.write(f"  {message}")
+
+        text, details = calibrate(args.device, quick=args.quick, shapes=shapes, dtype=args.dtype,
+                                  log=(lambda m: None) if args.quiet else log, traces=metas)
+        bar.update(max(0, (bar.total or 0) - bar.n))
     path, side = write_profile(args.out, text, details)
     v = details["values"]
     print(f"wrote {path} (and {runtime_path(path).name}, {side.name}): pinned {v['pcie.pinned_bandwidth']['value'] / 1e9:.1f} GB/s, "

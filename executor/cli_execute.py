@@ -8,7 +8,8 @@ Mixtral / Qwen-MoE / OLMoE model or pregate's small MoE generates greedily;
 with --trace, a synthetic model of the trace's shapes replays its routing
 (any trace, including imported ones). Prints a summary with the simulator's
 keys (hits, late_hits, misses, bytes_moved, step latencies, tokens_per_s,
-stall_share); --json writes it, with the generated token ids for a model.
+stall_share); --json prints it as JSON (--json FILE writes it), with the
+generated token ids for a model.
 
 --compare checks the result: for a model, against the all-resident model in
 full precision (identical tokens; with --compression int8/int4 the logits'
@@ -39,9 +40,11 @@ def add_arguments(p) -> None:
     p.add_argument("--random-init", action="store_true", help="build the model's exact shape with seeded random weights")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     add_settings_arguments(p, POLICY_SETTINGS)
-    p.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate per prompt (default: 16)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt (default: 32, as in "
+                   "'pregate trace')")
     p.add_argument("--input", default="builtin", help="prompts: .txt, .jsonl or 'builtin' (default)")
-    p.add_argument("--limit", type=int, default=4, help="use the first N prompts (default: 4)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use the first N prompts (default: 4, or one batch when --batch-size is larger)")
     p.add_argument("--dtype", default="", help="float32, bfloat16 or float16 (default: float32 for a model, the trace's dtype)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (default: 0)")
     p.add_argument("--seqs", type=int, default=None, help="with --trace: use only the first N sequences")
@@ -49,11 +52,14 @@ def add_arguments(p) -> None:
                                                   "with --trace --compare, the simulator prices this profile")
     p.add_argument("--compare", action="store_true", help="compare with the all-resident model, or with the simulator")
     p.add_argument("--poison", action="store_true", help="fill evicted slots with NaN (a check that no slot is reused early)")
-    p.add_argument("--json", metavar="OUT", help="write the summary as JSON")
     p.add_argument("--record-trace", metavar="DIR",
                    help="with --model: also write the routing this run saw (with 'ahead' from the live routers) as "
                    "a regular trace in DIR, so a model too big for the GPU is traced offloaded")
     p.add_argument("--record-overwrite", action="store_true", help="replace an existing trace in --record-trace DIR")
+    from pregate.cliargs import add_json, add_quiet
+
+    add_json(p, "the summary")
+    add_quiet(p)
 
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on the cpu (default: 1, for stable timings when cores are shared)")
@@ -85,6 +91,20 @@ def _print(summary: dict) -> None:
               f"misses {cmp['misses']} vs {summary['misses']}")
 
 
+def _prompt_limit(limit: int | None, batch_size: int) -> int:
+    """Prompts to run: enough for one full batch, so --batch-size is what runs (never silently fewer)."""
+    from pregate.executor.device import ExecutorError
+
+    if limit is None:
+        return max(4, batch_size)
+    if limit < 1:
+        raise ExecutorError(f"--limit must be at least 1, got {limit}")
+    if limit < batch_size:
+        raise ExecutorError(f"--batch-size {batch_size} needs at least {batch_size} prompts but --limit is {limit}: "
+                            f"raise --limit to {batch_size} or lower --batch-size to {limit}")
+    return limit
+
+
 def _run(args) -> int:
     import json
 
@@ -95,6 +115,8 @@ def _run(args) -> int:
     check_device(args.device)
     if args.batch_size < 1:
         raise ExecutorError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.model:
+        args.limit = _prompt_limit(args.limit, args.batch_size)
     settings = settings_from_args(args, POLICY_SETTINGS, dtype=args.dtype if args.trace else "", seed=args.seed,
                                   profile=args.profile or "rtx3090")
     resolve_policies(settings)
@@ -118,11 +140,11 @@ def _run(args) -> int:
                                record_trace=args.record_trace, record_overwrite=args.record_overwrite)
         summary = result.summary
     summary["settings"] = settings.to_dict()
-    _print(summary)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=2, default=float)
-            fh.write("\n")
+    from pregate.cliargs import emit_json, json_to_stdout
+
+    if not json_to_stdout(args):
+        _print(summary)
+    emit_json(args, json.dumps(summary, indent=2, default=float))
     return 0
 
 

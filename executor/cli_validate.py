@@ -13,7 +13,11 @@ examples:
   pregate validate runs/sb8 runs/mx --profile gpu.toml --device cuda --policies none+lru,layer_minus_1+lru \\
       --cache 25%,50% --batch-size 1,16 -o out/validate
   pregate validate runs/tiny --profile cpu.toml --device cpu --quick
-  pregate validate runs/sb8 --profile gpu.toml --runtime gpu.runtime.toml --device cuda"""
+  pregate validate runs/sb8 --profile gpu.toml --runtime gpu.runtime.toml --device cuda
+  pregate validate runs/sb8 --profile gpu.toml --device cuda --speculation none,layer_minus_1 --cache-policy lru,lfu
+
+--speculation and --cache-policy take comma lists as in 'pregate sweep' and
+validate every pair of them; --policies names the pairs one by one instead."""
 
 
 def add_arguments(p) -> None:
@@ -26,6 +30,10 @@ def add_arguments(p) -> None:
     p.add_argument("-o", "--out", default="validate-out", help="output folder (default: validate-out)")
     p.add_argument("--policies", default=None, help="comma list of SPECULATION+CACHING pairs "
                                                   "(default: none+lru,layer_minus_1+lru,none+lfu,multi_layer+least-stale)")
+    p.add_argument("--speculation", default=None, metavar="V[,V...]",
+                   help="speculation policies, comma-separated (with --cache-policy: every pair is validated)")
+    p.add_argument("--cache-policy", default=None, metavar="V[,V...]",
+                   help="caching policies, comma-separated (default with --speculation: lru)")
     p.add_argument("--cache", default=None, help="comma list of cache sizes (default: 25%%,50%%)")
     p.add_argument("--batch-size", default=None, help="comma list of batch sizes (default: 1,16)")
     p.add_argument("--groups", type=int, default=None, help="batches of sequences to run per batch size (default: all)")
@@ -36,8 +44,26 @@ def add_arguments(p) -> None:
                    help="rounds over all settings; each point keeps its fastest round, which filters out slow "
                         "spells of a shared machine (default: 2 on cuda, 1 on cpu)")
 
+    from pregate.cliargs import add_quiet
+
+    add_quiet(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on the cpu (default: 1, for stable timings when cores are shared)")
+
+def _policy_pairs(args) -> str | None:
+    """SPECULATION+CACHING pairs from --policies, or the product of --speculation and --cache-policy."""
+    from pregate.executor.device import ExecutorError
+
+    if args.speculation is None and args.cache_policy is None:
+        return args.policies
+    if args.policies is not None:
+        raise ExecutorError("give either --policies (pairs) or --speculation/--cache-policy (every pair), not both")
+    specs = [s.strip() for s in (args.speculation or "none").split(",") if s.strip()]
+    cachings = [c.strip() for c in (args.cache_policy or "lru").split(",") if c.strip()]
+    if not specs or not cachings:
+        raise ExecutorError("--speculation and --cache-policy need at least one name each")
+    return ",".join(f"{s}+{c}" for s in specs for c in cachings)
+
 
 def _run(args) -> int:
     from pregate.executor.device import ExecutorError, check_device
@@ -57,12 +83,19 @@ def _run(args) -> int:
     if args.groups is not None and args.groups < 1:
         raise ExecutorError(f"--groups must be at least 1, got {args.groups}")
     caches = args.cache.split(",") if args.cache else None
+    policies = _policy_pairs(args)
     repeats = args.repeats if args.repeats is not None else (2 if args.device == "cuda" else 1)
     if repeats < 1:
         raise ExecutorError(f"--repeats must be at least 1, got {repeats}")
-    result = validate(args.traces, args.profile, args.device, policies=args.policies, caches=caches,
-                      batch_sizes=batches, dtype=args.dtype, groups=args.groups, warmup=args.warmup,
-                      quick=args.quick, repeats=repeats, log=lambda m: print(f"  {m}"), runtime_path=args.runtime)
+    from tqdm.auto import tqdm
+
+    # one tick per executor run, with an estimate of the time left; lines print above the bar
+    # delay: nothing is drawn before the first run ends, so a refusal before it stays one clean line
+    with tqdm(total=None, desc="validate", unit="run", disable=args.quiet, dynamic_ncols=True, delay=0.5) as bar:
+        result = validate(args.traces, args.profile, args.device, policies=policies, caches=caches,
+                          batch_sizes=batches, dtype=args.dtype, groups=args.groups, warmup=args.warmup,
+                          quick=args.quick, repeats=repeats, bar=bar, runtime_path=args.runtime,
+                          log=(lambda m: None) if args.quiet else (lambda m: bar.write(f"  {m}")))
     files = write_outputs(result, args.out)
     s = result["summary"]
 

@@ -33,7 +33,7 @@ from pregate.simulator.cache import IN_FLIGHT, RESIDENT, ExpertCache
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
 from pregate.simulator.policies.build import make_speculation
-from pregate.simulator.settings import Settings
+from pregate.simulator.settings import Settings, check_per_layer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -99,6 +99,7 @@ def make_policies(settings: Settings, layout, capacity: int, planner_factory, so
     """Cache, speculation and planner exactly as the simulator builds them for ``settings``."""
     spec_cls, cache_cls = SPECULATION.get(settings.speculation), CACHING.get(settings.cache_policy)
     buffering = BUFFERING.get(settings.buffering)()
+    check_per_layer(capacity, layout.n_layers, settings.per_layer, settings.cache)
     cache = ExpertCache(layout, capacity, lambda: cache_cls(layout=layout, seed=settings.seed),
                         per_layer=settings.per_layer)
     spec = make_speculation(spec_cls, layout, settings, source)

@@ -79,7 +79,7 @@ def _rel(sim: float, meas: float) -> float:
 
 def validate(traces: list[str], profile_path: str, device: str = "cpu", *, policies=None, caches=None,
              batch_sizes=None, dtype: str = "", groups: int | None = None, warmup: int | None = None,
-             quick: bool = False, repeats: int = 1, log=print, runtime_path: str = "") -> dict:
+             quick: bool = False, repeats: int = 1, log=print, runtime_path: str = "", bar=None) -> dict:
     profile = load_profile(profile_path)
     runtime_path = str(runtime_path or default_runtime(profile_path))
     runtime = load_runtime(runtime_path, profile)
@@ -89,6 +89,8 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
     batch_sizes = batch_sizes or ([1] if quick else [1, 16])
     if groups is None and quick:
         groups = 2
+    if bar is not None:  # a tqdm-like bar: one tick per executor run, the total known before the first
+        bar.total = _planned_runs(traces, policies, caches, batch_sizes, repeats)  # shown from the first tick
     points, residents, skipped = [], [], []
     for trace in traces:
         ex = TraceExecutor(trace, device, dtype)
@@ -120,6 +122,8 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
             # one unmeasured run first: new kernel shapes load lazily and the GPU's clocks ramp
             # up under load; the first measured run would pay for both
             ex.run(res_settings, warmup=warmup, groups=groups).close()
+            if bar is not None:
+                bar.update(1)
             best: dict[int, dict] = {}
             means: dict[int, list[float]] = {}
             failed: set[int] = set()
@@ -131,6 +135,8 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
                         continue
                     try:
                         rt = ex.run(st, warmup=warmup, groups=groups)
+                        if bar is not None:
+                            bar.update(1)
                     except ExecutorError as exc:  # one point that cannot run costs that point, not the rest
                         if i == 0:
                             raise
@@ -161,6 +167,19 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
     result["skipped"] = skipped
     result["summary"]["skipped"] = len(skipped)
     return result
+
+
+def _planned_runs(traces, policies, caches, batch_sizes, repeats: int) -> int:
+    """Executor runs validate will make (the progress bar's total): per trace and batch size, one warm-up
+    and, per round, the all-resident run and every pair x cache size (pairs deduplicated as above)."""
+    from pregate.traces import open_trace
+
+    total = 0
+    for trace in traces:
+        ahead = open_trace(trace).meta.ahead_distance
+        pairs = policies if ahead else [(NO_AHEAD_FALLBACK.get(s, s), c) for s, c in policies]
+        total += len(batch_sizes) * (1 + max(1, repeats) * (1 + len(dict.fromkeys(pairs)) * len(caches)))
+    return total
 
 
 def _point(trace: str, st: Settings, rt, simulated, capacity: int) -> dict:
@@ -286,8 +305,13 @@ def scatter_plot(result: dict, path: Path) -> bool:
     ax.set_ylabel("simulated mean step latency (ms)")
     s = result["summary"]
     tau = s.get("kendall_tau")
-    ax.set_title(f"{result['device']} / {result['profile']}: median |err| "
-                 f"{(s.get('median_abs_error') or 0):.1%}, tau {tau if tau is None else round(tau, 2)}", fontsize=9)
+    def pct(x):
+        return "n/a" if x is None else f"{x:.1%}"
+
+    # the numbers printed on stdout: error statistics over the settings, not the all-resident references
+    ax.set_title(f"{result['device']} / {result['profile']}: {s['points']} settings + {len(result['resident'])} "
+                 f"all-resident\nmedian |error| {pct(s.get('median_abs_error'))}, p95 {pct(s.get('p95_abs_error'))}, "
+                 f"tau {tau if tau is None else round(tau, 2)}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from pregate import __version__
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pregate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser._pregate_commands = {}  # name -> its parser, so an unknown flag is reported with that command's usage
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         cmd = sub.add_parser(
@@ -59,12 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
+        parser._pregate_commands[name] = cmd
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse would blame 'pregate' and show the top-level usage; the user typed a subcommand's flag
+        where = parser._pregate_commands.get(args.command, parser)
+        where.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 0
@@ -73,10 +80,29 @@ def main(argv: list[str] | None = None) -> int:
     except PregateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # a path the user gave that cannot be used (a file where a folder is wanted, no permission, full
+        # disk): one line naming it; PREGATE_TRACEBACK=1 shows where it happened
+        if os.environ.get("PREGATE_TRACEBACK"):
+            raise
+        print(f"error: {_os_message(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: what was already written is kept; the command's --help says how it resumes",
               file=sys.stderr)
         return 130
+
+
+def _os_message(exc: OSError) -> str:
+    what = exc.strerror or type(exc).__name__
+    names = " -> ".join(str(n) for n in (exc.filename, exc.filename2) if n is not None)
+    hint = {
+        "FileExistsError": "give a folder name that is free or an existing folder",
+        "NotADirectoryError": "a file stands where a folder is needed; give a folder",
+        "IsADirectoryError": "give a file name, not a folder",
+        "PermissionError": "choose a place you can write to",
+    }.get(type(exc).__name__, "check the path")
+    return f"{names}: {what} ({hint})" if names else f"{what} ({hint})"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,7 +36,7 @@ from pregate.simulator.pricing import require_expert_size
 from pregate.simulator.profile import HardwareProfile, load_profile
 from pregate.simulator.runtime import RuntimeProfile, load_runtime
 from pregate.simulator.replay import FAST_POLICIES, ReplayCounts, replay_fast, replay_general
-from pregate.simulator.settings import Settings, parse_cache_size
+from pregate.simulator.settings import Settings, check_per_layer, parse_cache_size
 from pregate.simulator.stream import RequestStream, build_stream
 from pregate.traces import Trace, open_trace
 
@@ -115,7 +115,9 @@ class Simulation:
     def capacity(self, settings: Settings) -> int:
         total = self.stream.layout.n_objects
         requested = parse_cache_size(settings.cache, total, self.expert_bytes)
-        return BUFFERING.get(settings.buffering)().capacity(requested, total, self.stream.max_needed())
+        capacity = BUFFERING.get(settings.buffering)().capacity(requested, total, self.stream.max_needed())
+        check_per_layer(capacity, self.stream.layout.n_layers, settings.per_layer, settings.cache)
+        return capacity
 
     def _parts(self, settings: Settings):
         spec_cls, cache_cls, buf_cls, comp_cls = resolve_policies(settings)
@@ -244,7 +246,43 @@ class Simulation:
             "expert_table": self.costs.used_table or None,
             "dense_table": self.costs.used_dense_table or None,
             "speculation_note": self.speculation_note,
+            **self._phase_summary(settings, steps, all_resident),
         }
+
+    def _phase_summary(self, settings: Settings, steps: list[StepRecord], all_resident: bool) -> dict:
+        """Counts and times per phase, ``decode_*`` and ``prefill_*``: the totals above mix both.
+
+        Why: tokens/s, step latencies and the bound ratios are decode-only, and
+        a few prefill passes can hold most of the stall; a decode headline next
+        to an all-passes stall share misleads. ``*_hits`` are on time,
+        ``*_late_hits`` were in flight when needed, never mixed.
+        ``*_bytes_issued`` are the copies issued in that phase (derived: demand
+        misses x demand size + prefetches x prefetch size; a prefetch cancelled
+        later counts, so the two phases may add up to more than ``bytes_moved``).
+        """
+        comp = COMPRESSION.get(settings.compression)()
+        cpu_misses = BUFFERING.get(settings.buffering).cpu_misses
+        demand = 0 if all_resident or cpu_misses else self.costs.expert_bytes[comp.demand_dtype(self.gpu_dtype)]
+        prefetch = 0 if all_resident else self.costs.expert_bytes[comp.prefetch_dtype(self.gpu_dtype)]
+        out: dict = {}
+        for phase, decode in (("decode", True), ("prefill", False)):
+            part = [s for s in steps if s.decode == decode]
+            hits, late, misses = (sum(getattr(s, k) for s in part) for k in ("hits", "late_hits", "misses"))
+            prefetches = sum(s.prefetches for s in part)
+            requests = hits + late + misses
+            time_s, stall = sum(s.latency_s for s in part), sum(s.stall_s for s in part)
+            out.update({
+                f"{phase}_passes": len(part), f"{phase}_requests": requests, f"{phase}_hits": hits,
+                f"{phase}_late_hits": late, f"{phase}_misses": misses, f"{phase}_prefetches": prefetches,
+                f"{phase}_hit_rate": hits / requests if requests else None,
+                f"{phase}_late_hit_rate": late / requests if requests else None,
+                f"{phase}_bytes_issued": int(misses * demand + prefetches * prefetch),
+                f"{phase}_time_s": time_s, f"{phase}_stall_s": stall,
+                f"{phase}_compute_s": sum(s.compute_s for s in part),
+                f"{phase}_dispatch_s": sum(s.dispatch_s for s in part),
+                f"{phase}_stall_share": stall / time_s if time_s else 0.0,
+            })
+        return out
 
 
 def prefetch_timing(stream: RequestStream, settings: Settings, profile: HardwareProfile | None = None):
@@ -281,6 +319,22 @@ def add_bounds(summary: dict, resident_mean: float, oracle_mean: float, lower_me
     if lower_mean is not None:
         summary.update(bound_lower_mean_step_latency_s=lower_mean,
                        ratio_to_lower_bound=mean / lower_mean if lower_mean else None)
+    return summary
+
+
+def add_total_bounds(sim: Simulation, settings: Settings, summary: dict) -> dict:
+    """All passes instead of decode steps: both bounds' total time and the result's ratio to each.
+
+    Kept apart from :meth:`Simulation.run` (two more bound runs' worth of
+    keys) so that a sweep row stays exactly a ``simulate`` summary; ``simulate
+    --phase all`` adds them.
+    """
+    resident, oracle = bound_settings(settings)
+    r_total, o_total = sim.timed(resident)[0].total_s, sim.timed(oracle)[0].total_s
+    total = summary["total_s"]
+    summary.update(bound_resident_total_s=r_total, bound_oracle_total_s=o_total,
+                   ratio_to_resident_all=total / r_total if r_total else None,
+                   ratio_to_oracle_all=total / o_total if o_total else None)
     return summary
 
 

@@ -6,10 +6,11 @@ from pregate.simulator.settings import add_settings_arguments, settings_from_arg
 HELP = "simulate offloaded MoE inference on a trace: latency, hits/misses, bounds"
 DESCRIPTION = """Replay a routing trace in a discrete-event simulation of one GPU with its
 host: a GPU expert cache, copies over PCIe, speculation (prefetching) and
-caching policies. Prints a summary and, with --json, writes it; every result
-carries two references (all experts resident; perfect prediction: oracle
-speculation with Belady eviction, which online policies can beat) and a
-proven lower bound that no policy beats, with its ratio to each.
+caching policies. Prints a summary (--json alone: the summary as JSON instead;
+--json FILE: also written to FILE); every result carries two references (all
+experts resident; perfect prediction: oracle speculation with Belady eviction,
+which online policies can beat) and a proven lower bound that no policy beats,
+with its ratio to each.
 
 examples:
   pregate simulate runs/sb8 --cache 25%
@@ -21,6 +22,8 @@ examples:
   pregate simulate runs/sb8 --replay-only --cache-policy belady      # counts only, fast
   pregate simulate runs/mx --speculation transition --cache-policy next-use --prefetch-gate off
   pregate simulate runs/mx --cache-policy s3fifo --reset-cache-per-sequence
+  pregate simulate runs/sb8 --cache 25% --json | jq .decode_stall_share
+  pregate simulate runs/sb8 --cache 25% --phase all                   # headline over prefill and decode
 
 policies:
   --speculation   """ + ", ".join(SPECULATION.names()) + """
@@ -32,47 +35,77 @@ policies:
 def add_arguments(p) -> None:
     p.add_argument("trace", help="trace folder (from 'pregate trace') or one Parquet part")
     add_settings_arguments(p)
-    p.add_argument("--json", metavar="OUT", help="write the summary and settings as JSON")
+    from pregate.cliargs import add_json, add_quiet
+
+    add_json(p, "the summary and settings")
     p.add_argument("--steps-out", metavar="FILE.parquet", help="write per-step latency and its breakdown")
     p.add_argument("--timeline", metavar="FILE.json", help="write a Chrome/Perfetto trace of the simulated streams")
     p.add_argument("--no-bounds", action="store_true", help="skip the two bound runs (faster)")
     p.add_argument("--replay-only", action="store_true", help="counts only (fast replay), no timing")
+    p.add_argument("--phase", choices=("decode", "all"), default="decode",
+                   help="what the latency headline and the bound ratios cover: decode steps (default; what a user "
+                        "waits for per token) or all passes, prefill included; counts are shown per phase either way")
+    add_quiet(p)
 
 
-def format_summary(s: dict) -> str:
+def _phase_line(s: dict, phase: str) -> str:
+    return (f"  {phase + ':':9}{s[f'{phase}_passes']} passes, {s[f'{phase}_requests']} requests: "
+            f"hits {s[f'{phase}_hits']}  late hits {s[f'{phase}_late_hits']}  misses {s[f'{phase}_misses']}  "
+            f"prefetches {s[f'{phase}_prefetches']}  copies issued {s[f'{phase}_bytes_issued'] / 1e6:.1f} MB  "
+            f"stall {s[f'{phase}_stall_s'] * 1e3:.3f} ms ({s[f'{phase}_stall_share']:.1%} of the phase)")
+
+
+def format_summary(s: dict, phase: str = "decode") -> str:
+    """The headline is decode (what a user waits for per token) unless ``phase == "all"``; prefill apart."""
     def ms(x):
         return "n/a" if x is None else f"{x * 1e3:.3f} ms"
 
     lines = [
-        f"model {s['trace_model']} on {s['profile']} ({s.get('runtime', '')} runtime): {s['steps']} steps, {s['tokens']} tokens, "
+        f"model {s['trace_model']} on {s['profile']} ({s.get('runtime', '')} runtime): {s['steps']} decode steps, "
+        f"{s['tokens']} tokens, "
         f"{s['requests']} expert requests, cache {s['cache_capacity_experts']} experts",
-        f"  hits {s['hits']}  late hits {s['late_hits']}  misses {s['misses']}  "
-        f"prefetches {s['prefetches']} (wasted {s['wasted_prefetches']})  moved {s['bytes_moved'] / 1e6:.1f} MB",
-        f"  step latency mean {ms(s['mean_step_latency_s'])}  p50 {ms(s['p50_step_latency_s'])}  "
-        f"p95 {ms(s['p95_step_latency_s'])}  tokens/s {s['tokens_per_s'] or 0:.1f}  stall share {s['stall_share']:.1%}",
-        f"  peak GPU memory {_bytes(s['peak_gpu_bytes'])}" + ("" if s["fits_gpu_memory"] else " (does NOT fit the GPU)"),
     ]
-    if "bound_resident_mean_step_latency_s" in s:
-        lines.append(
-            f"  references: all-resident {ms(s['bound_resident_mean_step_latency_s'])} (x{s['ratio_to_resident']:.3f}), "
-            f"perfect prediction (oracle+belady) {ms(s['bound_oracle_mean_step_latency_s'])} "
-            f"(x{s['ratio_to_oracle']:.3f})"
-        )
-        if s.get("bound_lower_mean_step_latency_s"):
-            lines.append(f"  lower bound (no policy can beat it) {ms(s['bound_lower_mean_step_latency_s'])} "
-                         f"(x{s['ratio_to_lower_bound']:.3f})")
+    if "decode_passes" in s:
+        lines += [_phase_line(s, "decode"), _phase_line(s, "prefill")]
+    lines.append(f"  all passes: hits {s['hits']}  late hits {s['late_hits']}  misses {s['misses']}  "
+                 f"prefetches {s['prefetches']} (wasted {s['wasted_prefetches']})  moved {s['bytes_moved'] / 1e6:.1f} MB"
+                 f"  stall share {s['stall_share']:.1%}")
+    if phase == "all":
+        passes = s["steps"] + s["prefill_passes"]
+        lines.append(f"  all {passes} passes: {ms(s['total_s'])} in all, mean {ms(s['total_s'] / max(passes, 1))} "
+                     f"per pass, stall share {s['stall_share']:.1%}")
+        if "bound_resident_total_s" in s:
+            lines.append(f"  references (all passes, total time): all-resident {ms(s['bound_resident_total_s'])} "
+                         f"(x{s['ratio_to_resident_all']:.3f}), perfect prediction (oracle+belady) "
+                         f"{ms(s['bound_oracle_total_s'])} (x{s['ratio_to_oracle_all']:.3f})")
+    else:
+        stall = s.get("decode_stall_share", s["stall_share"])
+        lines.append(f"  decode step latency mean {ms(s['mean_step_latency_s'])}  p50 {ms(s['p50_step_latency_s'])}  "
+                     f"p95 {ms(s['p95_step_latency_s'])}  tokens/s {s['tokens_per_s'] or 0:.1f}  "
+                     f"stall share {stall:.1%}")
+        if "bound_resident_mean_step_latency_s" in s:
+            lines.append(
+                f"  references (decode): all-resident {ms(s['bound_resident_mean_step_latency_s'])} "
+                f"(x{s['ratio_to_resident']:.3f}), perfect prediction (oracle+belady) "
+                f"{ms(s['bound_oracle_mean_step_latency_s'])} (x{s['ratio_to_oracle']:.3f})")
+            if s.get("bound_lower_mean_step_latency_s"):
+                lines.append(f"  lower bound (no policy can beat it) {ms(s['bound_lower_mean_step_latency_s'])} "
+                             f"(x{s['ratio_to_lower_bound']:.3f})")
     if s.get("uncertainty"):
         lines.append(
             f"  uncertainty ({s['uncertainty']}, {s['uncertainty_values']} values with a range): tokens/s "
             f"{s['tokens_per_s_low']:.1f} to {s['tokens_per_s_high']:.1f}, step latency "
             f"{ms(s['mean_step_latency_s_low'])} to {ms(s['mean_step_latency_s_high'])}")
+    lines.append(f"  peak GPU memory {_bytes(s['peak_gpu_bytes'])}"
+                 + ("" if s["fits_gpu_memory"] else " (does NOT fit the GPU)"))
     return "\n".join(lines)
 
 
 def run(args) -> int:
     import json
 
-    from pregate.simulator.api import Simulation, resolve_policies
+    from pregate.cliargs import emit_json, json_to_stdout
+    from pregate.simulator.api import Simulation, add_total_bounds, resolve_policies
     from pregate.simulator.profile import detect_profile
     from pregate.traces import validate_trace
 
@@ -85,15 +118,16 @@ def run(args) -> int:
     if args.replay_only:
         counts = sim.replay().as_dict()
         text = json.dumps({**counts, "settings": settings.to_dict()}, indent=2, sort_keys=True)
-        print(text)
-        if args.json:
-            with open(args.json, "w") as fh:
-                fh.write(text + "\n")
+        print(text)  # the counts are JSON already; --json FILE also writes them
+        if args.json and not json_to_stdout(args):
+            emit_json(args, text)
         return 0
     result = sim.run(timeline=bool(args.timeline), bounds=not args.no_bounds)
-    print(format_summary(result.summary))
-    if args.json:
-        result.write_json(args.json)
+    if args.phase == "all" and not args.no_bounds:
+        add_total_bounds(sim, settings, result.summary)
+    if not json_to_stdout(args):
+        print(format_summary(result.summary, args.phase))
+    emit_json(args, result.to_json())
     if args.steps_out:
         result.write_steps(args.steps_out)
     if args.timeline:

@@ -16,16 +16,21 @@ which a synthetic trace of that shape is generated and the answer says the
 routing is synthetic. Without --model, the shipped sample trace is used.
 
 examples:
-  pregate recommend --model mixtral-8x7b --gpu rtx3090
-  pregate recommend --model mixtral-8x7b --gpu rtx3090 --runtime gpu-bound
-  pregate recommend --model mixtral-8x7b --gpu rtx3090 --uncertainty corners
-  pregate recommend --model runs/sb8 --gpu t4 --batch-size 8
-  pregate recommend --model switch-base-128 --gpu rtx3060-12gb --vram 10 --json"""
+  pregate recommend --model mixtral-8x7b --profile rtx3090
+  pregate recommend --model mixtral-8x7b --profile rtx3090 --runtime gpu-bound
+  pregate recommend --model mixtral-8x7b --profile rtx3090 --uncertainty corners
+  pregate recommend --model runs/sb8 --profile t4 --batch-size 8
+  pregate recommend --model switch-base-128 --profile rtx3060-12gb --vram 10 --json
+  pregate recommend --model olmoe-1b-7b --profile h100-pcie --json answer.json --quiet"""
+
+
+import argparse
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", metavar="M", help="trace folder or known model shape (default: the shipped sample trace)")
-    parser.add_argument("--gpu", default="rtx3090", help="hardware profile: built-in name, TOML file or auto (default: rtx3090)")
+    parser.add_argument("--profile", "--gpu", dest="profile", default="rtx3090",
+                        help="hardware profile: built-in name, TOML file or auto (default: rtx3090; --gpu is an alias)")
     parser.add_argument("--runtime", default="", help="runtime profile: pregate-eager (default), gpu-bound or a TOML file")
     parser.add_argument("--uncertainty", default="", help="price every point across its profiles' ranges: corners or "
                         "a number of seeded samples; says whether the winner stays the winner, and which value "
@@ -36,14 +41,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="sequences decoded together (default: 1)")
     parser.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
     parser.add_argument("--results", metavar="DIR", help="keep the simulated points in this sweep results folder")
-    parser.add_argument("--json", action="store_true", help="print the recommendation as JSON")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    from pregate.cliargs import add_json, add_quiet
+
+    add_json(parser, "the recommendation")
+    add_quiet(parser)
+    parser.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for scripts
 
 
 def run(args) -> int:
     import json
     import sys
 
+    from pregate.cliargs import emit_json, json_to_stdout
     from pregate.simulator.recommend import format_recommendation, recommend
     from pregate.simulator.sweep import sample_trace, sample_trace_path
 
@@ -55,12 +64,12 @@ def run(args) -> int:
             from pregate.simulator.sweep import SweepError
 
             raise SweepError(f"no --model given and the shipped sample trace is missing ({sample_trace_path()})") from None
-        print(f"no --model given: using the shipped sample trace {model}", file=sys.stderr)
-    rec = recommend(model, args.gpu, vram_gb=args.vram, batch_size=args.batch_size, margin_gb=args.margin,
-                    workers=args.workers, results=args.results, progress=args.progress,
+        if not args.quiet:
+            print(f"no --model given: using the shipped sample trace {model}", file=sys.stderr)
+    rec = recommend(model, args.profile, vram_gb=args.vram, batch_size=args.batch_size, margin_gb=args.margin,
+                    workers=args.workers, results=args.results, progress=not args.quiet,
                     runtime=args.runtime, uncertainty=args.uncertainty)
-    if args.json:
-        print(json.dumps(rec.to_dict(), indent=2, sort_keys=True))
-    else:
+    if not json_to_stdout(args):
         print(format_recommendation(rec))
+    emit_json(args, json.dumps(rec.to_dict(), indent=2, sort_keys=True))
     return 0

@@ -68,6 +68,21 @@ def build_spec(args):
     return spec
 
 
+def _check_out(out: str) -> None:
+    """A results folder, or a name where one can be made: a file there is refused before any work."""
+    from pathlib import Path
+
+    from pregate.simulator.sweep import SweepError
+
+    path = Path(out)
+    for part in [path, *path.parents]:
+        if part.exists() and not part.is_dir():
+            what = "is a file" if part == path else f"is inside {part}, which is a file"
+            raise SweepError(f"-o {out} {what}: the results go to a folder; give a new or existing folder")
+        if part.exists():
+            break
+
+
 def run(args) -> int:
     import os
     import sys
@@ -79,6 +94,7 @@ def run(args) -> int:
         raise SweepError("give a sweep config (CONFIG.toml) or --trace TRACE")
     if args.workers is not None and args.workers < 1:
         raise SweepError("--workers must be at least 1")
+    _check_out(args.out)
     plan = plan_sweep(build_spec(args))
     ray_address = None if args.local else (args.ray or os.environ.get("RAY_ADDRESS") or None)
     if args.dry_run:

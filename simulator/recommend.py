@@ -188,6 +188,7 @@ class Recommendation:
     all_resident: bool = False
     runtime: str = ""  # the runtime profile the answer is priced for (empty: the default)
     uncertainty: dict | None = None  # with --uncertainty: the winner's band and whether it stays the winner
+    ties: int = 0  # other settings within TIE of the best's tokens/s; the least memory among them was chosen
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,9 +206,20 @@ def _pick(frame):
     return near.sort(["peak_gpu_bytes", "tokens_per_s", "key"], descending=[False, True, False]).row(0, named=True)
 
 
+def _ties(frame) -> int:
+    """How many other settings are as fast as the best (within TIE): the answer says it chose among them."""
+    import polars as pl
+
+    frame = frame.filter(pl.col("tokens_per_s").is_not_null())
+    if frame.is_empty():
+        return 0
+    return frame.filter(pl.col("tokens_per_s") >= frame["tokens_per_s"].max() * (1 - TIE)).height - 1
+
+
 _KEEP = ("speculation", "cache_policy", "cache", "cache_capacity_experts", "compression", "buffering", "tokens_per_s",
          "mean_step_latency_s", "stall_share", "hit_rate", "bytes_moved", "peak_gpu_bytes", "ratio_to_resident",
-         "ratio_to_oracle", "ratio_to_lower_bound", "bound_resident_tokens_per_s", "bound_oracle_tokens_per_s", "key")
+         "ratio_to_oracle", "ratio_to_lower_bound", "bound_resident_tokens_per_s", "bound_oracle_tokens_per_s", "key",
+         "decode_hit_rate", "decode_late_hit_rate", "decode_stall_share")
 
 
 def _slim(row: dict | None) -> dict | None:
@@ -285,7 +297,7 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
                    if uncertainty else None)
         return Recommendation(source.model_id, gpu, batch_size, source.synthetic, source.note, memory, _slim(best),
                               _slim(plain), [_slim(r) for r in others.iter_rows(named=True)], points=frame.height,
-                              runtime=runtime_name, uncertainty=verdict)
+                              runtime=runtime_name, uncertainty=verdict, ties=_ties(frame))
 
 
 def _settings_of(row: dict, base):
@@ -354,8 +366,15 @@ def format_recommendation(r: Recommendation) -> str:
                 f"experts ({_gb(x['cache_capacity_experts'] * m['expert_bytes'])}){comp}")
 
     lines.append(f"  run: {describe(b)}")
+    if r.ties:
+        lines.append(f"  tie: {r.ties} other setting(s) within {TIE:.1%} of these tokens/s; the one using the least "
+                     "GPU memory is shown")
     lines.append(f"  expect: {b['tokens_per_s']:.1f} tokens/s ({b['mean_step_latency_s'] * 1e3:.1f} ms per step), "
-                 f"hit rate {b['hit_rate']:.0%}, {b['stall_share']:.0%} of the time waiting for copies")
+                 + (f"decode hits {b['decode_hit_rate']:.0%} on time + {b['decode_late_hit_rate']:.0%} late, "
+                    f"{b['decode_stall_share']:.0%} of decode time waiting for copies"
+                    if b.get("decode_hit_rate") is not None else
+                    f"hit rate {b['hit_rate']:.0%} (late hits included), {b['stall_share']:.0%} of the time "
+                    "waiting for copies"))
     lines.append(f"  references: all experts resident {b['bound_resident_tokens_per_s']:.1f} tokens/s "
                  f"(this is {b['ratio_to_resident']:.2f}x slower; needs "
                  f"{_gb(m['dense_bytes'] + m['total_experts'] * m['expert_bytes'])}); perfect prediction "

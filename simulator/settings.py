@@ -94,7 +94,9 @@ def parse_cache_size(text: str | int, total_experts: int, expert_bytes: int) -> 
     """Cache capacity in experts from a count, a percentage of all experts, or bytes.
 
     Fractions round down (a cache holds whole experts); bytes divide by the
-    size of one expert in the GPU dtype.
+    size of one expert in the GPU dtype. A count above all experts is refused
+    (it asks for something that does not exist, likely a typo); bytes beyond
+    all experts mean "room for everything" and give all of them.
     """
     if isinstance(text, int):
         count = text
@@ -107,6 +109,9 @@ def parse_cache_size(text: str | int, total_experts: int, expert_bytes: int) -> 
             if number != int(number):
                 raise SimulatorError(f"cache size '{text}': a count of experts must be a whole number")
             count = int(number)
+            if count > total_experts:
+                raise SimulatorError(f"cache size '{text}' is more than the {total_experts} experts of this "
+                                     f"trace; give at most {total_experts} (or 100%)")
         elif unit == "%":
             if number > 100:
                 raise SimulatorError(f"cache size '{text}': a percentage must be at most 100%")
@@ -115,6 +120,22 @@ def parse_cache_size(text: str | int, total_experts: int, expert_bytes: int) -> 
             count = int(number * _BYTE_UNITS[unit] // expert_bytes)
         else:
             raise SimulatorError(f"cache size '{text}': unknown unit '{match.group(2)}' (use %, B, KB, MB, GB, GiB)")
+    if isinstance(text, int) and count > total_experts:
+        raise SimulatorError(f"cache size {text} is more than the {total_experts} experts of this trace; "
+                             f"give at most {total_experts}")
     if count < 0:
         raise SimulatorError(f"cache size '{text}' is negative")
     return min(count, total_experts)
+
+
+def check_per_layer(capacity: int, n_layers: int, per_layer: bool, requested: str | int) -> None:
+    """Refuse a per-layer split that leaves a MoE layer with no slot at all.
+
+    Split evenly, a cache smaller than the number of MoE layers gives some
+    layers zero slots: each of their experts would then bypass the cache, a
+    result nobody asked for. Zero (no cache) stays allowed.
+    """
+    if per_layer and 0 < capacity < n_layers:
+        raise SimulatorError(
+            f"--per-layer splits the cache between {n_layers} MoE layers: cache {requested} ({capacity} experts) "
+            f"leaves {n_layers - capacity} layers without a slot; give at least {n_layers} experts or drop --per-layer")

@@ -289,7 +289,7 @@ def plan_sweep(spec: SweepSpec) -> Plan:
             raise SweepError(f"{where}: unknown host_tier '{value}' (valid: {', '.join(choices)})")
     for value in axes["cache"]:
         try:
-            parse_cache_size(value, 100, 1)
+            parse_cache_size(value, 1 << 62, 1)  # the form only: the trace's count is checked per point
         except SimulatorError as exc:
             raise SweepError(f"{where}: {exc}") from None
     for name in ("batch_size",):
@@ -551,12 +551,42 @@ def write_chunk(folder: str | Path, rows: list[dict]) -> Path | None:
     return target
 
 
-def finished_keys(folder: str | Path) -> set[str]:
+CORRUPT_SUFFIX = ".unreadable"
+
+
+def _read_chunk(path: Path, columns: list[str] | None = None):
+    """``(frame, None)``, or ``(None, why)`` when the chunk cannot be read (truncated by a full disk, a copy
+    cut short, an edit)."""
     import polars as pl
 
+    try:
+        return pl.read_parquet(path, columns=columns), None
+    except Exception as exc:  # polars' ComputeError, pyarrow's errors, OSError: all mean "not a usable chunk"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return None, f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def finished_keys(folder: str | Path, set_aside: bool = False) -> set[str]:
+    """Keys of the points stored in ``folder``; an unreadable chunk counts as holding none.
+
+    With ``set_aside`` (a sweep about to run) such a chunk is renamed to
+    ``*.parquet.unreadable`` and named on stderr, so its points are simulated
+    again and the reader never meets it; without, it is only named.
+    """
     keys: set[str] = set()
     for f in chunk_files(folder):
-        keys.update(pl.read_parquet(f, columns=["key"])["key"].to_list())
+        frame, why = _read_chunk(f, ["key"])
+        if frame is None:
+            if set_aside:
+                aside = f.with_name(f.name + CORRUPT_SUFFIX)
+                os.replace(f, aside)
+                print(f"sweep: {f} is unreadable ({why}); set aside as {aside.name}, "
+                      "its points are simulated again", file=sys.stderr)
+            else:
+                print(f"sweep: {f} is unreadable ({why}); its points count as not done",
+                      file=sys.stderr)
+            continue
+        keys.update(frame["key"].to_list())
     return keys
 
 
@@ -568,7 +598,14 @@ def read_results(folder: str | Path):
     files = chunk_files(folder)
     if not files:
         raise SweepError(f"{folder}: no sweep results here (expected {CHUNK_PREFIX}*.parquet from 'pregate sweep')")
-    frames = [_schema_fix(pl.read_parquet(f)) for f in files]
+    frames = []
+    for f in files:
+        chunk, why = _read_chunk(f)
+        if chunk is None:
+            raise SweepError(f"{f} is unreadable ({why}): rerun the sweep that wrote it with "
+                             f"the same -o {folder} (it sets the file aside and simulates its points again), "
+                             "or delete the file")
+        frames.append(_schema_fix(chunk))
     frame = pl.concat(frames, how="diagonal_relaxed")
     return frame.unique("key", keep="first", maintain_order=True).sort("key")
 
@@ -664,7 +701,7 @@ def run_sweep(spec: SweepSpec | Plan, results: str | Path, *, workers: int | Non
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     _write_manifest(results, plan)
-    done = finished_keys(results)
+    done = finished_keys(results, set_aside=True)
     pending = [p for p in plan.points if p.key not in done]
     workers = workers or default_workers()
     start = time.monotonic()
@@ -719,11 +756,15 @@ def _write_manifest(results: Path, plan: Plan) -> None:
 
 def _run_pool(tasks: list[dict], workers: int, finished: Callable[[list[dict]], None]) -> None:
     import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from pregate.simulator.poolguard import exit_on_second_interrupt, guarded_pool, restore_interrupt, stop_pool
 
     # spawn, not fork: polars and numpy keep thread pools that a forked child may find locked.
     ctx = mp.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx)
+    # Ctrl-C: workers killed at once (finished rows are already stored), a second Ctrl-C exits; workers die with us
+    guarded = exit_on_second_interrupt()
+    pool = guarded_pool(min(workers, len(tasks)), mp_context=ctx)
     try:
         # Submit largest groups first is not needed: tasks are similar in size.
         futures = {pool.submit(run_task, t) for t in tasks}
@@ -732,9 +773,11 @@ def _run_pool(tasks: list[dict], workers: int, finished: Callable[[list[dict]], 
             for fut in done:
                 finished(fut.result())
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop_pool(pool)
         raise
     pool.shutdown(wait=True)
+    if guarded:
+        restore_interrupt()
 
 
 def _run_ray(tasks: list[dict], plan: Plan, address: str, workers: int,

@@ -14,12 +14,13 @@ examples:
   pregate trace --model google/switch-base-8 --random-init --out runs/sb8
   pregate trace --model /data/ckpt/switch-base-8 --input prompts.txt --out runs/sb8-real
   pregate trace --model tiny-mixtral --random-init --input data.jsonl --text-field prompt --out runs/mx
-  pregate trace --model google/switch-base-8 --random-init --out runs/sb8 --resume   # after an interruption"""
+  pregate trace --model google/switch-base-8 --random-init --out runs/sb8 --resume   # after an interruption
+  pregate trace --model pregate-moe-tiny --random-init -o runs/tiny --limit 8 --quiet"""
 
 
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="local checkpoint folder, cached model id, or known shape name")
-    p.add_argument("--out", required=True, help="trace folder to write (parts part-00000.parquet, ...)")
+    p.add_argument("-o", "--out", required=True, help="trace folder to write (parts part-00000.parquet, ...)")
     p.add_argument("--input", default="builtin",
                    help="prompts: a .txt file (one per line), a .jsonl file, or 'builtin' (32 varied prompts; default)")
     p.add_argument("--text-field", default="text", help="JSON Lines field holding the prompt (default: text)")
@@ -60,6 +61,7 @@ def run(args) -> int:
         progress=not args.quiet,
     )
     out = trace(settings)
+    summary = describe(out)  # reads the finished trace back, so --quiet fails exactly when the summary would
     if not args.quiet:
-        print(format_summary(describe(out)))
+        print(format_summary(summary))
     return 0

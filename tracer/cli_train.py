@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
     d = TrainSettings()
     p.add_argument("--preset", default=d.preset, help="model size: tiny or small-140m (default: tiny)")
     p.add_argument("--corpus", nargs="*", default=[], help="text files or folders (default: the Python standard library)")
-    p.add_argument("--out", required=True, help="output folder for the model, tokenizer and log")
+    p.add_argument("-o", "--out", required=True, help="output folder for the model, tokenizer and log")
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default: {d.steps})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per step (default: {d.batch_size})")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per sequence (default: {d.seq_len})")

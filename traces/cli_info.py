@@ -5,14 +5,17 @@ DESCRIPTION = """Describe a trace folder: the model it was recorded from, its st
 layers, experts and top-k, how many sequences and tokens (by stack and phase),
 rows, size on disk and bytes per row.
 
-example:
+examples:
   pregate trace-info traces/samples/switch-base-8-random
   pregate trace-info runs/my-trace --json > info.json"""
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("trace", help="trace folder (or a single part file)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
+    from pregate.cliargs import add_json, add_quiet
+
+    add_json(parser, "the summary")
+    add_quiet(parser)
 
 
 def run(args) -> int:
@@ -20,6 +23,10 @@ def run(args) -> int:
 
     from pregate.traces.info import describe, format_summary
 
+    from pregate.cliargs import emit_json, json_to_stdout
+
     info = describe(args.trace)
-    print(json.dumps(info, indent=2) if args.json else format_summary(info))
+    if not json_to_stdout(args):
+        print(format_summary(info))
+    emit_json(args, json.dumps(info, indent=2))
     return 0

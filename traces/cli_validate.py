@@ -9,12 +9,16 @@ stack, probabilities in [0, 1], list lengths equal to top-k (and to J for
 On a violation it prints one line naming the file, the column and the first
 offending row (0-based within that file) and exits with status 2.
 
-example:
-  pregate validate-trace runs/my-trace"""
+examples:
+  pregate validate-trace runs/my-trace
+  pregate validate-trace runs/my-trace/part-00003.parquet --quiet && echo fine"""
 
 
 def add_arguments(parser) -> None:
+    from pregate.cliargs import add_quiet
+
     parser.add_argument("trace", help="trace folder (or a single part file)")
+    add_quiet(parser)
 
 
 def run(args) -> int:

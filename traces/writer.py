@@ -192,6 +192,8 @@ class TraceWriter:
                 "pass --resume to continue that trace or --overwrite to replace it"
             )
         if existing:
+            existing = self._drop_unreadable(existing)
+        if existing:
             found = pq.read_schema(existing[0]).metadata or {}
             old = found.get(META_KEY, b"").decode()
             if _comparable(old) != _comparable(meta.to_json()):
@@ -200,6 +202,25 @@ class TraceWriter:
                     "--resume needs the same model, inputs and options (or use --overwrite)"
                 )
         self.done = {int(p.stem.split("-")[1]) for p in existing}
+
+    def _drop_unreadable(self, parts: list[Path]) -> list[Path]:
+        """Resume records a part again when the old one cannot be read whole (a copy or disk cut it short).
+
+        Each removal is named on stderr, also with --quiet: the part is redone, so nothing is lost, but the
+        user should know the folder had a damaged file.
+        """
+        import sys
+
+        kept = []
+        for part in parts:
+            try:
+                pq.read_table(part)
+            except Exception as exc:  # pyarrow raises several types for a damaged file
+                part.unlink()
+                print(f"trace: {part} is unreadable ({type(exc).__name__}); recording it again", file=sys.stderr)
+                continue
+            kept.append(part)
+        return kept
 
     def has_part(self, index: int) -> bool:
         return index in self.done
