@@ -15,6 +15,9 @@ examples:
   pregate simulate runs/mx --batch-size 8 --cache 96 --per-layer --compression int8 --json out.json
   pregate simulate runs/sb8 --profile my-gpu.toml --steps-out steps.parquet --timeline tl.json
   pregate simulate runs/sb8 --replay-only --cache-policy belady      # counts only, fast
+  pregate simulate sample:pregate-moe-tiny --price-as switch-base-8 --dtype bfloat16   # routing of the sample,
+                                                                    # sizes of switch-base-8
+  pregate simulate runs/mx --model-config my-moe.toml                # sizes from a config file
 
 policies:
   --speculation   none, layer_minus_1, multi_layer, adaptive, transition, eam, oracle
@@ -26,6 +29,9 @@ policies:
 def add_arguments(p) -> None:
     p.add_argument("trace", help="trace folder (from 'pregate trace') or one Parquet part")
     add_settings_arguments(p)
+    from pregate.simulator.pricing import MODEL_CONFIG_HELP
+
+    p.add_argument("--model-config", metavar="FILE", help=MODEL_CONFIG_HELP)
     p.add_argument("--json", metavar="OUT", help="write the summary and settings as JSON")
     p.add_argument("--steps-out", metavar="FILE.parquet", help="write per-step latency and its breakdown")
     p.add_argument("--timeline", metavar="FILE.json", help="write a Chrome/Perfetto trace of the simulated streams")
@@ -38,13 +44,16 @@ def format_summary(s: dict) -> str:
         return "n/a" if x is None else f"{x * 1e3:.3f} ms"
 
     lines = [
-        f"model {s['trace_model']} on {s['profile']}: {s['steps']} steps, {s['tokens']} tokens, "
+        f"{s['pricing']}, on {s['profile']} ({s['gpu_dtype']}): {s['steps']} steps, {s['tokens']} tokens, "
         f"{s['requests']} expert requests, cache {s['cache_capacity_experts']} experts",
         f"  hits {s['hits']}  late hits {s['late_hits']}  misses {s['misses']}  "
         f"prefetches {s['prefetches']} (wasted {s['wasted_prefetches']})  moved {s['bytes_moved'] / 1e6:.1f} MB",
         f"  step latency mean {ms(s['mean_step_latency_s'])}  p50 {ms(s['p50_step_latency_s'])}  "
         f"p95 {ms(s['p95_step_latency_s'])}  tokens/s {s['tokens_per_s'] or 0:.1f}  stall share {s['stall_share']:.1%}",
-        f"  peak GPU memory {_bytes(s['peak_gpu_bytes'])}" + ("" if s["fits_gpu_memory"] else " (does NOT fit the GPU)"),
+        f"  peak GPU memory {_bytes(s['peak_gpu_bytes'])} (dense weights + expert cache)"
+        + ("" if not s.get("over_memory") else
+           f" OVER MEMORY: with the {_bytes(s['working_margin_bytes'])} working margin it exceeds the GPU's "
+           f"{_bytes(s['gpu_memory_bytes'])}"),
     ]
     if "bound_resident_mean_step_latency_s" in s:
         lines.append(
@@ -61,11 +70,15 @@ def run(args) -> int:
     from pregate.simulator.profile import detect_profile
     from pregate.traces import validate_trace
 
+    from pregate.simulator.pricing import spec_from_flags
+    from pregate.simulator.sweep import resolve_trace
+
     settings = settings_from_args(args)
+    settings = settings.replace(price_as=spec_from_flags(settings.price_as, args.model_config))
     if settings.profile == "auto":
         settings = settings.replace(profile=detect_profile())
     resolve_policies(settings)  # a typo fails before the trace is read
-    trace = validate_trace(args.trace)
+    trace = validate_trace(resolve_trace(args.trace))
     sim = Simulation(trace, settings)
     if args.replay_only:
         counts = sim.replay().as_dict()

@@ -8,16 +8,20 @@ with Belady eviction).
 
 The expert cache gets the GPU memory (the profile's, or --vram) minus the
 dense weights minus a working margin (default 0.5 GB + 8% of the memory).
-MODEL is a trace folder (its recorded routing is used) or a known model shape
-(see 'pregate models': switch-base-8..256, switch-large-128, mixtral-8x7b,
-olmoe-1b-7b, qwen1.5-moe-a2.7b, qwen3-30b-a3b, tiny-* and pregate-moe-*), for
-which a synthetic trace of that shape is generated and the answer says the
-routing is synthetic. Without --model, the shipped sample trace is used.
+MODEL is a trace folder (its recorded routing is used; --price-as MODEL or
+--model-config FILE prices that routing at another model's size) or a known
+model shape (see 'pregate models': switch-base-8..256, switch-large-128,
+mixtral-8x7b, olmoe-1b-7b, qwen1.5-moe-a2.7b, qwen3-30b-a3b, tiny-* and
+pregate-moe-*). For a known shape, a shipped sample trace of the same routing
+topology is priced as that model (mixtral-8x7b: the Mixtral-topology sample);
+without one, a synthetic trace of that shape is generated and the answer says
+the routing is synthetic. Without --model, the shipped sample trace is used.
 
 examples:
   pregate recommend --model mixtral-8x7b --gpu rtx3090
   pregate recommend --model runs/sb8 --gpu t4 --batch-size 8
-  pregate recommend --model switch-base-128 --gpu rtx3060-12gb --vram 10 --json"""
+  pregate recommend --model switch-base-128 --gpu rtx3060-12gb --vram 10 --json
+  pregate recommend --model runs/mx --price-as mixtral-8x7b          # your routing, Mixtral's sizes"""
 
 
 def add_arguments(parser) -> None:
@@ -27,6 +31,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--margin", type=float, metavar="GB", help="memory kept free besides dense weights and cache "
                         "(default: 0.5 GB + 8%% of the GPU memory)")
     parser.add_argument("--batch-size", type=int, default=1, help="sequences decoded together (default: 1)")
+    from pregate.simulator.pricing import MODEL_CONFIG_HELP
+    from pregate.simulator.settings import Settings
+
+    parser.add_argument("--price-as", metavar="MODEL", default="", help=Settings.help_texts()["price_as"])
+    parser.add_argument("--model-config", metavar="FILE", help=MODEL_CONFIG_HELP)
     parser.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
     parser.add_argument("--results", metavar="DIR", help="keep the simulated points in this sweep results folder")
     parser.add_argument("--json", action="store_true", help="print the recommendation as JSON")
@@ -37,6 +46,7 @@ def run(args) -> int:
     import json
     import sys
 
+    from pregate.simulator.pricing import spec_from_flags
     from pregate.simulator.recommend import format_recommendation, recommend
     from pregate.simulator.sweep import sample_trace, sample_trace_path
 
@@ -50,7 +60,8 @@ def run(args) -> int:
             raise SweepError(f"no --model given and the shipped sample trace is missing ({sample_trace_path()})") from None
         print(f"no --model given: using the shipped sample trace {model}", file=sys.stderr)
     rec = recommend(model, args.gpu, vram_gb=args.vram, batch_size=args.batch_size, margin_gb=args.margin,
-                    workers=args.workers, results=args.results, progress=args.progress)
+                    workers=args.workers, results=args.results, progress=args.progress,
+                    price_as=spec_from_flags(args.price_as, args.model_config))
     if args.json:
         print(json.dumps(rec.to_dict(), indent=2, sort_keys=True))
     else:

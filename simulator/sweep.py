@@ -224,9 +224,11 @@ def point_key(trace_id: str, profile_id: str, settings: Settings) -> str:
     """The point's identity: format, pregate version, trace and profile content, every setting."""
     from pregate import __version__
 
+    from pregate.simulator.pricing import identity
+
     payload = json.dumps(
         {"format": SWEEP_FORMAT, "version": __version__, "trace": trace_id, "profile": profile_id,
-         "settings": settings.to_dict()},
+         "settings": settings.to_dict(), "pricing": identity(settings.price_as)},
         sort_keys=True, separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
@@ -256,6 +258,7 @@ def plan_sweep(spec: SweepSpec) -> Plan:
     Each problem is refused in one line naming the config and the bad key or value.
     """
     from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
+    from pregate.simulator.pricing import check_trace
     from pregate.simulator.profile import detect_profile, load_profile
     from pregate.traces import open_trace
 
@@ -315,6 +318,11 @@ def plan_sweep(spec: SweepSpec) -> Plan:
         if trace.meta.ahead_distance == 0 and needs_ahead:
             raise SweepError(f"{where}: trace {path} has no 'ahead' column (recorded with --ahead 0), which "
                              f"speculation {', '.join(needs_ahead)} need; drop them or sweep that trace apart")
+        for spec_name in dict.fromkeys(axes["price_as"]):
+            try:
+                check_trace(trace.meta, spec_name)  # a topology mismatch fails before any work
+            except SimulatorError as exc:
+                raise SweepError(f"{where}: {exc}") from None
         tid = trace_identity(path)
         trace_files[tid] = list(trace.files)
         for s in settings_list:
@@ -336,7 +344,7 @@ _MAX_SIMS = 4
 
 
 def _group_key(trace_id: str, s: Settings) -> tuple:
-    return (trace_id, s.profile, s.batch_size, s.dtype, s.host_tier)
+    return (trace_id, s.profile, s.batch_size, s.dtype, s.host_tier, s.price_as)
 
 
 def _simulation(trace_path: str, trace_id: str, settings: Settings, profile):
