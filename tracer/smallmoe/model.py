@@ -87,6 +87,8 @@ PRESETS: dict[str, SmallMoEConfig] = {
     "mixtral-topo": SmallMoEConfig(
         d_model=64, n_layers=32, n_heads=4, d_ff=128, num_experts=8, top_k=2, moe_every=1,
     ),
+    # switch-base-64's decoder topology (6 MoE layers x 64 experts, top-1) at the tiny width.
+    "tiny-64": SmallMoEConfig(num_experts=64),
     # About 140M parameters (six MoE layers of 8 experts): for a GPU.
     "small-140m": SmallMoEConfig(
         vocab_size=32000, d_model=512, n_layers=12, n_heads=8, d_ff=2048, num_experts=8,
