@@ -103,7 +103,8 @@ def plot_pareto(results: pl.DataFrame, title: str = "") -> "plt.Figure":
     return fig
 
 
-def plot_latency_breakdown(results: pl.DataFrame, top: int = 12, include_over_memory: bool = False) -> "plt.Figure":
+def plot_latency_breakdown(results: pl.DataFrame, top: int = 12, include_over_memory: bool = False,
+                           title: str = "") -> "plt.Figure":
     """Stacked bars of compute, transfer stall and dispatch (host-bound) time per forward pass, fastest points."""
     from pregate.analysis.ranking import rank
 
@@ -128,7 +129,7 @@ def plot_latency_breakdown(results: pl.DataFrame, top: int = 12, include_over_me
         left += ms
     ax.set_yticks(y, labels, fontsize=7)
     ax.set_xlabel("ms per forward pass (whole trace, prefill included)")
-    ax.set_title("latency breakdown of the fastest points")
+    ax.set_title(f"latency breakdown of the fastest points{': ' + title if title else ''}", fontsize=9)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.4 / max(1, ranked.height)), ncol=3)
     ax.grid(axis="x", alpha=0.3)
     return fig

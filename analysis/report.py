@@ -181,12 +181,17 @@ def results_sections(frame: pl.DataFrame, include_over_memory: bool = False) -> 
     if flat:
         pareto.text += " " + " ".join(flat)
     sections.append(pareto)
-    sections.append(Section("Where the time goes", "Compute on the GPU, waiting for expert copies (stall), and "
-                            "host-side dispatch beyond the GPU's own time.",
-                            figures=[Figure("breakdown", "latency breakdown", "compute, stall and dispatch per forward "
-                                            "pass of the fastest points",
-                                            plots.png(plots.plot_latency_breakdown(
-                                                frame, include_over_memory=include_over_memory)))]))
+    where = Section("Where the time goes", "Compute on the GPU, waiting for expert copies (stall), and host-side "
+                    "dispatch beyond the GPU's own time, for the fastest points" + (" of each part." if len(groups(frame)) > 1 else "."))
+    parts = groups(frame)
+    for i, (name, part) in enumerate(parts):
+        fid = "breakdown" if len(parts) == 1 else f"breakdown-{i}"
+        where.figures.append(Figure(fid, f"latency breakdown: {name}" if len(parts) > 1 else "latency breakdown",
+                                    "compute, stall and dispatch per forward pass of the fastest points",
+                                    plots.png(plots.plot_latency_breakdown(
+                                        part, top=8 if len(parts) > 1 else 12, include_over_memory=include_over_memory,
+                                        title=name if len(parts) > 1 else ""))))
+    sections.append(where)
     return sections
 
 

@@ -30,7 +30,7 @@ HELP = "run the main job on built-in data: what to run on an RTX 3090 for Switch
 DESCRIPTION = __doc__
 
 SPECULATION = ["none", "layer_minus_1", "multi_layer", "transition"]
-CACHING = ["lru", "lfu", "least-stale"]
+CACHING = ["lru", "least-stale"]
 PROFILE = "rtx3090"
 MIN_SPREAD = 1.5  # best and worst of a part should differ at least this much, or the demo says why not
 SWITCH_SAMPLE = "pregate-moe-tiny"
