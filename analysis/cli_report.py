@@ -22,6 +22,7 @@ points all lie within 1% of each other is replaced by a sentence saying so.
 examples:
   pregate report res -o report
   pregate report res -o report --trace runs/sb8
+  pregate sweep --trace T --uncertainty corners -o res && pregate report res -o report --uncertainty
   pregate report res -o report --measured validation.parquet   # columns measured_s, simulated_s[, label]
   pregate report res -o report --price-as mixtral-8x7b         # only the points priced as mixtral-8x7b"""
 
@@ -41,6 +42,8 @@ def add_arguments(parser) -> None:
                         + MODEL_CONFIG_HELP.split("(", 1)[0].strip() + ")")
     parser.add_argument("--include-over-memory", action="store_true",
                         help="let points that do not fit the GPU's memory be ranked best")
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="require the bands of 'pregate sweep --uncertainty' (drawn whenever the results have them)")
 
 
 def run(args) -> int:
@@ -68,7 +71,8 @@ def run(args) -> int:
     if spec:
         frame = select_priced(frame, spec, args.results)
     files = write_report(frame, args.out, traces=args.trace, measured=measured, title=args.title,
-                         include_over_memory=args.include_over_memory)
+                         include_over_memory=args.include_over_memory,
+                         uncertainty=args.uncertainty)
     print(f"wrote {files.html} ({len(files.figures)} plots embedded), {files.markdown} and {Path(args.out) / 'figures'}/")
     return 0
 

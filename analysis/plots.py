@@ -298,3 +298,26 @@ def plot_sim_vs_measured(pairs: pl.DataFrame, measured: str = "measured_s", simu
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left")
     return fig
+
+
+def plot_bands(ranked: pl.DataFrame, top: int = 15) -> "plt.Figure":
+    """Tokens/s of the fastest points with the low-high band of their profiles' ranges (``--uncertainty``)."""
+    frame = ranked.filter(pl.col("tokens_per_s_low").is_not_null()).head(top)
+    fig, ax = plt.subplots(figsize=(8, 0.35 * max(len(frame), 3) + 1.2))
+    if frame.is_empty():
+        _note(ax, "no point of these results was priced with --uncertainty")
+        return fig
+    labels = [f"{p} @ {c}" + ("" if comp == "none" else f" {comp}")
+              for p, c, comp in zip(frame["policy"], frame["cache"], frame["compression"])]
+    y = np.arange(len(frame))[::-1]
+    mid = frame["tokens_per_s"].to_numpy()
+    lo, hi = frame["tokens_per_s_low"].to_numpy(), frame["tokens_per_s_high"].to_numpy()
+    ax.barh(y, hi - lo, left=lo, height=0.5, color="tab:blue", alpha=0.3, label="band (profiles' ranges)")
+    ax.scatter(mid, y, color="tab:blue", zorder=3, s=14, label="nominal values")
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel("decode tokens/s")
+    ax.set_title("how sure: tokens/s across the ranges of the profiles' values")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

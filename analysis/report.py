@@ -127,6 +127,37 @@ def groups(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
     return out[:MAX_GROUPS]
 
 
+def _band_section(ranked: pl.DataFrame) -> Section:
+    """The bands of ``--uncertainty`` and whether the fastest point stays the fastest in every pricing."""
+    import json
+
+    from pregate.analysis import plots
+
+    priced = ranked.filter(pl.col("tokens_per_s_low").is_not_null())
+    best = priced.row(0, named=True)
+    mine = json.loads(best["uncertainty_tokens_per_s"])
+    beaten = []
+    for row in priced.iter_rows(named=True):
+        if row["key"] != best["key"]:
+            theirs = json.loads(row["uncertainty_tokens_per_s"])
+            if any(t > m for t, m in zip(theirs, mine)):
+                beaten.append(row["policy"] + " @ " + row["cache"])
+    verdict = ("It stays the fastest in every pricing of the band." if not beaten else
+               f"It does NOT stay the fastest everywhere: {', '.join(beaten[:5])} beat it in some pricing "
+               "(pregate recommend --uncertainty names the value that decides it).")
+    text = (f"Each point was priced at {best['uncertainty']} of the ranges of its {best['uncertainty_values']} "
+            f"estimated and derived profile values. The fastest, {best['policy']} @ {best['cache']}, makes "
+            f"{best['tokens_per_s_low']:.1f} to {best['tokens_per_s_high']:.1f} tokens/s "
+            f"({best['mean_step_latency_s_low'] * 1e3:.2f} to {best['mean_step_latency_s_high'] * 1e3:.2f} ms per "
+            f"step). {verdict}")
+    table = pl.DataFrame({"policy": priced["policy"].head(15), "cache": priced["cache"].head(15),
+                          "tokens/s": priced["tokens_per_s"].head(15),
+                          "low": priced["tokens_per_s_low"].head(15), "high": priced["tokens_per_s_high"].head(15)})
+    return Section("How sure", text, tables=[("bands of the fastest points", table)],
+                   figures=[Figure("bands", "tokens/s bands", "tokens/s of the fastest points across the profiles' "
+                                   "ranges", plots.png(plots.plot_bands(priced)))])
+
+
 def spread(values) -> float:
     """(max - min) / min of the positive values: how far apart a plot's points are."""
     xs = [v for v in values if v is not None and v == v and v > 0]
@@ -181,6 +212,8 @@ def results_sections(frame: pl.DataFrame, include_over_memory: bool = False) -> 
     if flat:
         pareto.text += " " + " ".join(flat)
     sections.append(pareto)
+    if "tokens_per_s_low" in frame.columns and frame["tokens_per_s_low"].is_not_null().any():
+        sections.append(_band_section(ranked))
     where = Section("Where the time goes", "Compute on the GPU, waiting for expert copies (stall), and host-side "
                     "dispatch beyond the GPU's own time, for the fastest points" + (" of each part." if len(groups(frame)) > 1 else "."))
     parts = groups(frame)
@@ -362,7 +395,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def write_report(results, out: str | Path, *, traces: list[str | Path] | None = None,
                  measured: pl.DataFrame | None = None, title: str = "pregate sweep report",
-                 lead: list[Section] | None = None, include_over_memory: bool = False) -> ReportFiles:
+                 lead: list[Section] | None = None, include_over_memory: bool = False,
+                 uncertainty: bool = False) -> ReportFiles:
     """Write ``report.html`` (self-contained), ``report.md`` and ``figures/*.png`` into ``out``.
 
     ``results`` is a results folder (from a sweep) or its frame; ``traces``
@@ -378,6 +412,10 @@ def write_report(results, out: str | Path, *, traces: list[str | Path] | None = 
         from pregate.simulator.sweep import SweepError
 
         raise SweepError("no points to report")
+    if uncertainty and ("tokens_per_s_low" not in frame.columns or frame["tokens_per_s_low"].is_null().all()):
+        from pregate.simulator.sweep import SweepError
+
+        raise SweepError("these results have no bands: run 'pregate sweep ... --uncertainty corners' first")
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     sections, notes = build_sections(frame, traces, measured, include_over_memory)

@@ -121,6 +121,7 @@ def main(argv=None) -> int:
         "transformers": env["transformers"], "date": env["date"], "summary": summary,
         "resident_vs_hf": hf,
         "profile_toml": (out / "profile.toml").read_text() if (out / "profile.toml").exists() else None,
+        "runtime_toml": (out / "profile.runtime.toml").read_text() if (out / "profile.runtime.toml").exists() else None,
         "calibration": json.loads((out / "profile.calibration.json").read_text())
         if (out / "profile.calibration.json").exists() else None,
         "points": validation["points"], "resident_points": validation["resident"],

@@ -13,8 +13,18 @@ their seed with the script's parameters). Two uses:
   The calibrated numbers stay those of the run; only the model around them
   changes, so a better fit here is evidence, not proof: a new GPU run decides.
 
+The runtime profile (the executor's host costs) is the record's own: its
+``runtime_toml``, or for a record written before hardware and runtime were
+split, the host costs in its schema /1 profile. ``--runtime NAME`` prices the
+record's hardware with another runtime instead (``pregate-eager``, which is
+derived from this very record, is then an in-sample fit, not a prediction).
+``--write-runtime`` writes the record's own runtime next to it as
+``RECORD.runtime.toml``.
+
     python bench/resimulate.py bench/results/gpu-validate-nvidia-h200.json
     python bench/resimulate.py RECORD.json --check
+    python bench/resimulate.py RECORD.json --runtime pregate-eager
+    python bench/resimulate.py RECORD.json --write-runtime
 """
 
 from __future__ import annotations
@@ -46,17 +56,29 @@ def summary(points: list[dict], key: str) -> dict:
     }
 
 
-def resimulate(record: dict, workdir: Path, groups: int = 2, dtype: str = "bfloat16") -> list[dict]:
-    from pregate.executor.run import trace_frame, trace_stream
-    from pregate.executor.shapes import make_shape_trace
-    from pregate.simulator.api import Simulation
+def record_runtime(record: dict, workdir: Path, name: str = ""):
+    """The runtime profile that prices the record: ``name``, else the record's own."""
     from pregate.simulator.profile import load_profile
-    from pregate.simulator.settings import Settings
-    from pregate.traces import open_trace
+    from pregate.simulator.runtime import load_runtime
 
     profile_path = workdir / "profile.toml"
     profile_path.write_text(record["profile_toml"])
     profile = load_profile(profile_path)
+    if not name and record.get("runtime_toml"):
+        name = str(workdir / "profile.runtime.toml")
+        Path(name).write_text(record["runtime_toml"])
+    return profile_path, profile, load_runtime(name, profile)
+
+
+def resimulate(record: dict, workdir: Path, groups: int = 2, dtype: str = "bfloat16",
+               runtime_name: str = "") -> list[dict]:
+    from pregate.executor.run import trace_frame, trace_stream
+    from pregate.executor.shapes import make_shape_trace
+    from pregate.simulator.api import Simulation
+    from pregate.simulator.settings import Settings
+    from pregate.traces import open_trace
+
+    profile_path, profile, runtime = record_runtime(record, workdir, runtime_name)
     params = record.get("traces") or DEFAULT_TRACES
     sims: dict[tuple, Simulation] = {}
     out = []
@@ -69,7 +91,7 @@ def resimulate(record: dict, workdir: Path, groups: int = 2, dtype: str = "bfloa
             trace = open_trace(folder)
             stream = trace_stream(trace_frame(trace), trace.meta, batch, groups)
             sims[(name, batch)] = Simulation(None, Settings(profile=str(profile_path), batch_size=batch, dtype=dtype),
-                                             profile=profile, stream=stream)
+                                             profile=profile, stream=stream, runtime=runtime)
         sim = sims[(name, batch)]
         base = sim.settings
         if p["cache"] == "resident":
@@ -87,13 +109,24 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true",
                     help="exit 1 unless every prediction equals the recorded one (same simulator)")
     ap.add_argument("--groups", type=int, default=2, help="groups per batch size, as the run used (default 2)")
+    ap.add_argument("--runtime", default="", help="price with this runtime profile instead of the record's own")
+    ap.add_argument("--write-runtime", action="store_true",
+                    help="write the record's own runtime profile next to it (RECORD.runtime.toml)")
     args = ap.parse_args(argv)
     record = json.loads(Path(args.record).read_text())
     if not record.get("points") or not record.get("profile_toml"):
         print(f"error: {args.record} has no points or no profile to re-price", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        points = resimulate(record, Path(tmp), args.groups)
+        if args.write_runtime:
+            from pregate.simulator.runtime import render_runtime
+
+            _, _, own = record_runtime(record, Path(tmp))
+            target = Path(args.record).with_suffix(".runtime.toml")
+            target.write_text(render_runtime(own, f"The runtime profile of {Path(args.record).name}: the host costs "
+                                                  "its calibration measured (bench/resimulate.py --write-runtime)."))
+            print(f"wrote {target}")
+        points = resimulate(record, Path(tmp), args.groups, runtime_name=args.runtime)
     print(f"{'trace':15} {'b':>3} {'policy':27} {'cache':>8} {'meas ms':>8} {'rec ms':>8} {'now ms':>8} {'err now':>8}")
     for p in points:
         policy = "resident" if p["cache"] == "resident" else f"{p['speculation']}+{p['cache_policy']}"

@@ -1,4 +1,4 @@
-"""``pregate calibrate``: measure this machine into a hardware profile the simulator loads.
+"""``pregate calibrate``: measure this machine into a hardware profile and a runtime profile.
 
 Every number is measured with the executor's own code paths (its copies, its
 expert function, its synthetic dense block and router), so that the
@@ -11,20 +11,24 @@ simulator, fed this profile, prices exactly what the executor does:
   back to back, so the host's dispatch is included when it is the bound;
 * peak matmul rate per dtype, device memory bandwidth, GPU time per tiny
   kernel (``gpu.kernel_launch``), host time per kernel of the dense block
-  (``host.dispatch_per_kernel``: the block's host time / the cost model's 20
-  kernels per block), the router's read-back (``host.router_sync``);
+  (``host.per_kernel``: the block's host time / its counted kernels,
+  :data:`EXECUTOR_KERNELS`), the router's read-back (``host.router_sync``);
 * host matmul rate and memory bandwidth (``cpu_compute``), dequantisation output
   rate (int8 and int4, the slower is kept);
 * how much a copy on the side stream slows a concurrent matmul loop, and the
   dense block's time by token count (the profile schema has no key for these:
   they are in the file's comments and in the JSON written next to it).
 
-The profile records the device, driver and library versions in its
-description and header; ``PROFILE.calibration.json`` holds every raw table.
+``PROFILE.toml`` gets what the hardware can do (schema ``pregate.profile/2``),
+``PROFILE.runtime.toml`` the executor's host costs on this machine (schema
+``pregate.runtime/1``; pass it as ``--runtime``). Both record the device,
+driver and library versions in their header; ``PROFILE.calibration.json``
+holds every raw table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -38,7 +42,6 @@ import torch
 from pregate.executor.device import Device, ExecutorError, now
 from pregate.executor.runtime import torch_dtype
 from pregate.executor.store import ExpertSpec, gated_spec, switch_spec
-from pregate.simulator.costs import DENSE_KERNELS_PER_BLOCK
 
 DEFAULT_SHAPES = {"cuda": ["768x3072", "4096x14336:gated"], "cpu": ["768x3072"]}
 
@@ -449,9 +452,10 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
     x1 = model.start(1)
     blocks = model.blocks
     host_block = timer.host_per_call(lambda: model.dense(0, x1, True, 64), 20 if quick else 100)
-    dispatch = host_block / (blocks * DENSE_KERNELS_PER_BLOCK)
+    block_kernels = EXECUTOR_KERNELS["dense_block"][0] + EXECUTOR_KERNELS["dense_ffn"][0]  # it has a 4x FFN
+    dispatch = host_block / (blocks * block_kernels)
     values["host.dispatch_per_kernel"] = (dispatch, "s", f"host time to issue the executor's dense block "
-                                          f"(d_model {d0}, 1 token) / {DENSE_KERNELS_PER_BLOCK} kernels per block")
+                                          f"(d_model {d0}, 1 token, timed alone) / its {block_kernels} kernels")
     route_total = timer.per_call(lambda: model.route(0, x1), 20 if quick else 100)
     values["host.router_sync"] = (max(route_total - 3 * dispatch, 1e-7), "s",
                                   "router (matmul, softmax, top-k) with its read-back to the host, minus 3 dispatches")
@@ -657,15 +661,73 @@ def render_profile(env: dict, values: dict, source: str, tables: list[dict], det
     return "\n".join(lines) + "\n"
 
 
+# Kernels (torch operations; views excluded) the executor's code launches: SyntheticModel.dense and the
+# expert path of OffloadRuntime. tests/test_runtime_profiles.py counts them again under a dispatch mode.
+EXECUTOR_KERNELS = {
+    "dense_block": (14, "RMS norm (5: pow, mean, add, rsqrt, mul), QKV matmul, attention, output matmul, "
+                        "residual add, RMS norm (5)"),
+    "dense_ffn": (9, "RMS norm (5), two matmuls, activation, residual add"),
+    "expert": (6, "gather, two matmuls, activation, gate product, scatter-add"),
+    "gated_expert": (7, "gather, gate-up matmul, SiLU, product, down matmul, gate product, scatter-add (the split "
+                        "is a view)"),
+}
+
+
+def runtime_path(path: str | Path) -> Path:
+    """Where the runtime profile of a calibrated hardware profile goes: ``X.toml`` -> ``X.runtime.toml``."""
+    path = Path(path)
+    return path.with_name(path.name[:-len(".toml")] + ".runtime.toml")
+
+
+def split_profile(text: str, where: str, kernels=None) -> tuple[str, str]:
+    """A schema /1 profile's text as a hardware profile (schema /2) and a runtime profile, both as TOML.
+
+    ``kernels``: the executor's counted kernels (a fresh calibration); without
+    them the runtime keeps the old cost model's counts, so a converted file
+    prices exactly as before.
+    """
+    import tomllib
+
+    from pregate.simulator.profile import parse_profile, render_profile
+    from pregate.simulator.runtime import render_runtime, runtime_from_legacy
+
+    profile = parse_profile(tomllib.loads(text), where)
+    head = [line[2:] for line in text.splitlines() if line.startswith("# ") and "schema" not in line
+            and not line.startswith("# Not in the schema")][:3]
+    runtime = runtime_from_legacy(profile, kernels, name=f"{profile.name}-executor")
+    runtime = dataclasses.replace(runtime, description=f"pregate's executor as calibrated with {profile.name}")
+    return (render_profile(profile, "\n".join(head)),
+            render_runtime(runtime, "\n".join(head + ["Host costs of pregate's executor on the calibrated machine; "
+                                                        "load with --runtime this file."])))
+
+
 def write_profile(path: str | Path, text: str, details: dict) -> tuple[Path, Path]:
+    """Write PROFILE.toml (hardware), PROFILE.runtime.toml (the executor's host costs) and the JSON details."""
     from pregate.simulator.profile import load_profile
+    from pregate.simulator.runtime import load_runtime
 
     path = Path(path)
     if path.suffix != ".toml":
         raise ExecutorError(f"profile file must end in .toml: {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    hardware, runtime = split_profile(text, str(path), EXECUTOR_KERNELS)
+    path.write_text(hardware)
+    runtime_path(path).write_text(runtime)
     side = path.with_suffix(".calibration.json")
     side.write_text(json.dumps(details, indent=2, default=float) + "\n")
-    load_profile(path)  # the simulator must accept what we wrote
+    load_runtime(runtime_path(path), load_profile(path))  # the simulator must accept what we wrote
     return path, side
+
+
+def convert_profile(old: str | Path, out: str | Path) -> tuple[Path, Path]:
+    """``pregate calibrate --convert OLD.toml -o NEW.toml``: a schema /1 file as the two new files."""
+    old, out = Path(old), Path(out)
+    if not old.is_file():
+        raise ExecutorError(f"profile file not found: {old}")
+    if out.suffix != ".toml":
+        raise ExecutorError(f"profile file must end in .toml: {out}")
+    hardware, runtime = split_profile(old.read_text(), str(old))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(hardware)
+    runtime_path(out).write_text(runtime)
+    return out, runtime_path(out)

@@ -1,19 +1,23 @@
-"""``pregate calibrate``: measure this machine into a hardware profile."""
+"""``pregate calibrate``: measure this machine into a hardware profile and a runtime profile."""
 
-HELP = "measure the present device into a hardware profile (TOML) the simulator loads"
+HELP = "measure the present device into a hardware profile and a runtime profile (TOML) the simulator loads"
 DESCRIPTION = """Measure host-to-device copies (pinned and pageable, by size; fitted to a fixed
 cost per copy plus bytes / bandwidth), expert FFN time by token count for the
 given expert shapes, matmul rates, memory bandwidth, kernel launch and host
 dispatch costs, the router's read-back, dequantisation throughput and how
 much a copy slows concurrent compute. Writes a profile in the simulator's
-schema (every value with unit and source, device, driver and library versions
-in its header) and PROFILE.calibration.json with the raw tables.
+schema (every value with unit, kind and source, device, driver and library
+versions in its header), PROFILE.runtime.toml with the executor's host costs
+on this machine (pass it as --runtime) and PROFILE.calibration.json with the
+raw tables. --convert turns a profile written before hardware and runtime were
+split (schema pregate.profile/1) into the two files, pricing exactly as before.
 
 examples:
   pregate calibrate --device cuda -o profiles/my-gpu.toml
   pregate calibrate --device cuda -o my-gpu.toml --expert-shape 768x3072 --expert-shape 4096x14336:gated
   pregate calibrate --device cuda -o my-gpu.toml --trace runs/sb8 --dtype bfloat16
-  pregate calibrate --device cpu -o cpu.toml --quick          # a few seconds"""
+  pregate calibrate --device cpu -o cpu.toml --quick          # a few seconds
+  pregate calibrate --convert old-gpu.toml -o gpu.toml         # writes gpu.toml and gpu.runtime.toml"""
 
 
 def add_arguments(p) -> None:
@@ -24,13 +28,20 @@ def add_arguments(p) -> None:
                    help="expert shape to time (repeatable; default: 768x3072, and 4096x14336:gated on cuda)")
     p.add_argument("--trace", action="append", default=[], help="also time the expert shape of this trace (repeatable)")
     p.add_argument("--dtype", default="", help="dtype of expert timings (default: bfloat16 on cuda, float32 on cpu)")
+    p.add_argument("--convert", metavar="OLD.toml", default=None,
+                   help="measure nothing: split a schema pregate.profile/1 file into -o and its .runtime.toml")
 
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on the cpu (default: 1, for stable timings when cores are shared)")
 
 def _run(args) -> int:
-    from pregate.executor.calibrate import calibrate, parse_shape, write_profile
+    from pregate.executor.calibrate import calibrate, convert_profile, parse_shape, runtime_path, write_profile
     from pregate.executor.device import check_device
+
+    if args.convert:
+        hardware, runtime = convert_profile(args.convert, args.out)
+        print(f"wrote {hardware} and {runtime}")
+        return 0
 
     check_device(args.device)
     shapes = list(args.expert_shape)
@@ -49,7 +60,7 @@ def _run(args) -> int:
                               log=lambda m: print(f"  {m}"), traces=metas)
     path, side = write_profile(args.out, text, details)
     v = details["values"]
-    print(f"wrote {path} (and {side.name}): pinned {v['pcie.pinned_bandwidth']['value'] / 1e9:.1f} GB/s, "
+    print(f"wrote {path} (and {runtime_path(path).name}, {side.name}): pinned {v['pcie.pinned_bandwidth']['value'] / 1e9:.1f} GB/s, "
           f"pageable {v['pcie.pageable_bandwidth']['value'] / 1e9:.1f} GB/s, "
           f"copy latency {v['pcie.copy_latency']['value'] * 1e6:.1f} us, "
           f"dispatch {v['host.dispatch_per_kernel']['value'] * 1e6:.1f} us/kernel")

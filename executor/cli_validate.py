@@ -12,12 +12,16 @@ examples:
   pregate calibrate --device cuda -o gpu.toml && pregate validate runs/sb8 --profile gpu.toml --device cuda
   pregate validate runs/sb8 runs/mx --profile gpu.toml --device cuda --policies none+lru,layer_minus_1+lru \\
       --cache 25%,50% --batch-size 1,16 -o out/validate
-  pregate validate runs/tiny --profile cpu.toml --device cpu --quick"""
+  pregate validate runs/tiny --profile cpu.toml --device cpu --quick
+  pregate validate runs/sb8 --profile gpu.toml --runtime gpu.runtime.toml --device cuda"""
 
 
 def add_arguments(p) -> None:
     p.add_argument("traces", nargs="+", metavar="TRACE", help="trace folder(s)")
     p.add_argument("--profile", required=True, help="profile TOML (from 'pregate calibrate') or a built-in name")
+    p.add_argument("--runtime", default="", help="runtime profile that prices the host (default: PROFILE.runtime.toml "
+                                                "next to a calibrated PROFILE.toml, else the profile file's own "
+                                                "or pregate-eager)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("-o", "--out", default="validate-out", help="output folder (default: validate-out)")
     p.add_argument("--policies", default=None, help="comma list of SPECULATION+CACHING pairs "
@@ -38,10 +42,12 @@ def add_arguments(p) -> None:
 def _run(args) -> int:
     from pregate.executor.device import ExecutorError, check_device
     from pregate.executor.validate import validate, write_outputs
+    from pregate.executor.validate import default_runtime
     from pregate.simulator.profile import load_profile
+    from pregate.simulator.runtime import load_runtime
 
     check_device(args.device)
-    load_profile(args.profile)  # a bad profile fails before anything runs
+    load_runtime(args.runtime or default_runtime(args.profile), load_profile(args.profile))  # fail before running
     try:
         batches = [int(b) for b in args.batch_size.split(",")] if args.batch_size else None
     except ValueError:
@@ -56,7 +62,7 @@ def _run(args) -> int:
         raise ExecutorError(f"--repeats must be at least 1, got {repeats}")
     result = validate(args.traces, args.profile, args.device, policies=args.policies, caches=caches,
                       batch_sizes=batches, dtype=args.dtype, groups=args.groups, warmup=args.warmup,
-                      quick=args.quick, repeats=repeats, log=lambda m: print(f"  {m}"))
+                      quick=args.quick, repeats=repeats, log=lambda m: print(f"  {m}"), runtime_path=args.runtime)
     files = write_outputs(result, args.out)
     s = result["summary"]
 

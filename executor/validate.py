@@ -36,6 +36,7 @@ from pregate.executor.stats import kendall_tau, ks_statistic, latency_stats
 from pregate.simulator.api import Simulation
 from pregate.simulator.policies import CACHING, SPECULATION
 from pregate.simulator.profile import load_profile
+from pregate.simulator.runtime import load_runtime
 from pregate.simulator.settings import Settings
 
 DEFAULT_POLICIES = ["none+lru", "layer_minus_1+lru", "none+lfu", "multi_layer+least-stale"]
@@ -56,14 +57,33 @@ def parse_policies(text: str | list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def default_runtime(profile_path: str | Path) -> str:
+    """The runtime that goes with a profile: ``X.runtime.toml`` next to a calibrated ``X.toml``, else the default.
+
+    A calibrated profile describes this machine's hardware; what the executor
+    costs on its host was calibrated with it and written next to it. An old
+    (schema /1) file carries those costs itself; a built-in profile has none,
+    and the default runtime (pregate-eager) prices it.
+    """
+    text = str(profile_path)
+    if text.endswith(".toml"):
+        sibling = Path(text[:-len(".toml")] + ".runtime.toml")
+        if sibling.is_file():
+            return str(sibling)
+    return ""
+
+
 def _rel(sim: float, meas: float) -> float:
     return (sim - meas) / meas if meas else float("nan")
 
 
 def validate(traces: list[str], profile_path: str, device: str = "cpu", *, policies=None, caches=None,
              batch_sizes=None, dtype: str = "", groups: int | None = None, warmup: int | None = None,
-             quick: bool = False, repeats: int = 1, log=print) -> dict:
+             quick: bool = False, repeats: int = 1, log=print, runtime_path: str = "") -> dict:
     profile = load_profile(profile_path)
+    runtime_path = str(runtime_path or default_runtime(profile_path))
+    runtime = load_runtime(runtime_path, profile)
+    log(f"pricing with profile {profile.name} and runtime {runtime.name}")
     policies = parse_policies(policies or (QUICK_POLICIES if quick else DEFAULT_POLICIES))
     caches = caches or (["50%"] if quick else ["25%", "50%"])
     batch_sizes = batch_sizes or ([1] if quick else [1, 16])
@@ -81,8 +101,8 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
         pairs = list(dict.fromkeys(pairs))
         for batch in batch_sizes:
             stream = ex.stream(batch, groups)
-            base = Settings(profile=str(profile_path), batch_size=batch, dtype=ex.dtype_name)
-            sim = Simulation(None, base, profile=profile, stream=stream)
+            base = Settings(profile=str(profile_path), runtime=runtime_path, batch_size=batch, dtype=ex.dtype_name)
+            sim = Simulation(None, base, profile=profile, stream=stream, runtime=runtime)
             if batch == batch_sizes[0]:
                 missing = [what for what, used in (("expert", sim.costs.used_table), ("dense block", sim.costs.used_dense_table))
                            if not used]
@@ -137,6 +157,7 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
                 (points if i else residents).append(best[i])
                 log(_line(best[i]))
     result = summarise(points, residents, profile, device, batch_sizes)
+    result["runtime"], result["runtime_path"] = runtime.name, runtime.path
     result["skipped"] = skipped
     result["summary"]["skipped"] = len(skipped)
     return result

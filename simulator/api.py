@@ -28,6 +28,7 @@ from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULAT
 from pregate.simulator.memory_fit import working_margin
 from pregate.simulator.pricing import meta_label, price_stream
 from pregate.simulator.profile import HardwareProfile, load_profile
+from pregate.simulator.runtime import RuntimeProfile, load_runtime
 from pregate.simulator.replay import FAST_POLICIES, ReplayCounts, replay_fast, replay_general
 from pregate.simulator.settings import Settings, parse_cache_size
 from pregate.simulator.stream import RequestStream, build_stream
@@ -83,9 +84,12 @@ class Simulation:
     """A trace prepared once (stream, costs) for many settings that share batch size and hardware."""
 
     def __init__(self, trace, settings: Settings, profile: HardwareProfile | None = None,
-                 stream: RequestStream | None = None):
+                 stream: RequestStream | None = None, runtime: RuntimeProfile | None = None):
         self.settings = settings
         resolve_policies(settings)
+        from pregate.simulator.uncertainty import parse_mode
+
+        parse_mode(settings.uncertainty)
         if settings.copy_engines < 0 or settings.max_prefetch < 0:
             raise SimulatorError("--copy-engines and --max-prefetch must not be negative")
         if stream is None:
@@ -94,7 +98,8 @@ class Simulation:
         stream = price_stream(stream, settings.price_as)
         self.stream = stream
         self.profile = profile or load_profile(settings.profile)
-        self.costs = build_costs(stream, self.profile, settings.dtype, settings.host_tier)
+        self.runtime = runtime or load_runtime(settings.runtime, self.profile)
+        self.costs = build_costs(stream, self.profile, self.runtime, settings.dtype, settings.host_tier)
         self.gpu_dtype = self.costs.gpu_dtype
         self.expert_bytes = self.costs.expert_bytes[self.gpu_dtype]
 
@@ -136,7 +141,7 @@ class Simulation:
         cache, planner, buffering, comp = self._parts(settings)
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
         outcome = run_timed(
-            self.stream, self.costs, planner, cache,
+            self.stream, self.costs.for_policy(settings.cache_policy), planner, cache,
             demand_dtype=comp.demand_dtype(self.gpu_dtype), prefetch_dtype=comp.prefetch_dtype(self.gpu_dtype),
             copy_engines=engines, timeline=timeline, all_resident=buffering.all_resident,
         )
@@ -151,6 +156,10 @@ class Simulation:
         if bounds:
             resident, oracle = bound_settings(settings)
             add_bounds(summary, _mean_step(self.timed(resident)[0]), _mean_step(self.timed(oracle)[0]))
+        if settings.uncertainty:
+            from pregate.simulator.uncertainty import band
+
+            summary.update(band(self, settings, settings.uncertainty, settings.seed))
         return Result(settings=settings.to_dict(), summary=summary, steps=outcome.steps, events=outcome.events)
 
     def summarise(self, settings: Settings, outcome: TimedOutcome, cache: ExpertCache) -> dict:
@@ -175,6 +184,7 @@ class Simulation:
             "pricing": meta_label(stream.meta),
             "gpu_dtype": self.gpu_dtype,
             "profile": self.profile.name,
+            "runtime": self.runtime.name,
             "requests": stream.n_requests,
             "tokens": tokens,
             "steps": len(decode),
@@ -222,8 +232,9 @@ def bound_settings(settings: Settings) -> tuple[Settings, Settings]:
     differ only there share one bound run (the sweep memoises on this).
     """
     resident = settings.replace(buffering="resident", speculation="none", cache_policy="lru", cache="100%",
-                                per_layer=False, compression="none", max_prefetch=0, copy_engines=0, seed=0)
-    oracle = settings.replace(speculation="oracle", cache_policy="belady",
+                                per_layer=False, compression="none", max_prefetch=0, copy_engines=0, seed=0,
+                                uncertainty="")
+    oracle = settings.replace(speculation="oracle", cache_policy="belady", uncertainty="",
                               buffering="cache" if settings.buffering != "resident" else "resident")
     return resident, oracle
 

@@ -14,6 +14,8 @@ examples:
   pregate simulate runs/sb8 --profile t4 --speculation layer_minus_1 --cache-policy lfu --cache 2GB
   pregate simulate runs/mx --batch-size 8 --cache 96 --per-layer --compression int8 --json out.json
   pregate simulate runs/sb8 --profile my-gpu.toml --steps-out steps.parquet --timeline tl.json
+  pregate simulate runs/sb8 --profile rtx3090 --runtime gpu-bound --uncertainty corners
+  pregate simulate runs/sb8 --uncertainty 32 --seed 1        # 32 seeded samples of the ranges
   pregate simulate runs/sb8 --replay-only --cache-policy belady      # counts only, fast
   pregate simulate sample:pregate-moe-tiny --price-as switch-base-8 --dtype bfloat16   # routing of the sample,
                                                                     # sizes of switch-base-8
@@ -44,7 +46,7 @@ def format_summary(s: dict) -> str:
         return "n/a" if x is None else f"{x * 1e3:.3f} ms"
 
     lines = [
-        f"{s['pricing']}, on {s['profile']} ({s['gpu_dtype']}): {s['steps']} steps, {s['tokens']} tokens, "
+        f"{s['pricing']}, on {s['profile']} ({s.get('runtime', '')} runtime, {s['gpu_dtype']}): {s['steps']} steps, {s['tokens']} tokens, "
         f"{s['requests']} expert requests, cache {s['cache_capacity_experts']} experts",
         f"  hits {s['hits']}  late hits {s['late_hits']}  misses {s['misses']}  "
         f"prefetches {s['prefetches']} (wasted {s['wasted_prefetches']})  moved {s['bytes_moved'] / 1e6:.1f} MB",
@@ -60,6 +62,11 @@ def format_summary(s: dict) -> str:
             f"  bounds: all-resident {ms(s['bound_resident_mean_step_latency_s'])} (x{s['ratio_to_resident']:.3f}), "
             f"oracle+belady {ms(s['bound_oracle_mean_step_latency_s'])} (x{s['ratio_to_oracle']:.3f})"
         )
+    if s.get("uncertainty"):
+        lines.append(
+            f"  uncertainty ({s['uncertainty']}, {s['uncertainty_values']} values with a range): tokens/s "
+            f"{s['tokens_per_s_low']:.1f} to {s['tokens_per_s_high']:.1f}, step latency "
+            f"{ms(s['mean_step_latency_s_low'])} to {ms(s['mean_step_latency_s_high'])}")
     return "\n".join(lines)
 
 

@@ -19,6 +19,8 @@ the routing is synthetic. Without --model, the shipped sample trace is used.
 
 examples:
   pregate recommend --model mixtral-8x7b --gpu rtx3090
+  pregate recommend --model mixtral-8x7b --gpu rtx3090 --runtime gpu-bound
+  pregate recommend --model mixtral-8x7b --gpu rtx3090 --uncertainty corners
   pregate recommend --model runs/sb8 --gpu t4 --batch-size 8
   pregate recommend --model switch-base-128 --gpu rtx3060-12gb --vram 10 --json
   pregate recommend --model runs/mx --price-as mixtral-8x7b          # your routing, Mixtral's sizes"""
@@ -27,6 +29,10 @@ examples:
 def add_arguments(parser) -> None:
     parser.add_argument("--model", metavar="M", help="trace folder or known model shape (default: the shipped sample trace)")
     parser.add_argument("--gpu", default="rtx3090", help="hardware profile: built-in name, TOML file or auto (default: rtx3090)")
+    parser.add_argument("--runtime", default="", help="runtime profile: pregate-eager (default), gpu-bound or a TOML file")
+    parser.add_argument("--uncertainty", default="", help="price every point across its profiles' ranges: corners or "
+                        "a number of seeded samples; says whether the winner stays the winner, and which value "
+                        "decides it if not")
     parser.add_argument("--vram", type=float, metavar="GB", help="GPU memory to plan for, in GB (default: the profile's)")
     parser.add_argument("--margin", type=float, metavar="GB", help="memory kept free besides dense weights and cache "
                         "(default: 0.5 GB + 8%% of the GPU memory)")
@@ -61,6 +67,7 @@ def run(args) -> int:
         print(f"no --model given: using the shipped sample trace {model}", file=sys.stderr)
     rec = recommend(model, args.gpu, vram_gb=args.vram, batch_size=args.batch_size, margin_gb=args.margin,
                     workers=args.workers, results=args.results, progress=args.progress,
+                    runtime=args.runtime, uncertainty=args.uncertainty,
                     price_as=spec_from_flags(args.price_as, args.model_config))
     if args.json:
         print(json.dumps(rec.to_dict(), indent=2, sort_keys=True))

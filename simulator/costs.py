@@ -7,52 +7,73 @@ engine's hot loop does list lookups.
 
 Model (DESIGN.md "Simulator model"):
 
+Inputs: a hardware profile (what the GPU, link and host CPU can do) and a
+runtime profile (what the runtime costs on the host: issue time per kernel,
+block and expert, kernels per block and expert, the planner, dequantisation).
+
 * expert FFN on the GPU for n tokens: a measured table (tokens -> seconds) when
   the profile has one for this expert shape, else the roofline
   ``max(2 n params / peak_flops, expert_bytes / hbm_bandwidth)`` plus one GPU
-  launch gap per kernel; the host spends ``dispatch_per_kernel`` per kernel to
-  issue it (at batch 1 on a fast GPU that, not the GPU, is the bound);
+  launch gap per kernel the runtime launches for an expert; the host issues it
+  in ``host.expert_issue``, or ``host.per_expert + kernels x host.per_kernel``;
 * dense work per MoE layer step (attention, projections, norms, the non-MoE
   blocks between MoE layers): a measured table (tokens -> seconds per block,
-  at a known context per sequence) when the profile has one for this block,
-  with attention beyond that context priced by the roofline; else the
-  roofline over the dense weights and the tokens, plus attention over the
-  context (``ctx`` = sum of context lengths), plus a fixed number of kernels;
-  then the router's result is read by the host;
+  at a known context per sequence) when the profile has one for this block
+  (same width and dtype, size within 5%; between two measured contexts the
+  cost per sequence's context is the line through them), else the roofline
+  over the dense weights and the tokens, plus attention over the context
+  (``ctx`` = sum of context lengths), plus one launch gap per kernel of the
+  block (``kernels.dense_block``, plus ``kernels.dense_ffn`` with a dense FFN);
+  the host issues a block in the runtime's measured time for that shape, or
+  ``host.block_issue``, or ``host.per_block + kernels x host.per_kernel``;
+  then the router's result is read by the host (``host.router_sync``);
 * a copy: ``copy_latency + bytes / bandwidth`` by host tier (pinned, pageable,
   NVMe staged through pinned memory) and by the dtype of the host copy;
-* dequantisation when the host copy is compressed: output bytes / rate;
+* dequantisation when the host copy is compressed: output bytes / the
+  runtime's rate for the form (a ratio of HBM bandwidth, or B/s);
 * CPU expert compute (Fiddler): roofline on the host plus moving activations;
-* the executor's own host time (optional profile keys, measured by calibrate
-  inside the executor's run loop): issuing a dense block (``host.block_issue``),
-  planning and bookkeeping per MoE layer step (``host.layer_step``, or
-  ``host.resident_layer_step`` with every expert resident), issuing one copy
-  (``host.copy_issue``), and issuing one expert's kernels with its slot's
-  events (``host.expert_issue``, ``host.resident_expert_issue``). The GPU is
-  idle while the host plans (it has just waited for the router's result), so
-  planning and copy issue add to the step; dense work and an expert cost the
-  larger of their GPU time and their issue time.
+* planning and bookkeeping per MoE layer step (``host.layer_step``, or
+  ``host.resident_layer_step`` with every expert resident, or the runtime's
+  ``[planner]`` cost of the caching policy's family) and issuing one copy
+  (``host.copy_issue``). The GPU is idle while the host plans (it has just
+  waited for the router's result), so planning and copy issue add to the
+  step; dense work and an expert cost the larger of their GPU time and their
+  issue time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from pregate.simulator.errors import SimulatorError
 from pregate.simulator.profile import HardwareProfile
+from pregate.simulator.runtime import RuntimeProfile
 from pregate.simulator.stream import RequestStream
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 PEAK_KEY = {"float32": "gpu.fp32_flops", "bfloat16": "gpu.bf16_flops", "float16": "gpu.fp16_flops"}
-# Kernels eager PyTorch launches (estimates, to be replaced by calibration):
-# an expert is gather, up-projection, activation, down-projection, scatter-add;
-# a gated expert adds the gate projection and the product.
-EXPERT_KERNELS = {False: 5, True: 7}
-# Per transformer block outside the experts: norms, attention projections,
-# attention, residual adds, the router's matmul, softmax and top-k.
-DENSE_KERNELS_PER_BLOCK = 20
+QUANT_FORMS = ("int8", "int4")
+
+
+def dense_ffn_params(d_model: int, block_params: float) -> float:
+    """Weights of a dense block beyond its attention (4 d^2): a dense FFN when positive."""
+    return block_params - 4.0 * d_model * d_model
+
+
+def dense_block_kernels(runtime: RuntimeProfile, d_model: int, block_params: float) -> int:
+    """Kernels one dense block launches in ``runtime``: attention, plus a dense FFN if the block has one."""
+    ffn = dense_ffn_params(d_model, block_params) >= 2.0 * d_model  # at least one FFN column
+    return int(runtime["kernels.dense_block"] + (runtime["kernels.dense_ffn"] if ffn else 0))
+
+
+def dequant_rate(runtime: RuntimeProfile, profile: HardwareProfile, form: str) -> float:
+    """Bytes of dequantised weights written per second: a ratio of HBM bandwidth, or a rate in B/s."""
+    key = f"dequant.{form}"
+    value = runtime[key]
+    return value * profile["gpu.hbm_bandwidth"] if runtime.unit(key) == "ratio" else value
 
 
 def interpolate(x, xs, ys) -> np.ndarray:
@@ -92,9 +113,27 @@ class CostTables:
     copy_issue: float = 0.0  # host time to issue one copy
     used_table: str = ""  # source of the measured expert table, if used
     used_dense_table: str = ""  # source of the measured dense-block table, if used
+    planner: dict = field(default_factory=dict)  # caching policy -> (layer_step, copy_issue) where it has its own
+    runtime: str = ""  # name of the runtime profile
+
+    def for_policy(self, cache_policy: str) -> "CostTables":
+        """These tables with the planner's cost of ``cache_policy``'s family (the runtime's, if it has one)."""
+        if cache_policy not in self.planner:
+            return self
+        layer_step, copy_issue = self.planner[cache_policy]
+        return dataclasses.replace(self, layer_step=layer_step, copy_issue=copy_issue,
+                                   resident_layer_step=min(self.resident_layer_step, layer_step))
 
 
-def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str = "",
+def _host_total(runtime: RuntimeProfile, total_key: str, fixed_key: str, kernels: int) -> float:
+    """A measured total when the runtime has one, else its fixed part plus its kernels' issue."""
+    total = runtime.get(total_key)
+    if total is not None:
+        return total
+    return runtime[fixed_key] + kernels * runtime["host.per_kernel"]
+
+
+def build_costs(stream: RequestStream, profile: HardwareProfile, runtime: RuntimeProfile, gpu_dtype: str = "",
                 host_tier: str = "pinned") -> CostTables:
     meta = stream.meta
     gpu_dtype = gpu_dtype or meta.dtype
@@ -106,26 +145,25 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
     peak = profile[PEAK_KEY[gpu_dtype]]
     hbm = profile["gpu.hbm_bandwidth"]
     launch = profile["gpu.kernel_launch"]
-    dispatch = profile["host.dispatch_per_kernel"]
     gated = "gated" in (meta.activation or "") or "glu" in (meta.activation or "").lower()
-    kernels = EXPERT_KERNELS[gated]
+    kernels = int(runtime["kernels.gated_expert" if gated else "kernels.expert"])
+    # the host's issue of one expert (with its slot events) and of one resident expert
+    expert_host = _host_total(runtime, "host.expert_issue", "host.per_expert", kernels)
+    if "host.resident_expert_issue" in runtime.entries or "host.expert_issue" not in runtime.entries:
+        expert_host_resident = _host_total(runtime, "host.resident_expert_issue", "host.per_resident_expert", kernels)
+    else:
+        expert_host_resident = expert_host
     max_tokens = int(stream.req_tokens.max()) if stream.n_requests else 1
     n = np.arange(max_tokens + 1, dtype=np.float64)
     table = profile.expert_table(meta.d_model, meta.d_ff)
     used = ""
     if table is not None:
+        # calibrate times the table on the GPU alone; the host's issue is the runtime's
         expert_gpu = interpolate(n, table.tokens, table.seconds)
-        # calibrate times the table on the GPU alone; the host's issue of the expert, with
-        # the runtime's slot events, is host.expert_issue (absent in older profiles, whose
-        # tables were timed back to back and so hold the host's part when it was the bound)
-        expert_host = profile.get("host.expert_issue", 0.0)
-        expert_host_resident = profile.get("host.resident_expert_issue", expert_host)
         used = table.source
     else:
         act_bytes = 2.0 * n * meta.d_model * DTYPE_BYTES[gpu_dtype]
         expert_gpu = np.maximum(2.0 * n * meta.expert_params / peak, (e_bytes + act_bytes) / hbm) + kernels * launch
-        expert_host = profile.get("host.expert_issue", 0.0) or kernels * dispatch
-        expert_host_resident = profile.get("host.resident_expert_issue", 0.0) or expert_host
     # Resident experts skip the slot events and the planner: never dearer than offloaded ones
     # (two noisy fits could say otherwise, and the all-resident bound must stay a bound).
     expert_host_resident = min(expert_host_resident, expert_host)
@@ -152,6 +190,13 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
     def attention(context):
         return np.maximum(4.0 * context * meta.d_model / peak, 2.0 * context * meta.d_model * DTYPE_BYTES[gpu_dtype] / hbm)
 
+    block_kernels = dense_block_kernels(runtime, meta.d_model, dense_params)
+    measured_issue = runtime.block_issue(meta.d_model, dense_params)
+    if measured_issue is not None:
+        block_host = measured_issue.seconds
+    else:
+        block_host = _host_total(runtime, "host.block_issue", "host.per_block", block_kernels)
+    dense_host = np.full(len(tokens), blocks_per_layer * block_host)
     dense_tables = profile.dense_table(meta.d_model, dense_params, gpu_dtype)
     used_dense = ""
     if dense_tables:
@@ -168,15 +213,10 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
         else:
             dense_one = measured + np.maximum(attention(ctx) - attention(tokens * short.context), 0.0)
         dense_gpu = blocks_per_layer * dense_one
-        # the table is the GPU's time; the host's issue of this block inside the run loop is
-        # its issue_seconds, or host.block_issue (a tiny attention-only block) without one
-        issue = max(t.issue_seconds for t in dense_tables) or profile.get("host.block_issue", 0.0)
-        dense_host = np.full(len(tokens), blocks_per_layer * issue)
         used_dense = "; ".join(dict.fromkeys(t.source for t in dense_tables))
     else:
-        dense_gpu = blocks_per_layer * (weights + attention(ctx) + DENSE_KERNELS_PER_BLOCK * launch)
-        block_host = profile.get("host.block_issue", 0.0) or DENSE_KERNELS_PER_BLOCK * dispatch
-        dense_host = np.full(len(tokens), blocks_per_layer * block_host)
+        # the roofline plus one launch gap per kernel the runtime launches for the block
+        dense_gpu = blocks_per_layer * (weights + attention(ctx) + block_kernels * launch)
     # copies by dtype of the host copy
     latency = profile["pcie.copy_latency"]
     copy = {}
@@ -193,7 +233,14 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
         else:
             raise SimulatorError(f"unknown host tier '{host_tier}' (valid: pinned, pageable, nvme)")
         copy[dtype] = seconds
-    dequant = {d: (0.0 if d == gpu_dtype else e_bytes / profile["dequant.bandwidth"] + launch) for d in bytes_of}
+    # dequantising (or casting) a host copy into the GPU dtype; a cast runs at the int8 rate
+    rates = {form: dequant_rate(runtime, profile, form) for form in QUANT_FORMS}
+    dequant = {d: (0.0 if d == gpu_dtype else e_bytes / rates.get(d, rates["int8"]) + launch) for d in bytes_of}
+    planner = {}
+    for key in runtime.entries:
+        if key.startswith("planner."):
+            policy = key[len("planner."):].rsplit("_", 2)[0]
+            planner[policy] = runtime.planner(policy)
     n_blocks_total = blocks if blocks else total_moe
     return CostTables(
         gpu_dtype=gpu_dtype,
@@ -201,16 +248,18 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, gpu_dtype: str 
         expert_gpu=expert_gpu.tolist(),
         expert_host=float(expert_host),
         expert_host_resident=float(expert_host_resident),
-        layer_step=profile.get("host.layer_step", 0.0),
-        resident_layer_step=min(profile.get("host.resident_layer_step", 0.0), profile.get("host.layer_step", 0.0)),
-        copy_issue=profile.get("host.copy_issue", 0.0),
+        layer_step=runtime["host.layer_step"],
+        resident_layer_step=min(runtime["host.resident_layer_step"], runtime["host.layer_step"]),
+        copy_issue=runtime["host.copy_issue"],
         expert_cpu=expert_cpu.tolist(),
         dense_gpu=dense_gpu.tolist(),
         dense_host=dense_host.tolist(),
-        router_sync=profile["host.router_sync"],
+        router_sync=runtime["host.router_sync"],
         copy=copy,
         dequant=dequant,
         dense_bytes=int(dense_bytes_gpu * n_blocks_total),
         used_table=used,
         used_dense_table=used_dense,
+        planner=planner,
+        runtime=runtime.name,
     )

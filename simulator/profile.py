@@ -1,27 +1,33 @@
-"""Hardware profiles: TOML files whose every number carries a unit and a source.
+"""Hardware profiles: what a GPU, its link and its host CPU can do, every number with its provenance.
 
-Why TOML with ``{ value, unit, source }`` tables rather than bare numbers: a
-profile mixes datasheet figures, measurements and guesses, and a simulated
-latency is only as good as the least certain of them. Keeping the source next
-to each value lets a reader see which is which, and the unit check catches the
-classic GB/s-versus-B/s slip. Calibrated profiles written by the executor use
-the same schema (documented in simulator/README.md).
+Why TOML with ``{ value, unit, kind, source, low, high }`` tables rather than
+bare numbers: a profile mixes datasheet figures, measurements, derived values
+and guesses, and a simulated latency is only as good as the least certain of
+them. The kind and range next to each value let a reader (and
+``--uncertainty``) see which is which, and the unit check catches the classic
+GB/s-versus-B/s slip. What a particular runtime costs on the host (Python's
+issue time per kernel, the planner) is not here: that is a runtime profile
+(:mod:`pregate.simulator.runtime`), so one GPU can be priced for several
+runtimes. Schema in simulator/README.md.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from pregate.simulator.errors import ProfileError, unknown_name
+from pregate.simulator.provenance import Value, parse_value
 
-SCHEMA = "pregate.profile/1"
+SCHEMA = "pregate.profile/2"
+LEGACY_SCHEMA = "pregate.profile/1"  # hardware and pregate's host costs in one file (calibrate before the split)
 DEFAULT_PROFILE = "rtx3090"
 
-# section -> key -> (unit, required). Every value is { value, unit, source }.
+# section -> key -> (unit, required). Every value is { value, unit, kind, source[, low, high] }.
+# What the hardware can do; what a runtime costs on the host is a runtime profile (simulator/runtime.py).
 FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
     "gpu": {
         "memory": ("B", True),
@@ -30,18 +36,6 @@ FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
         "bf16_flops": ("FLOP/s", True),
         "fp16_flops": ("FLOP/s", True),
         "kernel_launch": ("s", True),
-    },
-    "host": {
-        "dispatch_per_kernel": ("s", True),
-        "router_sync": ("s", True),
-        # The executor's own host time around the kernels (optional: 0 when absent).
-        # Measured by calibrate; they matter where the host, not the GPU, is the bound.
-        "block_issue": ("s", False),
-        "layer_step": ("s", False),
-        "resident_layer_step": ("s", False),
-        "copy_issue": ("s", False),
-        "expert_issue": ("s", False),
-        "resident_expert_issue": ("s", False),
     },
     "pcie": {
         "pinned_bandwidth": ("B/s", True),
@@ -53,19 +47,34 @@ FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
         "flops": ("FLOP/s", True),
         "memory_bandwidth": ("B/s", True),
     },
-    "dequant": {
-        "bandwidth": ("B/s", True),
-    },
+    # optional as a whole: without it --host-tier nvme is refused in one line
     "nvme": {
         "bandwidth": ("B/s", False),
         "latency": ("s", False),
     },
 }
+# Schema /1 had these too; they are read into the file's own runtime profile (simulator/runtime.py).
+LEGACY_FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
+    "host": {
+        "dispatch_per_kernel": ("s", True),
+        "router_sync": ("s", True),
+        "block_issue": ("s", False),
+        "layer_step": ("s", False),
+        "resident_layer_step": ("s", False),
+        "copy_issue": ("s", False),
+        "expert_issue": ("s", False),
+        "resident_expert_issue": ("s", False),
+    },
+    "dequant": {
+        "bandwidth": ("B/s", True),
+    },
+}
 TOP_LEVEL = {"schema", "name", "description", "cuda_names", "expert_table", "dense_table", *FIELDS}
+LEGACY_TOP_LEVEL = TOP_LEVEL | set(LEGACY_FIELDS)
 TABLE_KEYS = {"d_model", "d_ff", "dtype", "tokens", "seconds", "source"}
-DENSE_TABLE_KEYS = {"d_model", "block_params", "dtype", "context", "tokens", "seconds", "source", "issue_seconds"}
+DENSE_TABLE_KEYS = {"d_model", "block_params", "dtype", "context", "tokens", "seconds", "source"}
+LEGACY_DENSE_TABLE_KEYS = DENSE_TABLE_KEYS | {"issue_seconds"}
 OPTIONAL_TABLE_KEYS = {"issue_seconds"}
-VALUE_KEYS = {"value", "unit", "source"}
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,7 @@ class ExpertTable:
 
 @dataclass(frozen=True)
 class DenseTable:
-    """Measured time (seconds) of one dense transformer block by token count, decoding.
+    """Measured GPU time (seconds) of one dense transformer block by token count, decoding.
 
     ``block_params`` is the block's weight count (attention and dense FFN);
     each token is one sequence's query attending to ``context`` earlier tokens.
@@ -95,12 +104,12 @@ class DenseTable:
     tokens: tuple[int, ...]
     seconds: tuple[float, ...]
     source: str = ""
-    issue_seconds: float = 0.0  # host time to issue one block inside the executor's loop (0: unknown)
+    issue_seconds: float = 0.0  # schema /1 only: the executor's host time per block (now in the runtime profile)
 
 
 @dataclass(frozen=True)
 class HardwareProfile:
-    """One GPU with its host: the numbers the cost model needs, in SI units."""
+    """One GPU with its link and host CPU: the numbers the cost model needs, in SI units."""
 
     name: str
     description: str
@@ -110,22 +119,33 @@ class HardwareProfile:
     expert_tables: tuple[ExpertTable, ...] = ()
     path: str = ""
     dense_tables: tuple[DenseTable, ...] = ()
+    entries: dict[str, Value] = field(default_factory=dict)  # "section.key" -> the value with kind and range
+    legacy: dict[str, Value] = field(default_factory=dict)  # schema /1: its host and dequant values
+    schema: str = SCHEMA
 
     def __getitem__(self, key: str) -> float:
-        return self.values[key]
+        try:
+            return self.values[key]
+        except KeyError:
+            raise ProfileError(f"profile {self.name}: no value for '{key}'") from None
 
     def get(self, key: str, default: float | None = None) -> float | None:
         return self.values.get(key, default)
 
     def replace(self, **updates: float) -> "HardwareProfile":
         """A copy with some values changed, e.g. ``replace(**{"pcie.pinned_bandwidth": 50e9})``."""
-        values = dict(self.values)
+        values, entries = dict(self.values), dict(self.entries)
         for key, value in updates.items():
             if key not in values:
                 raise ProfileError(f"profile {self.name}: unknown key '{key}'")
             values[key] = float(value)
-        return HardwareProfile(self.name, self.description, values, self.sources, self.cuda_names,
-                               self.expert_tables, self.path, self.dense_tables)
+            old = entries[key]
+            entries[key] = Value(float(value), old.unit, old.kind, old.source, float(value), float(value))
+        return dataclasses.replace(self, values=values, entries=entries)
+
+    def uncertain(self) -> dict[str, Value]:
+        """The values with a range (what ``--uncertainty`` varies)."""
+        return {k: v for k, v in self.entries.items() if v.uncertain}
 
     def expert_table(self, d_model: int, d_ff: int) -> ExpertTable | None:
         for table in self.expert_tables:
@@ -145,24 +165,6 @@ def builtin_profiles() -> list[str]:
     """Names of the profiles shipped in simulator/profiles/."""
     folder = resources.files("pregate.simulator") / "profiles"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-def _check_value(where: str, key: str, raw, unit: str) -> float:
-    if not isinstance(raw, dict):
-        raise ProfileError(f"{where}: '{key}' must be a table {{ value = ..., unit = \"{unit}\", source = \"...\" }}")
-    extra = set(raw) - VALUE_KEYS
-    if extra:
-        raise ProfileError(f"{where}: '{key}' has unknown field(s) {', '.join(sorted(extra))} (allowed: value, unit, source)")
-    if "value" not in raw:
-        raise ProfileError(f"{where}: '{key}' has no value")
-    if raw.get("unit") != unit:
-        raise ProfileError(f"{where}: '{key}' must have unit \"{unit}\", got {raw.get('unit')!r}")
-    if not isinstance(raw.get("source"), str) or not raw["source"].strip():
-        raise ProfileError(f"{where}: '{key}' needs a source (datasheet, paper or measurement)")
-    value = raw["value"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ProfileError(f"{where}: '{key}' must be a positive number, got {value!r}")
-    return float(value)
 
 
 def _check_table(where: str, index: int, raw, kind: str = "expert_table", keys: set = TABLE_KEYS):
@@ -195,18 +197,9 @@ def _check_table(where: str, index: int, raw, kind: str = "expert_table", keys: 
                        tuple(float(s) for s in seconds), str(raw["source"]))
 
 
-def parse_profile(data: dict, where: str) -> HardwareProfile:
-    """Check a parsed TOML document against the schema; the first problem is raised in one line."""
-    unknown = sorted(set(data) - TOP_LEVEL)
-    if unknown:
-        raise ProfileError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(TOP_LEVEL))})")
-    if data.get("schema") != SCHEMA:
-        raise ProfileError(f"{where}: 'schema' must be \"{SCHEMA}\", got {data.get('schema')!r}")
-    if not isinstance(data.get("name"), str) or not data["name"]:
-        raise ProfileError(f"{where}: 'name' must be a non-empty string")
-    values: dict[str, float] = {}
-    sources: dict[str, str] = {}
-    for section, keys in FIELDS.items():
+def _read_sections(where: str, data: dict, fields: dict, legacy: bool) -> dict[str, Value]:
+    out: dict[str, Value] = {}
+    for section, keys in fields.items():
         body = data.get(section, {})
         if not isinstance(body, dict):
             raise ProfileError(f"{where}: '[{section}]' must be a table")
@@ -218,10 +211,37 @@ def parse_profile(data: dict, where: str) -> HardwareProfile:
                 if required:
                     raise ProfileError(f"{where}: missing key '{section}.{key}' (unit {unit})")
                 continue
-            values[f"{section}.{key}"] = _check_value(where, f"{section}.{key}", body[key], unit)
-            sources[f"{section}.{key}"] = body[key]["source"]
-    if values["pcie.copy_engines"] != int(values["pcie.copy_engines"]):
+            out[f"{section}.{key}"] = parse_value(where, f"{section}.{key}", body[key], unit, legacy=legacy)
+    return out
+
+
+def parse_profile(data: dict, where: str) -> HardwareProfile:
+    """Check a parsed TOML document against the schema; the first problem is raised in one line.
+
+    A schema /1 file (written by ``pregate calibrate`` before hardware and
+    runtime were split) still loads: its hardware values become this profile,
+    its host and dequantisation values its ``legacy`` part, which
+    :func:`pregate.simulator.runtime.runtime_from_legacy` turns into a runtime
+    profile. ``pregate calibrate --convert OLD.toml -o NEW.toml`` writes both
+    files in the new schemas.
+    """
+    schema = data.get("schema")
+    if schema not in (SCHEMA, LEGACY_SCHEMA):
+        raise ProfileError(f"{where}: 'schema' must be \"{SCHEMA}\", got {schema!r}")
+    legacy = schema == LEGACY_SCHEMA
+    unknown = sorted(set(data) - (LEGACY_TOP_LEVEL if legacy else TOP_LEVEL))
+    if unknown:
+        hint = (" (host costs and dequantisation belong to a runtime profile: see simulator/runtimes/)"
+                if unknown[0] in LEGACY_FIELDS else "")
+        raise ProfileError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(TOP_LEVEL))}){hint}")
+    if not isinstance(data.get("name"), str) or not data["name"]:
+        raise ProfileError(f"{where}: 'name' must be a non-empty string")
+    entries = _read_sections(where, data, FIELDS, legacy)
+    old = _read_sections(where, data, LEGACY_FIELDS, legacy) if legacy else {}
+    if entries["pcie.copy_engines"].value != int(entries["pcie.copy_engines"].value):
         raise ProfileError(f"{where}: 'pcie.copy_engines' must be a whole number")
+    if ("nvme.bandwidth" in entries) != ("nvme.latency" in entries):
+        raise ProfileError(f"{where}: '[nvme]' needs both bandwidth and latency (or neither)")
     tables = data.get("expert_table", [])
     if not isinstance(tables, list):
         raise ProfileError(f"{where}: 'expert_table' must be an array of tables ([[expert_table]])")
@@ -231,15 +251,19 @@ def parse_profile(data: dict, where: str) -> HardwareProfile:
     cuda_names = data.get("cuda_names", [])
     if not isinstance(cuda_names, list) or not all(isinstance(n, str) for n in cuda_names):
         raise ProfileError(f"{where}: 'cuda_names' must be a list of strings")
+    dense_keys = LEGACY_DENSE_TABLE_KEYS if legacy else DENSE_TABLE_KEYS
     return HardwareProfile(
         name=data["name"],
         description=str(data.get("description", "")),
-        values=values,
-        sources=sources,
+        values={k: v.value for k, v in entries.items()},
+        sources={k: v.source for k, v in entries.items()},
         cuda_names=tuple(cuda_names),
         expert_tables=tuple(_check_table(where, i, t) for i, t in enumerate(tables)),
         path=where,
-        dense_tables=tuple(_check_table(where, i, t, "dense_table", DENSE_TABLE_KEYS) for i, t in enumerate(dense)),
+        dense_tables=tuple(_check_table(where, i, t, "dense_table", dense_keys) for i, t in enumerate(dense)),
+        entries=entries,
+        legacy=old,
+        schema=schema,
     )
 
 
@@ -300,3 +324,46 @@ def detect_profile() -> str:
         pass
     return DEFAULT_PROFILE
 
+
+
+def _table_lines(kind: str, table, keys: tuple[str, ...]) -> list[str]:
+    import json
+
+    from pregate.simulator.provenance import num
+
+    lines = ["", f"[[{kind}]]"]
+    for key in keys:
+        value = getattr(table, key)
+        if isinstance(value, tuple):
+            lines.append(f"{key} = [{', '.join(num(v) if isinstance(v, float) else str(v) for v in value)}]")
+        elif isinstance(value, str):
+            lines.append(f"{key} = {json.dumps(value)}")
+        else:
+            lines.append(f"{key} = {value}")
+    return lines
+
+
+def render_profile(profile: HardwareProfile, header: str = "") -> str:
+    """The profile as a schema /2 TOML file (what ``calibrate --convert`` writes)."""
+    import json
+
+    from pregate.simulator.provenance import render_value
+
+    lines = [f"# Hardware profile, schema {SCHEMA} (see simulator/README.md)."]
+    lines += [f"# {line}" if line else "#" for line in header.splitlines()]
+    lines += [f'schema = "{SCHEMA}"', f"name = {json.dumps(profile.name)}",
+              f"description = {json.dumps(profile.description)}"]
+    if profile.cuda_names:
+        lines.append(f"cuda_names = [{', '.join(json.dumps(n) for n in profile.cuda_names)}]")
+    for section, keys in FIELDS.items():
+        present = [k for k in keys if f"{section}.{k}" in profile.entries]
+        if not present:
+            continue
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {render_value(profile.entries[f'{section}.{k}'])}" for k in present]
+    for t in profile.dense_tables:
+        lines += _table_lines("dense_table", t, ("d_model", "block_params", "dtype", "context", "tokens", "seconds",
+                                                "source"))
+    for t in profile.expert_tables:
+        lines += _table_lines("expert_table", t, ("d_model", "d_ff", "dtype", "tokens", "seconds", "source"))
+    return "\n".join(lines) + "\n"

@@ -210,6 +210,8 @@ class Recommendation:
     points: int = 0
     all_resident: bool = False
     pricing: str = ""  # "routing of X, priced as Y"
+    runtime: str = ""  # the runtime profile the answer is priced for (empty: the default)
+    uncertainty: dict | None = None  # with --uncertainty: the winner's band and whether it stays the winner
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -238,7 +240,8 @@ def _slim(row: dict | None) -> dict | None:
 
 def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None, batch_size: int = 1,
               margin_gb: float | None = None, workers: int | None = None, results: str | Path | None = None,
-              progress: bool = False, price_as: str = "") -> Recommendation:
+              progress: bool = False, runtime: str = "", uncertainty: str = "",
+              price_as: str = "") -> Recommendation:
     import polars as pl
 
     from pregate.simulator.profile import detect_profile, load_profile
@@ -249,7 +252,9 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
     if vram_gb is not None and vram_gb <= 0:
         raise SweepError("--vram must be positive (GB)")
     gpu = detect_profile() if gpu == "auto" else gpu
-    load_profile(gpu)  # an unknown GPU fails before any work
+    from pregate.simulator.runtime import load_runtime
+
+    runtime_name = load_runtime(runtime, load_profile(gpu)).name  # an unknown GPU or runtime fails before any work
     with tempfile.TemporaryDirectory(prefix="pregate-recommend-") as tmp:
         tmp = Path(tmp)
         source = model_source(model, batch_size, tmp, price_as)
@@ -266,7 +271,10 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
 
         has_ahead = open_trace(source.trace).meta.ahead_distance > 0
         specs = [s for s in SPECULATIONS if has_ahead or s in ("none", "transition", "eam")]
-        base = {"profile": [gpu], "batch_size": [batch_size], "price_as": [source.price_as]}
+        from pregate.simulator.uncertainty import parse_mode
+
+        base = {"profile": [gpu], "runtime": [runtime], "batch_size": [batch_size],
+                "uncertainty": [parse_mode(uncertainty)], "price_as": [source.price_as]}
         memory = {"vram_bytes": mem.vram, "dense_bytes": mem.dense, "margin_bytes": mem.margin,
                   "expert_bytes": mem.expert_bytes, "total_experts": mem.total_experts,
                   "cache_experts": mem.cache_experts}
@@ -276,7 +284,7 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
             frame = read_results(out).filter(pl.col("key").is_in([p.key for p in plan.points]))
             best = _slim(_pick(frame))
             return Recommendation(source.model_id, gpu, batch_size, source.synthetic, source.note, memory, best, best,
-                                  points=frame.height, all_resident=True, pricing=pricing)
+                                  points=frame.height, all_resident=True, runtime=runtime_name, pricing=pricing)
         cap = mem.cache_experts
         stage1 = plan_sweep(SweepSpec([trace], {**base, "speculation": specs, "cache_policy": CACHINGS,
                                                 "cache": [str(cap)]}, source="recommend"))
@@ -299,9 +307,52 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
                                & (pl.col("compression") == best["compression"]))
                   .sort(["tokens_per_s", "key"], descending=[True, False])
                   .unique(["speculation", "cache_policy"], maintain_order=True).head(3))
+        verdict = (_verdict(frame, best, source.trace, gpu, runtime, batch_size, uncertainty, source.price_as)
+                   if uncertainty else None)
         return Recommendation(source.model_id, gpu, batch_size, source.synthetic, source.note, memory, _slim(best),
                               _slim(plain), [_slim(r) for r in others.iter_rows(named=True)], points=frame.height,
+                              runtime=runtime_name, uncertainty=verdict,
                               pricing=pricing)
+
+
+def _settings_of(row: dict, base):
+    return base.replace(**{k: row[k] for k in ("speculation", "cache_policy", "cache", "compression", "buffering")})
+
+
+def _verdict(frame, best: dict, trace, gpu: str, runtime: str, batch_size: int, mode: str,
+             price_as: str = "") -> dict:
+    """Whether the winner stays the winner in every pricing of the band, and if not, which value decides it.
+
+    Each point of the frame was priced in the same scenarios (the same corners
+    or the same seeded samples), so the comparison is paired: the winner holds
+    if no other point is faster than it in any scenario.
+    """
+    import json
+
+    from pregate.simulator.api import Simulation
+    from pregate.simulator.settings import Settings
+    from pregate.simulator.uncertainty import deciding_value
+
+    mine = json.loads(best["uncertainty_tokens_per_s"])
+    worst, challenger = 0.0, None
+    for row in frame.iter_rows(named=True):
+        if row["key"] == best["key"] or row.get("uncertainty_tokens_per_s") is None:
+            continue
+        theirs = json.loads(row["uncertainty_tokens_per_s"])
+        lead = max(t - m for t, m in zip(theirs, mine))
+        if lead > worst:
+            worst, challenger = lead, row
+    out = {"mode": mode, "tokens_per_s_low": best["tokens_per_s_low"], "tokens_per_s_high": best["tokens_per_s_high"],
+           "mean_step_latency_s_low": best["mean_step_latency_s_low"],
+           "mean_step_latency_s_high": best["mean_step_latency_s_high"], "values": best["uncertainty_values"],
+           "winner_holds": challenger is None, "challenger": None, "decided_by": None}
+    if challenger is not None:
+        base = Settings(profile=gpu, runtime=runtime, batch_size=batch_size, price_as=price_as)
+        sim = Simulation(trace, base)
+        out["challenger"] = {k: challenger[k] for k in ("speculation", "cache_policy", "cache", "compression",
+                                                         "tokens_per_s", "tokens_per_s_low", "tokens_per_s_high")}
+        out["decided_by"] = deciding_value(sim, _settings_of(best, base), _settings_of(challenger, base))
+    return out
 
 
 def _pricing_label(source: Source) -> str:
@@ -320,7 +371,8 @@ def _gb(x: float) -> str:
 
 def format_recommendation(r: Recommendation) -> str:
     m = r.memory
-    lines = [f"{r.model} on {r.gpu} ({_gb(m['vram_bytes'])}), batch {r.batch_size}"]
+    lines = [f"{r.model} on {r.gpu} ({_gb(m['vram_bytes'])}), batch {r.batch_size}"
+             + (f", runtime {r.runtime}" if r.runtime else "")]
     if r.synthetic:
         lines.append(f"  {r.pricing}")
         lines.append(f"  note: {r.source_note}")
@@ -351,6 +403,20 @@ def format_recommendation(r: Recommendation) -> str:
         lines.append(f"  caution: {b['compression']} copies cost accuracy, which the simulator does not model; "
                      f"without compression: {describe(r.best_uncompressed)} at "
                      f"{r.best_uncompressed['tokens_per_s']:.1f} tokens/s")
+    u = r.uncertainty
+    if u:
+        lines.append(f"  band ({u['mode']}, {u['values']} values with a range): {u['tokens_per_s_low']:.1f} to "
+                     f"{u['tokens_per_s_high']:.1f} tokens/s, {u['mean_step_latency_s_low'] * 1e3:.1f} to "
+                     f"{u['mean_step_latency_s_high'] * 1e3:.1f} ms per step")
+        if u["winner_holds"]:
+            lines.append("  ranking: the winner stays the winner in every pricing of the band")
+        else:
+            c, d = u["challenger"], u["decided_by"] or {}
+            how = (f"it flips when {d['key']} is at its {d['flips_at']} end ({d['low']:.3g} to {d['high']:.3g})"
+                   if d.get("flips_at") else f"{d.get('key')} moves the gap most ({d.get('low', 0):.3g} to "
+                                             f"{d.get('high', 0):.3g})")
+            lines.append(f"  ranking: NOT certain: {c['speculation']} + {c['cache_policy']} (cache {c['cache']}, "
+                         f"{c['compression']}) is faster somewhere in the band; {how}")
     if r.runner_up:
         alt = "; ".join(f"{x['speculation']} + {x['cache_policy']} {x['tokens_per_s']:.1f}" for x in r.runner_up)
         lines.append(f"  next best (tokens/s): {alt}")

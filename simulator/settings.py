@@ -24,6 +24,9 @@ class Settings:
 
     profile: str = _opt("rtx3090", "hardware profile: a built-in name (rtx3090, rtx4090, rtx3060-12gb, t4, "
                                    "a100-80gb-pcie, h100-pcie, h200), a TOML file, or auto (the visible CUDA device)")
+    runtime: str = _opt("", "runtime profile: what the runtime costs on the host: pregate-eager (pregate's executor, "
+                            "eager PyTorch), gpu-bound (no host cost: what CUDA graphs or fused kernels approach), "
+                            "or a TOML file; default: a calibrated profile file's own host costs, else pregate-eager")
     speculation: str = _opt("none", "speculation policy: which experts to copy before their layer's router runs")
     cache_policy: str = _opt("lru", "caching policy: which GPU-resident expert to evict")
     cache: str = _opt("25%", "GPU expert cache size: a count (96), a fraction of all experts (25%) or bytes (2GB)")
@@ -39,6 +42,9 @@ class Settings:
     copy_engines: int = _opt(0, "host-to-device copy engines to use (default 0: the profile's count)")
     max_prefetch: int = _opt(0, "most prefetches issued per MoE layer (default 0: no limit beyond the cache)")
     seed: int = _opt(0, "seed for any randomised choice; same inputs and seed give identical output")
+    uncertainty: str = _opt("", "price each point across the ranges of its profiles' estimated and derived values: "
+                                "corners (the two joint corners: every value at its fast end, at its slow end) or "
+                                "a number N of seeded samples; adds low-high bands of tokens/s and step latency")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -220,15 +220,23 @@ def profile_identity(name: str) -> str:
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
+def runtime_id(name: str) -> str:
+    """A hash of the runtime profile's TOML bytes (empty: the profile's own or the default)."""
+    from pregate.simulator.runtime import runtime_identity
+
+    return hashlib.sha256(runtime_identity(name)).hexdigest()[:32]
+
+
 def point_key(trace_id: str, profile_id: str, settings: Settings) -> str:
-    """The point's identity: format, pregate version, trace and profile content, every setting."""
+    """The point's identity: format, pregate version, trace, profile and runtime content, every setting."""
     from pregate import __version__
 
     from pregate.simulator.pricing import identity
 
     payload = json.dumps(
         {"format": SWEEP_FORMAT, "version": __version__, "trace": trace_id, "profile": profile_id,
-         "settings": settings.to_dict(), "pricing": identity(settings.price_as)},
+         "runtime": runtime_id(settings.runtime), "settings": settings.to_dict(),
+         "pricing": identity(settings.price_as)},
         sort_keys=True, separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
@@ -307,6 +315,14 @@ def plan_sweep(spec: SweepSpec) -> Plan:
         except SimulatorError as exc:
             raise SweepError(f"{where}: {exc}") from None
     profile_ids = {name: profile_identity(name) for name in profiles}
+    from pregate.simulator.runtime import load_runtime
+
+    for name in dict.fromkeys(axes["runtime"]):
+        for profile in profiles.values():
+            try:
+                load_runtime(name, profile)  # an unknown or malformed runtime fails before any work
+            except SimulatorError as exc:
+                raise SweepError(f"{where}: {exc}") from None
     needs_ahead = [s for s in axes["speculation"] if getattr(SPECULATION.get(s), "needs_ahead", False)]
     settings_list = spec.settings()
     points: list[Point] = []
@@ -340,11 +356,12 @@ def plan_sweep(spec: SweepSpec) -> Plan:
 # Per worker process: prepared simulations and the bound runs they share.
 _SIMS: dict[tuple, Any] = {}
 _BOUNDS: dict[tuple, float] = {}
+_PRICED: dict[tuple, dict] = {}
 _MAX_SIMS = 4
 
 
 def _group_key(trace_id: str, s: Settings) -> tuple:
-    return (trace_id, s.profile, s.batch_size, s.dtype, s.host_tier, s.price_as)
+    return (trace_id, s.profile, s.runtime, s.batch_size, s.dtype, s.host_tier, s.price_as)
 
 
 def _simulation(trace_path: str, trace_id: str, settings: Settings, profile):
@@ -358,6 +375,7 @@ def _simulation(trace_path: str, trace_id: str, settings: Settings, profile):
             _SIMS.pop(old)
             for b in [b for b in _BOUNDS if b[0] == old]:
                 _BOUNDS.pop(b)
+            _PRICED.pop(old, None)
         sim = Simulation(trace_path, settings, profile=profile)
         _SIMS[key] = sim
     return key, sim
@@ -385,7 +403,14 @@ def run_point(trace_path: str, trace_id: str, settings: Settings, profile) -> di
     outcome, cache = sim.timed(settings)
     summary = sim.summarise(settings, outcome, cache)
     resident, oracle = bound_settings(settings)
-    return add_bounds(summary, _bound_mean(group, sim, resident), _bound_mean(group, sim, oracle))
+    add_bounds(summary, _bound_mean(group, sim, resident), _bound_mean(group, sim, oracle))
+    if settings.uncertainty:
+        from pregate.simulator.uncertainty import band
+
+        memo = _PRICED.setdefault(group, {})  # the priced simulations of a group's scenarios, shared by its points
+        summary.update(band(sim, settings, settings.uncertainty, settings.seed, memo))
+        summary["uncertainty_tokens_per_s"] = json.dumps(summary["uncertainty_tokens_per_s"])
+    return summary
 
 
 def point_row(point: Point, summary: dict) -> dict:
@@ -393,7 +418,7 @@ def point_row(point: Point, summary: dict) -> dict:
     row = {"key": point.key, "trace": point.trace, "trace_id": point.trace_id}
     row.update(point.settings.to_dict())
     for k, v in summary.items():
-        row["profile_name" if k == "profile" else k] = v
+        row[{"profile": "profile_name", "runtime": "runtime_name"}.get(k, k)] = v
     requests = summary.get("requests") or 0
     row["hit_rate"] = (summary["hits"] + summary["late_hits"]) / requests if requests else None
     tps = summary.get("tokens_per_s")

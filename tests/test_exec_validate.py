@@ -100,17 +100,21 @@ def test_stats():
 
 
 def test_calibrate_writes_a_profile_the_simulator_loads(profile, trace):
+    from pregate.executor.calibrate import runtime_path
     from pregate.simulator.profile import load_profile
+    from pregate.simulator.runtime import load_runtime
 
     p = load_profile(profile)
-    assert p.expert_table(64, 128) is not None
+    assert p.schema == "pregate.profile/2" and p.expert_table(64, 128) is not None
+    runtime = load_runtime(runtime_path(profile), p)
     # the trace's own dense block was timed at two contexts, and the simulator prices that trace with it
-    sim = Simulation(trace, Settings(profile=str(profile)))
+    sim = Simulation(trace, Settings(profile=str(profile), runtime=str(runtime_path(profile))))
     assert "the executor's dense block" in sim.costs.used_dense_table
     tables = p.dense_table(64, sim.stream.meta.dense_bytes_per_layer / 4, "float32")
     assert len(tables) == 2
-    # the trace's block was also timed inside the executor's loop, and that prices the host's part
-    assert tables[0].issue_seconds > 0 and sim.costs.dense_host[0] > 0
+    # the trace's block was also timed inside the executor's loop: the runtime's, pricing the host's part
+    issue = runtime.block_issue(64, sim.stream.meta.dense_bytes_per_layer / 4)
+    assert issue is not None and issue.seconds > 0 and sim.costs.dense_host[0] > 0
     assert "torch" in p.description and p["pcie.copy_engines"] == 1
     text = profile.read_text()
     assert "measured by pregate calibrate on" in text
@@ -141,10 +145,16 @@ def test_calibrate_measures_the_executors_host_time_in_its_loop(profile):
     assert runs["resident b8"]["copies"] == 0 and runs["none+lru 25% b8"]["copies"] > runs["none+lru 100% b1"]["copies"]
     for key in ("layer_step", "resident_layer_step", "copy_issue", "router_sync"):
         assert over[key] >= 0.0
-    text = profile.read_text()
+    from pregate.executor.calibrate import runtime_path
+    from pregate.simulator.runtime import load_runtime
+
+    text = runtime_path(profile).read_text()
     assert "layer_step = {" in text and "copy_issue = {" in text
-    # on the cpu the host computes, so the issue-only keys are not written
-    assert "block_issue" not in text and "expert_issue" not in text
+    assert "layer_step" not in profile.read_text()  # host costs are the runtime's, not the hardware's
+    # on the cpu the host computes: the tables hold the issue, said explicitly (no silent zero)
+    rt = load_runtime(runtime_path(profile))
+    for key in ("host.block_issue", "host.expert_issue"):
+        assert rt[key] == 0.0 and "back to back" in rt.entries[key].source
     store = details["copies_from_a_large_store"]
     assert store["copies"] > 0 and store["bandwidth_Bps"] > 0 and store["store_bytes"] > store["chunk_bytes"]
 
@@ -221,7 +231,7 @@ def test_bad_input_is_refused_in_one_line(capsys, trace, profile, tmp_path):
     small = tmp_path / "small.toml"
     text = profile.read_text()
     line = next(l for l in text.splitlines() if l.startswith("memory = "))
-    small.write_text(text.replace(line, line.split("value = ")[0] + 'value = 1000, unit = "B", source = "test" }'))
+    small.write_text(text.replace(line, line.split("value = ")[0] + 'value = 1000, unit = "B", kind = "measured", source = "test" }'))
     err = _one_line_error(capsys, ["validate", str(trace), "--profile", str(small), "--device", "cpu", "--quick"])
     assert "more than" in err
     err = _one_line_error(capsys, ["execute", "--trace", str(trace), "--device", "cpu", "--cache", "100%",

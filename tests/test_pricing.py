@@ -109,14 +109,14 @@ def test_sweep_keys_and_rows_carry_the_pricing(switch_like, tmp_path):
 
 
 def test_over_memory_flag_is_exactly_peak_plus_margin_over_the_gpu(mixtral_like):
-    """rtx3090: 24 GB; mixtral-8x7b: 2.69 GB of dense weights, 352 MB per bf16 expert, margin 0.5 GB + 8%."""
+    """rtx3090: 24 GiB; mixtral-8x7b: 2.69 GB of dense weights, 352 MB per bf16 expert, margin 0.5 GB + 8%."""
     seen = set()
-    for cache in ("20", "52", "53", "54", "60", "100%"):
+    for cache in ("20", "57", "58", "59", "60", "100%"):
         s = Simulation(mixtral_like, Settings(cache=cache, price_as="mixtral-8x7b")).run(bounds=False).summary
         expected = s["peak_gpu_bytes"] + s["working_margin_bytes"] > s["gpu_memory_bytes"]
         assert s["over_memory"] is expected and s["fits_gpu_memory"] is (not expected)
-        assert s["gpu_memory_bytes"] == 24_000_000_000
-        assert s["working_margin_bytes"] == 500_000_000 + 0.08 * 24_000_000_000
+        assert s["gpu_memory_bytes"] == 24 * 2**30
+        assert s["working_margin_bytes"] == int(500_000_000 + 0.08 * 24 * 2**30)
         seen.add(expected)
     assert seen == {True, False}
 

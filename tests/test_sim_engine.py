@@ -54,7 +54,8 @@ def test_resident_is_compute_only(mixed):
 
 
 def test_on_demand_is_compute_plus_misses_times_transfer(top1):
-    settings = Settings(cache=5, cache_policy="lru", copy_engines=1)
+    # gpu-bound: no host time to issue the copy, so the GPU waits for all of it
+    settings = Settings(cache=5, cache_policy="lru", copy_engines=1, runtime="gpu-bound")
     sim = Simulation(top1, settings)
     outcome, cache = sim.timed()
     copy = sim.costs.copy[sim.gpu_dtype]
@@ -64,6 +65,11 @@ def test_on_demand_is_compute_plus_misses_times_transfer(top1):
     # copy per miss. The host runs on meanwhile (it issues the missed expert and the next dense
     # blocks, up to the router's read-back), which hides up to that much of each wait
     assert outcome.stall_s == pytest.approx(misses * copy, rel=1e-12)
+    # pregate-eager: the host's issue of the copy itself runs while the copy does
+    eager = Simulation(top1, settings.replace(runtime="pregate-eager"))
+    issue = eager.costs.for_policy("lru").copy_issue
+    assert issue > 0
+    assert eager.timed()[0].stall_s == pytest.approx(misses * (copy - issue), rel=1e-9)
     compute_only = _compute_only(sim)
     hidden = sim.costs.expert_host + max(sim.costs.dense_host)
     assert compute_only + misses * (copy - hidden) - 1e-12 <= outcome.total_s

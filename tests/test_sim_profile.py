@@ -46,10 +46,17 @@ def _write_profile(tmp_path, edit):
     (lambda t: t.replace("value = 25.0e9", "value = -25.0e9"), "'pcie.pinned_bandwidth' must be a positive number"),
     (lambda t: t + "\n[extra]\nfoo = 1\n", "unknown key 'extra'"),
     (lambda t: t.replace("[cpu]", "[cpu]\nturbo = { value = 1, unit = \"s\", source = \"x\" }"), "unknown key 'cpu.turbo'"),
-    (lambda t: t.replace('unit = "B/s", source = "measured pinned', 'unit = "GB/s", source = "measured pinned'),
+    (lambda t: t.replace('pinned_bandwidth = { value = 25.0e9, unit = "B/s"', 'pinned_bandwidth = { value = 25.0e9, unit = "GB/s"'),
      "'pcie.pinned_bandwidth' must have unit \"B/s\""),
-    (lambda t: t.replace('pinned_bandwidth = { value = 25.0e9, unit = "B/s", source = "measured pinned on PCIe Gen4 hosts (DESIGN.md): about 25 GB/s of 31.5 theoretical" }', ""),
+    (lambda t: "\n".join(line for line in t.splitlines() if not line.startswith("pinned_bandwidth")),
      "missing key 'pcie.pinned_bandwidth'"),
+    (lambda t: t.replace('kind = "estimate", low = 20.0e9, high = 26.5e9', 'kind = "estimate"'),
+     "'pcie.pinned_bandwidth' is an estimate: it needs low and high"),
+    (lambda t: t.replace('low = 20.0e9, high = 26.5e9', 'low = 26.0e9, high = 26.5e9'),
+     "'pcie.pinned_bandwidth' must have low <= value <= high"),
+    (lambda t: t.replace('kind = "datasheet"', 'kind = "guess"', 1), "'gpu.memory' needs kind = one of measured"),
+    (lambda t: t + "\n[host]\nrouter_sync = { value = 1e-5, unit = \"s\", kind = \"measured\", source = \"x\" }\n",
+     "unknown key 'host'"),
 ])
 def test_malformed_profile_names_the_key(tmp_path, edit, message):
     path = _write_profile(tmp_path, edit)
@@ -60,7 +67,7 @@ def test_malformed_profile_names_the_key(tmp_path, edit, message):
 def test_profile_file_round_trip(tmp_path):
     path = _write_profile(tmp_path, lambda t: t.replace('name = "rtx3090"', 'name = "my-gpu"'))
     assert load_profile(str(path)).name == "my-gpu"
-    assert tomllib.loads(path.read_text())["schema"] == "pregate.profile/1"
+    assert tomllib.loads(path.read_text())["schema"] == "pregate.profile/2"
 
 
 @pytest.mark.parametrize("text,expected", [("96", 96), ("25%", 24), ("100%", 96), (10, 10), ("1GB", 10), ("0", 0)])
@@ -169,14 +176,17 @@ def test_measured_dense_tables_price_dense_work(tmp_path):
         long = np.interp(T, [1, 8], [2e-4, 7e-4])
         expected = 2 * (short + (long - short) * (ctx / T - 64) / (512 - 64))  # two blocks per MoE layer
         assert costs.dense_gpu[ls] == pytest.approx(max(expected, 2 * 0.5 * short))
-        assert costs.dense_host[ls] == 0.0
+        rt = sim.runtime  # the host's issue: the runtime's per block plus its kernels (4 d^2 weights: no FFN)
+        issue = rt["host.per_block"] + rt["kernels.dense_block"] * rt["host.per_kernel"]
+        assert costs.dense_host[ls] == pytest.approx(2 * issue)
     # without the tables the roofline prices it, and differently
     plain = Simulation(trace, Settings(batch_size=2))
     assert plain.costs.used_dense_table == "" and plain.costs.dense_gpu != costs.dense_gpu
-    # a table's issue time inside the executor's loop is the host's part, per block
-    issued = _write_profile(tmp_path, lambda t: t + DENSE_TABLES.replace('source = "test"',
-                                                                         'issue_seconds = 2.5e-4\nsource = "test"'))
-    timed = Simulation(trace, Settings(profile=str(issued), batch_size=2))
+    # a runtime's measured issue time for this block shape is the host's part, per block
+    runtime = tmp_path / "rt.toml"
+    runtime.write_text((resources.files("pregate.simulator") / "runtimes" / "pregate-eager.toml").read_text()
+                       + '\n[[block_issue]]\nd_model = 768\nblock_params = 2359296\nseconds = 2.5e-4\nsource = "test"\n')
+    timed = Simulation(trace, Settings(profile=str(profile), runtime=str(runtime), batch_size=2))
     assert timed.costs.dense_gpu == costs.dense_gpu
     assert timed.costs.dense_host == pytest.approx([2 * 2.5e-4] * stream.n_layer_steps)
 
@@ -184,8 +194,8 @@ def test_measured_dense_tables_price_dense_work(tmp_path):
 @pytest.mark.parametrize("edit,message", [
     (lambda t: t.replace("context = 64", "context = -1"), "'dense_table\\[0\\].context' must be a non-negative integer"),
     (lambda t: t.replace("block_params = 2359296\ndtype", "dtype", 1), "'dense_table\\[0\\]' lacks block_params"),
-    (lambda t: t.replace('source = "test"', 'issue_seconds = -1.0\nsource = "test"', 1),
-     "'dense_table\\[0\\].issue_seconds' must be a non-negative number"),
+    (lambda t: t.replace('source = "test"', 'issue_seconds = 1.0\nsource = "test"', 1),
+     "'dense_table\\[0\\]' has unknown key\\(s\\) issue_seconds"),
 ])
 def test_malformed_dense_table(tmp_path, edit, message):
     path = _write_profile(tmp_path, lambda t: edit(t + DENSE_TABLES))
