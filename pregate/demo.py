@@ -12,7 +12,8 @@ text by pregate's own trained small models:
 For each part it sweeps speculation x caching x cache sizes that fit a 24 GB
 card (dense weights + cache + working margin), prints a few lines (which
 policy and cache to run, how far that is from the all-resident and the
-oracle bound, what the worst choice in the grid would cost), the fastest
+oracle bound, what the worst choice in the grid would cost) under two
+runtimes (pregate-eager: pregate's own executor; gpu-bound: no host cost), the fastest
 points, and writes a report (one self-contained HTML page that leads with
 the same answer, and a Markdown summary). A rerun reuses the finished points.
 
@@ -29,8 +30,11 @@ from dataclasses import dataclass
 HELP = "run the main job on built-in data: what to run on an RTX 3090 for Switch and Mixtral sizes, with a report"
 DESCRIPTION = __doc__
 
-SPECULATION = ["none", "layer_minus_1", "multi_layer", "transition"]
+SPECULATION = ["none", "layer_minus_1", "multi_layer"]
 CACHING = ["lru", "least-stale"]
+# pregate's own eager executor (host issue costs measured on an H200), and a runtime with no host cost
+# (what CUDA graphs or fused kernels approach): the same question under both
+RUNTIMES = ["pregate-eager", "gpu-bound"]
 PROFILE = "rtx3090"
 MIN_SPREAD = 1.5  # best and worst of a part should differ at least this much, or the demo says why not
 SWITCH_SAMPLE = "pregate-moe-tiny"
@@ -54,12 +58,12 @@ class Part:
     all_fit: bool = False
 
     def grid(self, speculation: list[str]) -> dict:
-        return {"profile": [PROFILE], "speculation": speculation, "cache_policy": CACHING,
+        return {"profile": [PROFILE], "runtime": RUNTIMES, "speculation": speculation, "cache_policy": CACHING,
                 "cache": list(self.cache_sizes), "price_as": [self.price_as], "dtype": [self.dtype],
                 "compression": [self.compression]}
 
-    def matches(self, row: dict) -> bool:
-        return (row["price_as"] == self.price_as and row["dtype"] == self.dtype
+    def matches(self, row: dict, runtime: str) -> bool:
+        return (row["price_as"] == self.price_as and row["dtype"] == self.dtype and row["runtime"] == runtime
                 and row["compression"] == self.compression and row["trace"] == self.trace)
 
 
@@ -131,35 +135,38 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n < 10e9 else f"{n / 1e9:.1f} GB"
 
 
-def answer(part: Part, ranked, include_over_memory: bool = False) -> list[str]:
-    """The few lines a newcomer reads: what to run, how far from the bounds, what the worst choice costs."""
+def answer(part: Part, by_runtime: dict, include_over_memory: bool = False) -> list[str]:
+    """The few lines a newcomer reads: what to run, how far from the bounds, what the worst choice costs.
+
+    ``by_runtime`` maps each runtime to the part's ranked points under it.
+    """
     from pregate.analysis.ranking import fitting
 
-    eligible = fitting(ranked, include_over_memory)
-    head = f"{part.title}: {ranked['pricing'][0]}, on {PROFILE}" + (" (SYNTHETIC routing)" if part.synthetic else "")
-    if eligible.is_empty():
-        return [head, "  no setting fits the GPU's memory"]
-    best, worst = eligible.row(0, named=True), eligible.row(-1, named=True)
-    n = best["cache_capacity_experts"]
-    resident = (f"all {part.total_experts} experts fit in {_gb(part.dense_bytes + part.total_experts * part.expert_bytes)}"
-                f": with that memory free, keep them all resident" if part.all_fit else
-                f"all-resident needs {_gb(part.dense_bytes + part.total_experts * part.expert_bytes)}, more than "
-                f"this GPU has")
-    lines = [
-        head,
-        f"  run {best['policy']} with {n} of {part.total_experts} experts cached ({_gb(n * part.expert_bytes)}): "
-        f"{best['tokens_per_s']:.1f} tokens/s",
-        f"  that is {best['ratio_to_resident']:.2f}x the all-resident step latency "
-        f"({best['bound_resident_tokens_per_s']:.1f} tokens/s; {resident}) and {best['ratio_to_oracle']:.2f}x the "
-        f"oracle bound (perfect prediction + Belady at the same cache, {best['bound_oracle_tokens_per_s']:.1f} tokens/s)",
-    ]
-    factor = best["tokens_per_s"] / worst["tokens_per_s"] if worst["tokens_per_s"] else float("inf")
-    lines.append(f"  worst choice in this grid: {worst['policy']} with {worst['cache_capacity_experts']} experts: "
-                 f"{worst['tokens_per_s']:.1f} tokens/s, {factor:.2f}x slower than the best")
-    if factor < MIN_SPREAD:
-        lines.append(f"  best and worst differ by less than {MIN_SPREAD}x because even the worst point waits for "
-                     f"copies only {worst['stall_share']:.0%} of its time: at this size a copy of one expert "
-                     f"({part.expert_bytes / 1e6:.1f} MB) is cheap next to the compute and dispatch of a step")
+    first = next(iter(by_runtime.values()))
+    lines = [f"{part.title}: {first['pricing'][0]}, on {PROFILE}" + (" (SYNTHETIC routing)" if part.synthetic else "")]
+    need = _gb(part.dense_bytes + part.total_experts * part.expert_bytes)
+    lines.append(f"  all {part.total_experts} experts fit in {need}: with that memory free, keep them all resident; "
+                 f"the lines below are for a smaller share of the GPU" if part.all_fit else
+                 f"  all-resident would need {need}, more than this GPU has: offload")
+    for runtime, ranked in by_runtime.items():
+        eligible = fitting(ranked, include_over_memory)
+        if eligible.is_empty():
+            lines.append(f"  {runtime} runtime: no setting fits the GPU's memory")
+            continue
+        best, worst = eligible.row(0, named=True), eligible.row(-1, named=True)
+        n = best["cache_capacity_experts"]
+        factor = best["tokens_per_s"] / worst["tokens_per_s"] if worst["tokens_per_s"] else float("inf")
+        lines.append(
+            f"  {runtime} runtime: run {best['policy']} with {n} of {part.total_experts} experts cached "
+            f"({_gb(n * part.expert_bytes)}): {best['tokens_per_s']:.1f} tokens/s, {best['ratio_to_resident']:.2f}x "
+            f"the all-resident step latency ({best['bound_resident_tokens_per_s']:.1f} tokens/s) and "
+            f"{best['ratio_to_oracle']:.2f}x the oracle bound ({best['bound_oracle_tokens_per_s']:.1f}); worst "
+            f"choice here, {worst['policy']} with {worst['cache_capacity_experts']}: {worst['tokens_per_s']:.1f} "
+            f"tokens/s, {factor:.2f}x slower")
+        if factor < MIN_SPREAD:
+            lines.append(f"    best and worst differ by less than {MIN_SPREAD}x because even the worst point waits for "
+                         f"copies only {worst['stall_share']:.0%} of its time: at this size a copy of one expert "
+                         f"({part.expert_bytes / 1e6:.1f} MB) is cheap next to the compute and dispatch of a step")
     return lines
 
 
@@ -169,7 +176,7 @@ def _lead_section(parts, answers, runtime_note: str):
     items = []
     for lines in answers:
         items.append(lines)
-    text = ("What to run on an RTX 3090 (24 GB), from routing recorded by pregate's own trained small models on "
+    text = ("What to run on an RTX 3090 (24 GiB), from routing recorded by pregate's own trained small models on "
             "held-out text, priced at real model sizes. " + runtime_note)
     return Section("The answer", text, answers=items)
 
@@ -209,10 +216,11 @@ def run(args) -> int:
     plan = Plan(spec=plans[0].spec, points=[p for pl_ in plans for p in pl_.points],
                 profiles={k: v for pl_ in plans for k, v in pl_.profiles.items()},
                 trace_files={k: v for pl_ in plans for k, v in pl_.trace_files.items()})
-    runtime_note = ("Runtime: the rtx3090 profile's own host costs (pregate's eager executor's estimates); a "
-                    "GPU-bound runtime would shrink dispatch and widen the gaps caused by copies.")
+    runtime_note = ("Runtimes: pregate-eager is pregate's own executor (host issue costs derived from its H200 "
+                    "record); gpu-bound has no host cost (what CUDA graphs or fused kernels approach). The oracle "
+                    "bound is perfect prediction with Belady eviction at the same cache size.")
     print(f"pregate demo: {len(plan.points)} settings in {len(parts)} parts on the {PROFILE} profile "
-          f"({_gb(profile['gpu.memory'])}); cache sizes that fit with dense weights and a working margin")
+          f"({profile['gpu.memory'] / 2**30:.0f} GiB); cache sizes that fit with dense weights and a working margin")
     results = out / "results"
     outcome = run_sweep(plan, results, workers=args.workers, progress=not args.quiet)
     print(f"  {outcome.ran} points simulated in {outcome.seconds:.1f} s"
@@ -220,17 +228,20 @@ def run(args) -> int:
     keys = [p.key for p in plan.points]
     frame = read_results(results).filter(pl.col("key").is_in(keys))
     answers, tables = [], []
+    rows = frame.select("price_as", "dtype", "compression", "trace", "runtime").to_dicts()
     for part in parts:
-        mask = [part.matches(r) for r in frame.select("price_as", "dtype", "compression", "trace").iter_rows(named=True)]
-        ranked = rank(frame.filter(pl.Series(mask)), include_over_memory=args.include_over_memory)
-        answers.append(answer(part, ranked, args.include_over_memory))
-        tables.append((part, ranked))
+        by_runtime = {}
+        for runtime in RUNTIMES:
+            mask = pl.Series([part.matches(r, runtime) for r in rows])
+            by_runtime[runtime] = rank(frame.filter(mask), include_over_memory=args.include_over_memory)
+            tables.append((f"{part.title}, {runtime} runtime", by_runtime[runtime]))
+        answers.append(answer(part, by_runtime, args.include_over_memory))
     print("\nThe answer:")
     for lines in answers:
         print("\n".join(lines))
     print(f"  ({runtime_note})")
-    for part, ranked in tables:
-        print(f"\nfastest points: {part.title}")
+    for title, ranked in tables:
+        print(f"\nfastest points: {title}")
         print(format_ranking(ranked, limit=args.top))
     title = f"pregate demo: what to run on an {PROFILE}"
     lead = [_lead_section(parts, answers, runtime_note)]

@@ -41,16 +41,19 @@ def test_demo_prints_an_answer_for_every_part(tmp_path, capsys, monkeypatch, sma
                   "mixtral-8x7b, int4 host copies"):
         assert title in answer
     assert answer.count("priced as switch-base-8") == 2 and answer.count("priced as mixtral-8x7b") == 2
-    assert answer.count("  run ") == 4 and answer.count("the all-resident step latency") == 4
-    assert answer.count("oracle bound") == 4 and answer.count("worst choice in this grid") == 4
-    # a part whose best and worst differ by less than 1.5x says why
-    for block in answer.strip().split("\n\n")[0].split("switch-base-8, ")[1:]:
-        factor = float(block.split("x slower than the best")[0].rsplit(", ", 1)[1])
-        assert (factor >= demo.MIN_SPREAD) or ("differ by less than" in block)
+    for runtime in demo.RUNTIMES:
+        assert answer.count(f"  {runtime} runtime: run ") == 4
+    assert answer.count("the all-resident step latency") == 8 and answer.count("the oracle bound") == 8
+    # every best-worst pair differs by at least 1.5x, or the next line says why not
+    lines = answer.splitlines()
+    for i, line in enumerate(lines):
+        if " runtime: run " in line:
+            factor = float(line.rsplit(", ", 1)[1].split("x slower")[0])
+            assert factor >= demo.MIN_SPREAD or "differ by less than" in lines[i + 1]
     assert "OVER MEMORY" not in answer  # the demo's cache sizes fit 24 GB
     html = (out / "report.html").read_text()
     assert html.index("The answer") < html.index("Ranking") < html.index("<figure")
-    assert html.count('class="answer"') == 4
+    assert html.count('class="answer"') == 4 and "gpu-bound runtime" in html
     # a rerun reuses every point
     assert main(["demo", "-o", str(out), "--workers", "1", "--quiet"]) == 0
     assert "reused" in capsys.readouterr().out
@@ -63,11 +66,12 @@ def test_answer_says_why_when_best_and_worst_are_close():
     row = dict(policy="none + lru", cache_capacity_experts=2, tokens_per_s=100.0, ratio_to_resident=1.01,
                bound_resident_tokens_per_s=101.0, ratio_to_oracle=1.0, bound_oracle_tokens_per_s=100.0,
                stall_share=0.01, over_memory=False, pricing="routing of a, priced as m")
-    ranked = pl.DataFrame([row, {**row, "tokens_per_s": 90.0}])
-    lines = demo.answer(part, ranked)
-    assert "1.11x slower" in lines[3] and "differ by less than 1.5x" in lines[4] and "1%" in lines[4]
-    ranked = pl.DataFrame([row, {**row, "tokens_per_s": 50.0}])
-    assert len(demo.answer(part, ranked)) == 4
+    close = pl.DataFrame([row, {**row, "tokens_per_s": 90.0}])
+    apart = pl.DataFrame([row, {**row, "tokens_per_s": 50.0}])
+    lines = demo.answer(part, {"pregate-eager": close, "gpu-bound": apart})
+    assert lines[0].startswith("p: routing of a, priced as m") and "keep them all resident" in lines[1]
+    assert "1.11x slower" in lines[2] and "differ by less than 1.5x" in lines[3] and "1%" in lines[3]
+    assert lines[4].startswith("  gpu-bound runtime") and "2.00x slower" in lines[4] and len(lines) == 5
 
 
 def test_demo_price_as_needs_trace(tmp_path, capsys):
