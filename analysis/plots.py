@@ -12,12 +12,26 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
+# An axis with an offset (+1.32 ms, ticks of 0.0001) pictures rounding noise as if it were a result.
+matplotlib.rcParams["axes.formatter.useoffset"] = False
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from pregate.analysis.ranking import with_labels  # noqa: E402
+
+OVER_STYLE = dict(marker="x", s=46, color="red", linewidths=1.4, zorder=4)
+
+
+def memory_limit(frame: pl.DataFrame) -> float | None:
+    """GPU bytes left for dense weights + cache once the working margin is kept free (None: unknown)."""
+    if "gpu_memory_bytes" not in frame.columns or "working_margin_bytes" not in frame.columns:
+        return None
+    mem, margin = frame["gpu_memory_bytes"].drop_nulls(), frame["working_margin_bytes"].drop_nulls()
+    if mem.is_empty() or margin.is_empty():
+        return None
+    return float(mem.min() - margin.max())
 
 MAX_POLICIES = 8
 
@@ -68,6 +82,13 @@ def plot_pareto(results: pl.DataFrame, title: str = "") -> "plt.Figure":
     xs, ys = frame["gpu_gb"].to_numpy(), frame["mean_step_latency_s"].to_numpy() * 1e3
     front = pareto_front(xs, ys)
     ax.plot(xs[front], ys[front], color="black", lw=2.2, alpha=0.5, label="best of all policies", drawstyle="steps-post")
+    over = frame["over_memory"].to_numpy()
+    if over.any():
+        ax.scatter(xs[over], ys[over], label="OVER MEMORY (does not fit the GPU)", **OVER_STYLE)
+    limit = memory_limit(frame)
+    if limit is not None and over.any():
+        ax.axvline(limit / 1e9 * scale, color="red", ls="-.", lw=1,
+                   label=f"GPU memory less working margin ({limit / 1e9:.1f} GB)")
     resident = frame["bound_resident_mean_step_latency_s"].min() * 1e3
     ax.axhline(resident, color="green", ls="--", lw=1, label=f"all-resident bound ({resident:.2f} ms)")
     oracle = frame.group_by("gpu_gb").agg(pl.col("bound_oracle_mean_step_latency_s").min()).sort("gpu_gb")
@@ -75,23 +96,30 @@ def plot_pareto(results: pl.DataFrame, title: str = "") -> "plt.Figure":
             lw=1, label="perfect-prediction reference (oracle + Belady)")
     ax.set_xlabel(f"peak GPU memory ({unit}): dense weights + expert cache")
     ax.set_ylabel("mean decode step latency (ms)")
-    ax.set_title(title or "latency against GPU memory (Pareto front per policy)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title or "latency against GPU memory (Pareto front per policy)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     return fig
 
 
-def plot_latency_breakdown(results: pl.DataFrame, top: int = 12) -> "plt.Figure":
+def plot_latency_breakdown(results: pl.DataFrame, top: int = 12, include_over_memory: bool = False,
+                           title: str = "") -> "plt.Figure":
     """Stacked bars of compute, transfer stall and dispatch (host-bound) time per forward pass, fastest points."""
     from pregate.analysis.ranking import rank
 
-    ranked = rank(results).head(top)
+    ranked = rank(results, include_over_memory=include_over_memory).head(top)
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * ranked.height + 1)))
     if ranked.is_empty():
         _note(ax, "no points")
         return fig
     passes = (ranked["steps"] + ranked["prefill_passes"]).to_numpy().clip(min=1)
-    labels = [f"{p} @ {c}" for p, c in zip(ranked["policy"], ranked["cache"])]
+    many = "priced_as" in ranked.columns and (ranked["priced_as"].n_unique() > 1
+                                              or ranked["gpu_dtype"].n_unique() > 1)
+    labels = [(f"{m}, {d}: " if many else "") + f"{p} @ {c}" + (" (OVER MEMORY)" if o else "")
+              for m, d, p, c, o in zip(ranked["priced_as"] if many else ranked["policy"],
+                                       ranked["gpu_dtype"] if many else ranked["policy"],
+                                       ranked["policy"], ranked["cache"], ranked["over_memory"])]
     y = np.arange(ranked.height)[::-1]
     left = np.zeros(ranked.height)
     for col, color, name in (("compute_s", "#4c72b0", "compute"), ("stall_s", "#dd8452", "stall on transfers"),
@@ -101,7 +129,7 @@ def plot_latency_breakdown(results: pl.DataFrame, top: int = 12) -> "plt.Figure"
         left += ms
     ax.set_yticks(y, labels, fontsize=7)
     ax.set_xlabel("ms per forward pass (whole trace, prefill included)")
-    ax.set_title("latency breakdown of the fastest points")
+    ax.set_title(f"latency breakdown of the fastest points{': ' + title if title else ''}", fontsize=9)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.4 / max(1, ranked.height)), ncol=3)
     ax.grid(axis="x", alpha=0.3)
     return fig
@@ -191,6 +219,10 @@ def plot_lru_curve(curve: pl.DataFrame, results: pl.DataFrame | None = None) -> 
                 pl.col("hit_rate").mean()).sort("cache_capacity_experts")
             ax.plot(part["cache_capacity_experts"] / total * 100, part["hit_rate"], "o--", ms=4, lw=1,
                     color=cmap(i % 10), label=f"simulated: {policy}")
+        over = frame.filter(pl.col("over_memory") & pl.col("policy").is_in(best))
+        if not over.is_empty():
+            ax.scatter(over["cache_capacity_experts"].to_numpy() / total * 100, over["hit_rate"].to_numpy(),
+                       label="OVER MEMORY (does not fit the GPU)", **OVER_STYLE)
     ax.set_xlabel("GPU expert cache (% of all experts)")
     # the simulated rates count late hits (in flight when needed) with the hits, as a cache count does
     ax.set_ylabel("hit rate (late hits included)")
@@ -201,17 +233,28 @@ def plot_lru_curve(curve: pl.DataFrame, results: pl.DataFrame | None = None) -> 
     return fig
 
 
-def plot_hit_rate_per_layer(per_layer: pl.DataFrame, n_objects: int | None = None) -> "plt.Figure":
-    """LRU hit rate of each MoE layer's requests, one line per cache size (one global cache)."""
+def plot_hit_rate_per_layer(per_layer: pl.DataFrame, n_objects: int | None = None,
+                            over_sizes: set[int] | None = None) -> "plt.Figure":
+    """LRU hit rate of each MoE layer's requests, one line per cache size (one global cache).
+
+    ``over_sizes``: cache sizes (in experts) that do not fit the GPU in the results; their lines are dashed
+    and labelled OVER MEMORY.
+    """
     fig, ax = plt.subplots(figsize=(7, 4))
     sizes = per_layer["cache_experts"].unique().sort().to_list()
     styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--")]
     for i, size in enumerate(sizes):
         part = per_layer.filter(pl.col("cache_experts") == size).sort("layer")
-        label = f"{size} experts" + (f" ({size / n_objects:.0%})" if n_objects else "")
+        over = bool(over_sizes and size in over_sizes)
+        label = (f"{size} experts" + (f" ({size / n_objects:.0%})" if n_objects else "")
+                 + (" OVER MEMORY" if over else ""))
         marker, line = styles[i % len(styles)]
         # a small sideways shift and its own marker and dash: equal lines stay visible, not hidden
         shift = (i - (len(sizes) - 1) / 2) * 0.08
+        if over:
+            ax.plot(part["layer"].to_numpy() + shift, part["hit_rate"], marker="x", linestyle="--", ms=5,
+                    color="red", label=label)
+            continue
         ax.plot(part["layer"].to_numpy() + shift, part["hit_rate"], marker=marker, linestyle=line, ms=5,
                 mfc="none", label=label)
     ax.set_xlabel("MoE layer (global: encoder layers first)")

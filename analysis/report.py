@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pregate.analysis.ranking import format_ranking, rank
+from pregate.analysis.ranking import fitting, format_ranking, rank, with_labels
 
 MAX_GROUPS = 4
 MAX_TRACES = 2
@@ -42,6 +42,8 @@ class Section:
     text: str = ""
     tables: list[tuple[str, pl.DataFrame]] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    # answer blocks (the demo's): a heading line, then indented lines
+    answers: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -72,6 +74,11 @@ def _decode(frame: pl.DataFrame, name: str) -> pl.Series:
     if col in frame.columns and frame[col].null_count() < frame.height:
         return frame[col]
     return frame[name] if name in frame.columns else pl.Series(col, [None] * frame.height, dtype=pl.Float64)
+FLAT = 0.01  # a plot whose points all lie within 1% of each other pictures noise: say so in words instead
+
+
+def _mem(flag) -> str:
+    return "OVER MEMORY" if flag else "fits"
 
 
 def _ranking_table(ranked: pl.DataFrame, limit: int = 20) -> pl.DataFrame:
@@ -85,12 +92,14 @@ def _ranking_table(ranked: pl.DataFrame, limit: int = 20) -> pl.DataFrame:
         "decode late hits": _decode(head, "late_hit_rate"),
         "MB moved": head["bytes_moved"] / 1e6,
         "GPU GB": head["gpu_gb"],
+        "memory": [_mem(f) for f in head["over_memory"]],
         "x all-resident": head["ratio_to_resident"],
         "x oracle": head["ratio_to_oracle"],
     }
     front = {}
-    for name, col in (("model", "trace_model"), ("profile", "profile"), ("batch", "batch_size")):
-        if ranked[col].n_unique() > 1:
+    for name, col in (("priced as", "priced_as"), ("dtype", "gpu_dtype"), ("profile", "profile"),
+                      ("batch", "batch_size")):
+        if col in ranked.columns and ranked[col].n_unique() > 1:
             front[name] = head[col]
     return pl.DataFrame({**front, **cols})
 
@@ -104,16 +113,26 @@ def _best_per_policy(ranked: pl.DataFrame) -> pl.DataFrame:
         "decode stall share": _decode(best, "stall_share"),
         "decode hits": _decode(best, "hit_rate"),
         "decode late hits": _decode(best, "late_hit_rate"),
+        "memory": [_mem(f) for f in best["over_memory"]],
         "x all-resident": best["ratio_to_resident"],
         "x oracle": best["ratio_to_oracle"],
     })
 
 
-def _groups(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
-    keys = ["trace_model", "profile", "batch_size"]
+GROUP_KEYS = ("pricing", "profile", "batch_size", "gpu_dtype")
+
+
+def groups(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
+    """The parts of a result set that one plot can show: one pricing, profile, batch size and GPU dtype."""
+    frame = with_labels(frame)
+    keys = [k for k in GROUP_KEYS if k in frame.columns]
     out = []
-    for (model, profile, batch), part in frame.group_by(keys, maintain_order=True):
-        out.append((f"{model} on {profile}, batch {batch}", part))
+    for values, part in frame.group_by(keys, maintain_order=True):
+        named = dict(zip(keys, values))
+        name = f"{named['pricing']}, on {named['profile']}, batch {named['batch_size']}"
+        if "gpu_dtype" in named:
+            name += f", {named['gpu_dtype']}"
+        out.append((name, part))
     return out[:MAX_GROUPS]
 
 
@@ -148,35 +167,74 @@ def _band_section(ranked: pl.DataFrame) -> Section:
                                    "ranges", plots.png(plots.plot_bands(priced)))])
 
 
-def results_sections(frame: pl.DataFrame) -> list[Section]:
+def spread(values) -> float:
+    """(max - min) / min of the positive values: how far apart a plot's points are."""
+    xs = [v for v in values if v is not None and v == v and v > 0]
+    if len(xs) < 2:
+        return 0.0
+    return (max(xs) - min(xs)) / min(xs)
+
+
+def flat_text(part: pl.DataFrame) -> str:
+    lat = part["mean_step_latency_s"].to_list()
+    return (f"All {part.height} points lie within 1% of each other ({min(lat) * 1e3:.3f} to {max(lat) * 1e3:.3f} ms "
+            f"per decode step, {spread(lat):.2%} apart): no policy or cache size changes the latency here, so "
+            f"there is no plot of it (it would show rounding noise).")
+
+
+def results_sections(frame: pl.DataFrame, include_over_memory: bool = False) -> list[Section]:
     from pregate.analysis import plots
 
-    ranked = rank(frame)
-    best = ranked.row(0, named=True)
-    text = (
-        f"{frame.height} simulated points. Fastest: {best['policy']} with a cache of {best['cache']} "
-        f"({best['cache_capacity_experts']} experts): {best['tokens_per_s']:.1f} tokens/s, "
-        f"{best['ratio_to_resident']:.2f}x the all-resident step latency and {best['ratio_to_oracle']:.2f}x the "
-        f"perfect-prediction reference. The all-resident reference keeps every expert on the GPU (no copies); the "
-        f"perfect-prediction reference prefetches the true experts and evicts by Belady's MIN, a strong reference "
-        f"that online policies can beat, not a proven optimum (the simulator's summary also has a proven lower bound)."
-    )
+    ranked = rank(frame, include_over_memory=include_over_memory)
+    eligible = fitting(ranked, include_over_memory)
+    over = int(ranked["over_memory"].sum())
+    over_text = (f" {over} point(s) do not fit the GPU's memory (dense weights + expert cache + working margin "
+                 f"exceed it): they are marked OVER MEMORY "
+                 + ("and ranked with the others (--include-over-memory)." if include_over_memory else
+                    "and are never called best (--include-over-memory ranks them too).")) if over else ""
+    if eligible.is_empty():
+        text = f"{frame.height} simulated points; none fits the GPU's memory." + over_text
+    else:
+        best = eligible.row(0, named=True)
+        text = (
+            f"{frame.height} simulated points. Fastest: {best['policy']} with a cache of {best['cache']} "
+            f"({best['cache_capacity_experts']} experts): {best['tokens_per_s']:.1f} tokens/s, "
+            f"{best['ratio_to_resident']:.2f}x the all-resident step latency and {best['ratio_to_oracle']:.2f}x the "
+            f"perfect-prediction reference. The all-resident reference keeps every expert on the GPU (no copies); "
+            f"the perfect-prediction reference prefetches the true experts and evicts by Belady's MIN, a strong "
+            f"reference that online policies can beat, not a proven optimum (the simulator's summary also has a "
+            f"proven lower bound)." + over_text
+        )
     sections = [Section("Ranking", text, tables=[("fastest points", _ranking_table(ranked)),
                                                  ("best point of each policy", _best_per_policy(ranked))])]
     pareto = Section("Latency against GPU memory",
                      "Each line is one policy's Pareto front: the lowest latency it reaches within a memory budget. "
-                     "Memory is the dense weights plus the expert cache at its peak.")
-    for i, (name, part) in enumerate(_groups(frame)):
+                     "Memory is the dense weights plus the expert cache at its peak; red crosses are points that do "
+                     "not fit the GPU with the working margin.")
+    flat = []
+    for i, (name, part) in enumerate(groups(frame)):
+        offloaded = part.filter(pl.col("buffering") != "resident")
+        if offloaded.height >= 2 and spread(offloaded["mean_step_latency_s"].to_list()) < FLAT:
+            flat.append(f"{name}: {flat_text(offloaded)}")
+            continue
         pareto.figures.append(Figure(f"pareto-{i}", f"Pareto front: {name}", "mean decode step latency against peak "
                                      "GPU memory, per policy", plots.png(plots.plot_pareto(part, title=name))))
+    if flat:
+        pareto.text += " " + " ".join(flat)
     sections.append(pareto)
     if "tokens_per_s_low" in frame.columns and frame["tokens_per_s_low"].is_not_null().any():
         sections.append(_band_section(ranked))
-    sections.append(Section("Where the time goes", "Compute on the GPU, waiting for expert copies (stall), and "
-                            "host-side dispatch beyond the GPU's own time.",
-                            figures=[Figure("breakdown", "latency breakdown", "compute, stall and dispatch per forward "
-                                            "pass of the fastest points",
-                                            plots.png(plots.plot_latency_breakdown(frame)))]))
+    where = Section("Where the time goes", "Compute on the GPU, waiting for expert copies (stall), and host-side "
+                    "dispatch beyond the GPU's own time, for the fastest points" + (" of each part." if len(groups(frame)) > 1 else "."))
+    parts = groups(frame)
+    for i, (name, part) in enumerate(parts):
+        fid = "breakdown" if len(parts) == 1 else f"breakdown-{i}"
+        where.figures.append(Figure(fid, f"latency breakdown: {name}" if len(parts) > 1 else "latency breakdown",
+                                    "compute, stall and dispatch per forward pass of the fastest points",
+                                    plots.png(plots.plot_latency_breakdown(
+                                        part, top=8 if len(parts) > 1 else 12, include_over_memory=include_over_memory,
+                                        title=name if len(parts) > 1 else ""))))
+    sections.append(where)
     return sections
 
 
@@ -207,6 +265,11 @@ def trace_sections(trace_path: str | Path, results: pl.DataFrame | None = None, 
     if len(sizes) > 4:
         sizes = [sizes[round(i * (len(sizes) - 1) / 3)] for i in range(4)]
     per_layer = lru_hit_rate_per_layer(requests, sizes)
+    over_sizes = set()
+    if results is not None and not results.is_empty():
+        labelled = with_labels(results)
+        over_sizes = set(labelled.filter(pl.col("over_memory") & (pl.col("buffering") == "cache"))
+                         ["cache_capacity_experts"].to_list())
     sections = [
         Section(f"Routing of {name}", f"Trace {trace_path}: {requests.height} expert requests at batch {batch}, "
                 f"{n_objects} experts in all.",
@@ -230,7 +293,7 @@ def trace_sections(trace_path: str | Path, results: pl.DataFrame | None = None, 
                 figures=[Figure("lru-curve" + suffix, "hit rate by cache size", "LRU curve and simulated policies",
                                 plots.png(plots.plot_lru_curve(curve, results))),
                          Figure("hit-rate-per-layer" + suffix, "hit rate per layer", "LRU hit rate of each MoE layer",
-                                plots.png(plots.plot_hit_rate_per_layer(per_layer, n_objects)))]),
+                                plots.png(plots.plot_hit_rate_per_layer(per_layer, n_objects, over_sizes)))]),
     ]
     return sections
 
@@ -245,10 +308,11 @@ def measured_section(pairs: pl.DataFrame) -> Section:
 
 
 def build_sections(frame: pl.DataFrame, traces: list[str | Path] | None = None,
-                   measured: pl.DataFrame | None = None) -> tuple[list[Section], list[str]]:
+                   measured: pl.DataFrame | None = None,
+                   include_over_memory: bool = False) -> tuple[list[Section], list[str]]:
     """All sections, and notes about what could not be shown."""
     notes = []
-    sections = results_sections(frame)
+    sections = results_sections(frame, include_over_memory)
     if traces is None:
         traces = list(dict.fromkeys(frame["trace"].to_list()))
     for i, path in enumerate(traces[:MAX_TRACES]):
@@ -271,7 +335,8 @@ padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bottom:1p
 margin-top:2em}table{border-collapse:collapse;font-size:.85em;margin:.6em 0 1.2em}th,td{border:1px solid #ddd;
 padding:.25em .55em;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
-.note{color:#8a5a00}pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}"""
+.note{color:#8a5a00}.answer{background:#f3f8ff;border-left:4px solid #4c72b0;padding:.3em 1em;margin:.8em 0}
+.answer ul{margin:.2em 0 .4em}.over{color:#b00000;font-weight:600}pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}"""
 
 
 def _header(column: str) -> str:
@@ -281,7 +346,12 @@ def _header(column: str) -> str:
 
 def _html_table(frame: pl.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(_header(c))}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in frame.iter_rows())
+
+    def cell(v) -> str:
+        text = html.escape(_fmt(v))
+        return f"<td class=\"over\">{text}</td>" if v == "OVER MEMORY" else f"<td>{text}</td>"
+
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in frame.iter_rows())
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -294,13 +364,17 @@ def _md_table(frame: pl.DataFrame) -> str:
 
 def render_html(title: str, intro: str, sections: list[Section], notes: list[str]) -> str:
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"]
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+             + (f"<p>{html.escape(intro)}</p>" if intro else "")]
     for note in notes:
         parts.append(f"<p class=\"note\">{html.escape(note)}</p>")
     for s in sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
         if s.text:
             parts.append(f"<p>{html.escape(s.text)}</p>")
+        for block in s.answers:
+            items = "".join(f"<li>{html.escape(line.strip())}</li>" for line in block[1:])
+            parts.append(f"<div class=\"answer\"><p><b>{html.escape(block[0])}</b></p><ul>{items}</ul></div>")
         for caption, table in s.tables:
             parts.append(f"<h3>{html.escape(caption)}</h3>{_html_table(table)}")
         for f in s.figures:
@@ -320,6 +394,8 @@ def render_markdown(title: str, intro: str, sections: list[Section], notes: list
         lines += [f"## {s.title}", ""]
         if s.text:
             lines += [s.text, ""]
+        for block in s.answers:
+            lines += [f"**{block[0]}**", ""] + [f"- {line.strip()}" for line in block[1:]] + [""]
         for caption, table in s.tables:
             lines += [f"**{caption}**", "", _md_table(table), ""]
         for f in s.figures:
@@ -335,12 +411,15 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def write_report(results, out: str | Path, *, traces: list[str | Path] | None = None,
                  measured: pl.DataFrame | None = None, title: str = "pregate sweep report",
+                 lead: list[Section] | None = None, include_over_memory: bool = False,
                  uncertainty: bool = False) -> ReportFiles:
     """Write ``report.html`` (self-contained), ``report.md`` and ``figures/*.png`` into ``out``.
 
     ``results`` is a results folder (from a sweep) or its frame; ``traces``
     overrides the traces whose routing is analysed (default: the results' own,
-    when they are readable); ``measured`` holds measured/simulated latency pairs.
+    when they are readable); ``measured`` holds measured/simulated latency pairs;
+    ``lead`` sections come first (the demo's answer); over-memory points are
+    never "best" unless ``include_over_memory``.
     """
     from pregate.simulator.sweep import read_results
 
@@ -355,14 +434,18 @@ def write_report(results, out: str | Path, *, traces: list[str | Path] | None = 
         raise SweepError("these results have no bands: run 'pregate sweep ... --uncertainty corners' first")
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    sections, notes = build_sections(frame, traces, measured)
-    models = ", ".join(dict.fromkeys(frame["trace_model"].to_list()))
+    sections, notes = build_sections(frame, traces, measured, include_over_memory)
+    if lead:
+        sections = list(lead) + [Section("What was simulated", "")] + sections
+    models = "; ".join(dict.fromkeys(with_labels(frame)["pricing"].to_list()))
     profiles = ", ".join(dict.fromkeys(frame["profile"].to_list()))
     intro = (f"{frame.height} points of {models} on {profiles}: speculation "
              f"{', '.join(sorted(set(frame['speculation'])))}; caching {', '.join(sorted(set(frame['cache_policy'])))}; "
              f"cache sizes {', '.join(sorted(set(frame['cache'])))}; compression "
              f"{', '.join(sorted(set(frame['compression'])))}; batch sizes "
              f"{', '.join(str(b) for b in sorted(set(frame['batch_size'])))}.")
+    if lead:
+        sections[len(lead)].text, intro = intro, ""
     ids = []
     for s in sections:
         for f in s.figures:
@@ -370,6 +453,6 @@ def write_report(results, out: str | Path, *, traces: list[str | Path] | None = 
             ids.append(f.id)
     html_path, md_path = out / "report.html", out / "report.md"
     _atomic_write(html_path, render_html(title, intro, sections, notes).encode("utf-8"))
-    ranking = format_ranking(rank(frame), limit=15)
+    ranking = format_ranking(rank(frame, include_over_memory=include_over_memory), limit=15)
     _atomic_write(md_path, render_markdown(title, intro, sections, notes, ranking).encode("utf-8"))
     return ReportFiles(html=html_path, markdown=md_path, figures=ids)

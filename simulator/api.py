@@ -31,8 +31,9 @@ from pregate.simulator.gate import PrefetchTiming, timing_from_costs
 from pregate.simulator.lower_bound import mean_step_lower_bound
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
+from pregate.simulator.memory_fit import working_margin
 from pregate.simulator.policies.build import make_speculation
-from pregate.simulator.pricing import require_expert_size
+from pregate.simulator.pricing import meta_label, price_stream, require_expert_size
 from pregate.simulator.profile import HardwareProfile, load_profile
 from pregate.simulator.runtime import RuntimeProfile, load_runtime
 from pregate.simulator.replay import FAST_POLICIES, ReplayCounts, replay_fast, replay_general
@@ -102,6 +103,8 @@ class Simulation:
             raise SimulatorError(f"--prefetch-gate '{settings.prefetch_gate}' is not one of cost, off")
         if stream is None:
             stream = build_stream(_open(trace), batch_size=settings.batch_size)
+        # the routing stays the trace's; sizes come from the model it is priced as
+        stream = price_stream(stream, settings.price_as)
         self.stream = stream
         self.source = trace  # the trace itself (a path or Trace), for policies that train on it
         self.speculation_note = None
@@ -209,8 +212,14 @@ class Simulation:
         slots = stream.layout.n_objects if all_resident else c.peak_slots + (1 if c.bypasses else 0)
         peak_bytes = self.costs.dense_bytes + slots * self.expert_bytes
         prefetches = 0 if all_resident else c.prefetches
+        memory = float(self.profile["gpu.memory"])
+        margin = working_margin(memory)
+        extra = stream.meta.extra if isinstance(stream.meta.extra, dict) else {}
         return {
             "trace_model": stream.meta.model_id,
+            "priced_as": extra.get("priced_as") or stream.meta.model_id,
+            "pricing": meta_label(stream.meta),
+            "gpu_dtype": self.gpu_dtype,
             "profile": self.profile.name,
             "runtime": self.runtime.name,
             "requests": stream.n_requests,
@@ -242,7 +251,11 @@ class Simulation:
             "dispatch_s": outcome.dispatch_s,
             "stall_share": outcome.stall_s / outcome.total_s if outcome.total_s else 0.0,
             "peak_gpu_bytes": int(peak_bytes),
-            "fits_gpu_memory": bool(peak_bytes <= self.profile["gpu.memory"]),
+            "gpu_memory_bytes": int(memory),
+            "working_margin_bytes": int(margin),
+            # dense weights + expert cache + working margin (CUDA context, activations, KV cache)
+            "over_memory": bool(peak_bytes + margin > memory),
+            "fits_gpu_memory": bool(peak_bytes + margin <= memory),
             "expert_table": self.costs.used_table or None,
             "dense_table": self.costs.used_dense_table or None,
             "speculation_note": self.speculation_note,

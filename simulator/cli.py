@@ -24,6 +24,9 @@ examples:
   pregate simulate runs/mx --cache-policy s3fifo --reset-cache-per-sequence
   pregate simulate runs/sb8 --cache 25% --json | jq .decode_stall_share
   pregate simulate runs/sb8 --cache 25% --phase all                   # headline over prefill and decode
+  pregate simulate sample:pregate-moe-tiny --price-as switch-base-8 --dtype bfloat16   # routing of the sample,
+                                                                    # sizes of switch-base-8
+  pregate simulate runs/mx --model-config my-moe.toml                # sizes from a config file
 
 policies:
   --speculation   """ + ", ".join(SPECULATION.names()) + """
@@ -36,7 +39,9 @@ def add_arguments(p) -> None:
     p.add_argument("trace", help="trace folder (from 'pregate trace') or one Parquet part")
     add_settings_arguments(p)
     from pregate.cliargs import add_json, add_quiet
+    from pregate.simulator.pricing import MODEL_CONFIG_HELP
 
+    p.add_argument("--model-config", metavar="FILE", help=MODEL_CONFIG_HELP)
     add_json(p, "the summary and settings")
     p.add_argument("--steps-out", metavar="FILE.parquet", help="write per-step latency and its breakdown")
     p.add_argument("--timeline", metavar="FILE.json", help="write a Chrome/Perfetto trace of the simulated streams")
@@ -61,8 +66,8 @@ def format_summary(s: dict, phase: str = "decode") -> str:
         return "n/a" if x is None else f"{x * 1e3:.3f} ms"
 
     lines = [
-        f"model {s['trace_model']} on {s['profile']} ({s.get('runtime', '')} runtime): {s['steps']} decode steps, "
-        f"{s['tokens']} tokens, "
+        f"{s['pricing']}, on {s['profile']} ({s.get('runtime', '')} runtime, {s['gpu_dtype']}): {s['steps']} decode "
+        f"steps, {s['tokens']} tokens, "
         f"{s['requests']} expert requests, cache {s['cache_capacity_experts']} experts",
     ]
     if "decode_passes" in s:
@@ -96,8 +101,10 @@ def format_summary(s: dict, phase: str = "decode") -> str:
             f"  uncertainty ({s['uncertainty']}, {s['uncertainty_values']} values with a range): tokens/s "
             f"{s['tokens_per_s_low']:.1f} to {s['tokens_per_s_high']:.1f}, step latency "
             f"{ms(s['mean_step_latency_s_low'])} to {ms(s['mean_step_latency_s_high'])}")
-    lines.append(f"  peak GPU memory {_bytes(s['peak_gpu_bytes'])}"
-                 + ("" if s["fits_gpu_memory"] else " (does NOT fit the GPU)"))
+    lines.append(f"  peak GPU memory {_bytes(s['peak_gpu_bytes'])} (dense weights + expert cache)"
+                 + ("" if not s.get("over_memory") else
+                    f" OVER MEMORY: with the {_bytes(s['working_margin_bytes'])} working margin it exceeds the GPU's "
+                    f"{_bytes(s['gpu_memory_bytes'])}"))
     return "\n".join(lines)
 
 
@@ -109,11 +116,15 @@ def run(args) -> int:
     from pregate.simulator.profile import detect_profile
     from pregate.traces import validate_trace
 
+    from pregate.simulator.pricing import spec_from_flags
+    from pregate.simulator.sweep import resolve_trace
+
     settings = settings_from_args(args)
+    settings = settings.replace(price_as=spec_from_flags(settings.price_as, args.model_config))
     if settings.profile == "auto":
         settings = settings.replace(profile=detect_profile())
     resolve_policies(settings)  # a typo fails before the trace is read
-    trace = validate_trace(args.trace)
+    trace = validate_trace(resolve_trace(args.trace))
     sim = Simulation(trace, settings)
     if args.replay_only:
         counts = sim.replay().as_dict()

@@ -9,11 +9,14 @@ bound on step time.
 
 The expert cache gets the GPU memory (the profile's, or --vram) minus the
 dense weights minus a working margin (default 0.5 GB + 8% of the memory).
-MODEL is a trace folder (its recorded routing is used) or a known model shape
-(see 'pregate models': switch-base-8..256, switch-large-128, mixtral-8x7b,
-olmoe-1b-7b, qwen1.5-moe-a2.7b, qwen3-30b-a3b, tiny-* and pregate-moe-*), for
-which a synthetic trace of that shape is generated and the answer says the
-routing is synthetic. Without --model, the shipped sample trace is used.
+MODEL is a trace folder (its recorded routing is used; --price-as MODEL or
+--model-config FILE prices that routing at another model's size) or a known
+model shape (see 'pregate models': switch-base-8..256, switch-large-128,
+mixtral-8x7b, olmoe-1b-7b, qwen1.5-moe-a2.7b, qwen3-30b-a3b, tiny-* and
+pregate-moe-*). For a known shape, a shipped sample trace of the same routing
+topology is priced as that model (mixtral-8x7b: the Mixtral-topology sample);
+without one, a synthetic trace of that shape is generated and the answer says
+the routing is synthetic. Without --model, the shipped sample trace is used.
 
 examples:
   pregate recommend --model mixtral-8x7b --profile rtx3090
@@ -21,7 +24,8 @@ examples:
   pregate recommend --model mixtral-8x7b --profile rtx3090 --uncertainty corners
   pregate recommend --model runs/sb8 --profile t4 --batch-size 8
   pregate recommend --model switch-base-128 --profile rtx3060-12gb --vram 10 --json
-  pregate recommend --model olmoe-1b-7b --profile h100-pcie --json answer.json --quiet"""
+  pregate recommend --model olmoe-1b-7b --profile h100-pcie --json answer.json --quiet
+  pregate recommend --model runs/mx --price-as mixtral-8x7b          # your routing, Mixtral's sizes"""
 
 
 import argparse
@@ -39,6 +43,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--margin", type=float, metavar="GB", help="memory kept free besides dense weights and cache "
                         "(default: 0.5 GB + 8%% of the GPU memory)")
     parser.add_argument("--batch-size", type=int, default=1, help="sequences decoded together (default: 1)")
+    from pregate.simulator.pricing import MODEL_CONFIG_HELP
+    from pregate.simulator.settings import Settings
+
+    parser.add_argument("--price-as", metavar="MODEL", default="", help=Settings.help_texts()["price_as"])
+    parser.add_argument("--model-config", metavar="FILE", help=MODEL_CONFIG_HELP)
     parser.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
     parser.add_argument("--results", metavar="DIR", help="keep the simulated points in this sweep results folder")
     from pregate.cliargs import add_json, add_quiet
@@ -53,6 +62,7 @@ def run(args) -> int:
     import sys
 
     from pregate.cliargs import emit_json, json_to_stdout
+    from pregate.simulator.pricing import spec_from_flags
     from pregate.simulator.recommend import format_recommendation, recommend
     from pregate.simulator.sweep import sample_trace, sample_trace_path
 
@@ -68,7 +78,8 @@ def run(args) -> int:
             print(f"no --model given: using the shipped sample trace {model}", file=sys.stderr)
     rec = recommend(model, args.profile, vram_gb=args.vram, batch_size=args.batch_size, margin_gb=args.margin,
                     workers=args.workers, results=args.results, progress=not args.quiet,
-                    runtime=args.runtime, uncertainty=args.uncertainty)
+                    runtime=args.runtime, uncertainty=args.uncertainty,
+                    price_as=spec_from_flags(args.price_as, args.model_config))
     if not json_to_stdout(args):
         print(format_recommendation(rec))
     emit_json(args, json.dumps(rec.to_dict(), indent=2, sort_keys=True))

@@ -21,6 +21,8 @@ examples:
   pregate sweep grid.toml -o res --workers 2
   pregate sweep grid.toml -o res --ray auto                # an existing Ray cluster
   pregate sweep --trace sample:pregate-moe-tiny --profile rtx3090,t4 --batch-size 1,8 -o res
+  pregate sweep --trace sample:pregate-moe-tiny --price-as switch-base-8 --dtype bfloat16,float32 -o res
+                                                           # the sample's routing at switch-base-8's size
   pregate report res -o report                             # plots and a summary of the results
 
 config (grid.toml):
@@ -30,7 +32,12 @@ config (grid.toml):
   cache_policy = ["lru", "lfu"]
   cache = ["10%", "25%", "50%"]
   compression = ["none", "int8"]
-  batch_size = [1, 8]"""
+  batch_size = [1, 8]
+  price_as = "mixtral-8x7b"                 # routing of the trace, sizes of this model (or a config file)
+
+Points whose dense weights + expert cache + working margin (0.5 GB + 8%) exceed
+the profile's GPU memory are marked OVER MEMORY and ranked after the points
+that fit, unless --include-over-memory."""
 
 
 def add_arguments(p) -> None:
@@ -44,6 +51,11 @@ def add_arguments(p) -> None:
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata["help"].replace("%", "%%") + "; comma-separated values make an axis"
         p.add_argument(flag, dest=f"axis_{f.name}", metavar="V[,V...]", help=help_text)
+    from pregate.simulator.pricing import MODEL_CONFIG_HELP
+
+    p.add_argument("--model-config", metavar="FILE", help=MODEL_CONFIG_HELP)
+    p.add_argument("--include-over-memory", action="store_true",
+                   help="rank points that do not fit the GPU's memory with the others (default: after them)")
     p.add_argument("--workers", type=int, help="local worker processes (default: all cores of this machine)")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="run on a Ray cluster (auto, HOST:PORT, ray://HOST:PORT, or local); default: $RAY_ADDRESS")
@@ -65,6 +77,10 @@ def build_spec(args):
         raw = getattr(args, f"axis_{f.name}")
         if raw is not None:
             spec.grid[f.name] = parse_list(raw, field_kind(f.name))
+    if getattr(args, "model_config", None):
+        from pregate.simulator.pricing import spec_from_flags
+
+        spec.grid["price_as"] = [spec_from_flags(None, args.model_config)]
     return spec
 
 
@@ -117,7 +133,7 @@ def run(args) -> int:
     frame = read_results(args.out)
     keys = {p.key for p in plan.points}
     frame = frame.filter(frame["key"].is_in(list(keys)))
-    print(format_ranking(rank(frame), limit=10))
+    print(format_ranking(rank(frame, include_over_memory=args.include_over_memory), limit=10))
     print(f"\nall points: pregate.simulator.sweep.read_results('{args.out}') (polars; one row per point); "
           f"plots: pregate report {args.out} -o REPORT")
     return 0

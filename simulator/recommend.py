@@ -6,9 +6,12 @@ small sweep whose cache sizes are bounded by memory:
 * **memory**: the GPU's memory (``--vram`` or the profile's), minus the dense
   (non-expert) weights, minus a working margin (CUDA context, activations, KV
   cache, fragmentation) bounds the expert cache, in whole experts;
-* **routing**: a recorded trace when one is given; for a known model shape
-  without one, a synthetic trace of that shape (Zipf-like expert popularity,
-  some stickiness, a noisy pre-gating signal), and the answer says so;
+* **routing**: a recorded trace when one is given (``--price-as`` prices its
+  routing at another model's size); for a known model shape without one, a
+  shipped sample trace of the same routing topology priced as that model
+  (the Mixtral-topology sample for mixtral-8x7b), else a synthetic trace of
+  that shape (Zipf-like expert popularity, some stickiness, a noisy
+  pre-gating signal); the answer says which;
 * **search**: every speculation x caching policy at the largest cache that
   fits, then the best few of those with every compression at that size and
   at half of it. The fastest point wins; within 0.5% the one using less
@@ -55,7 +58,9 @@ TIE = 0.005
 
 def default_margin(vram: float) -> float:
     """Bytes kept free for the CUDA context, activations, KV cache and fragmentation: 0.5 GB + 8%."""
-    return 0.5e9 + 0.08 * vram
+    from pregate.simulator.memory_fit import working_margin
+
+    return working_margin(vram)
 
 
 @dataclass
@@ -64,6 +69,7 @@ class Source:
     synthetic: bool
     model_id: str
     note: str = ""
+    price_as: str = ""
 
 
 def _write_meta(folder: Path, meta) -> None:
@@ -114,8 +120,31 @@ def _meta_from_variant(name: str):
                      **{**described, "extra": {**described.get("extra", {}), "synthetic": True}})
 
 
-def model_source(model: str, batch_size: int, workdir: Path) -> Source:
-    """The trace to use: ``model`` itself if it is a trace, else a synthetic trace of that model's shape."""
+def matching_sample(model: str) -> tuple[Path, str] | None:
+    """A shipped sample trace whose routing topology is exactly ``model``'s (every stack), and its label."""
+    from pregate.simulator.pricing import PricingError, check_topology, resolve_target
+    from pregate.simulator.sweep import sample_trace_path
+    from pregate.traces import open_trace
+
+    try:
+        target = resolve_target(model)
+    except PricingError:
+        return None
+    root = sample_trace_path().parent
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*.parquet"))) if root.is_dir() else []:
+        meta = open_trace(folder).meta
+        try:
+            if not check_topology(meta, target):
+                return folder, target.name
+        except PricingError:
+            continue
+    return None
+
+
+def model_source(model: str, batch_size: int, workdir: Path, price_as: str = "") -> Source:
+    """The trace to use: ``model`` itself if it is a trace (priced as ``price_as``), else a shipped sample
+    of the same topology priced as the model, else a synthetic trace of that model's shape."""
+    from pregate.simulator.pricing import check_trace, label
     from pregate.simulator.synthetic import make_trace
     from pregate.traces import open_trace
     from pregate.traces.errors import TraceError
@@ -124,7 +153,22 @@ def model_source(model: str, batch_size: int, workdir: Path) -> Source:
     path = Path(model)
     if path.exists():
         trace = open_trace(path)
+        check_trace(trace.meta, price_as)
+        if price_as:
+            from pregate.simulator.pricing import resolve_target
+
+            name = resolve_target(price_as).name
+            return Source(path, False, f"{trace.meta.model_id} priced as {name}",
+                          f"{label(trace.meta.model_id, name)}: routing recorded in {path}", price_as)
         return Source(path, False, trace.meta.model_id, f"routing recorded in {path}")
+    if price_as:
+        raise SweepError("--price-as prices a recorded trace: give --model TRACE with it")
+    sample = matching_sample(model)
+    if sample is not None:
+        folder, name = sample
+        meta = open_trace(folder).meta
+        return Source(folder, False, name, f"{label(meta.model_id, name)}: routing recorded in the shipped sample "
+                      f"{folder.name} (same routing topology), sizes of {name}", model)
     try:
         meta = _meta_from_shape(known_model(model))
     except TraceError:
@@ -158,11 +202,12 @@ class Memory:
         return self.vram - self.dense - self.margin
 
 
-def memory_plan(trace: Path, profile: str, batch_size: int, vram_gb: float | None, margin_gb: float | None) -> Memory:
+def memory_plan(trace: Path, profile: str, batch_size: int, vram_gb: float | None, margin_gb: float | None,
+                price_as: str = "") -> Memory:
     from pregate.simulator.api import Simulation
     from pregate.simulator.settings import Settings
 
-    sim = Simulation(trace, Settings(profile=profile, batch_size=batch_size))
+    sim = Simulation(trace, Settings(profile=profile, batch_size=batch_size, price_as=price_as))
     vram = vram_gb * 1e9 if vram_gb else float(sim.profile["gpu.memory"])
     margin = margin_gb * 1e9 if margin_gb is not None else default_margin(vram)
     dense, eb, total = float(sim.costs.dense_bytes), float(sim.expert_bytes), sim.stream.layout.n_objects
@@ -186,6 +231,7 @@ class Recommendation:
     runner_up: list[dict] = field(default_factory=list)
     points: int = 0
     all_resident: bool = False
+    pricing: str = ""  # "routing of X, priced as Y"
     runtime: str = ""  # the runtime profile the answer is priced for (empty: the default)
     uncertainty: dict | None = None  # with --uncertainty: the winner's band and whether it stays the winner
     ties: int = 0  # other settings within TIE of the best's tokens/s; the least memory among them was chosen
@@ -228,7 +274,8 @@ def _slim(row: dict | None) -> dict | None:
 
 def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None, batch_size: int = 1,
               margin_gb: float | None = None, workers: int | None = None, results: str | Path | None = None,
-              progress: bool = False, runtime: str = "", uncertainty: str = "") -> Recommendation:
+              progress: bool = False, runtime: str = "", uncertainty: str = "",
+              price_as: str = "") -> Recommendation:
     import polars as pl
 
     from pregate.simulator.profile import detect_profile, load_profile
@@ -244,8 +291,9 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
     runtime_name = load_runtime(runtime, load_profile(gpu)).name  # an unknown GPU or runtime fails before any work
     with tempfile.TemporaryDirectory(prefix="pregate-recommend-") as tmp:
         tmp = Path(tmp)
-        source = model_source(model, batch_size, tmp)
-        mem = memory_plan(source.trace, gpu, batch_size, vram_gb, margin_gb)
+        source = model_source(model, batch_size, tmp, price_as)
+        mem = memory_plan(source.trace, gpu, batch_size, vram_gb, margin_gb, source.price_as)
+        pricing = _pricing_label(source)
         if mem.cache_experts < 1:
             raise SweepError(
                 f"{source.model_id} does not fit a {mem.vram / 1e9:.1f} GB GPU: dense weights "
@@ -260,7 +308,7 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
         from pregate.simulator.uncertainty import parse_mode
 
         base = {"profile": [gpu], "runtime": [runtime], "batch_size": [batch_size],
-                "uncertainty": [parse_mode(uncertainty)]}
+                "uncertainty": [parse_mode(uncertainty)], "price_as": [source.price_as]}
         memory = {"vram_bytes": mem.vram, "dense_bytes": mem.dense, "margin_bytes": mem.margin,
                   "expert_bytes": mem.expert_bytes, "total_experts": mem.total_experts,
                   "cache_experts": mem.cache_experts}
@@ -270,7 +318,7 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
             frame = read_results(out).filter(pl.col("key").is_in([p.key for p in plan.points]))
             best = _slim(_pick(frame))
             return Recommendation(source.model_id, gpu, batch_size, source.synthetic, source.note, memory, best, best,
-                                  points=frame.height, all_resident=True, runtime=runtime_name)
+                                  points=frame.height, all_resident=True, runtime=runtime_name, pricing=pricing)
         cap = mem.cache_experts
         stage1 = plan_sweep(SweepSpec([trace], {**base, "speculation": specs, "cache_policy": practical_cachings(),
                                                 "cache": [str(cap)]}, source="recommend"))
@@ -293,18 +341,19 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
                                & (pl.col("compression") == best["compression"]))
                   .sort(["tokens_per_s", "key"], descending=[True, False])
                   .unique(["speculation", "cache_policy"], maintain_order=True).head(3))
-        verdict = (_verdict(frame, best, source.trace, gpu, runtime, batch_size, uncertainty)
+        verdict = (_verdict(frame, best, source.trace, gpu, runtime, batch_size, uncertainty, source.price_as)
                    if uncertainty else None)
         return Recommendation(source.model_id, gpu, batch_size, source.synthetic, source.note, memory, _slim(best),
                               _slim(plain), [_slim(r) for r in others.iter_rows(named=True)], points=frame.height,
-                              runtime=runtime_name, uncertainty=verdict, ties=_ties(frame))
+                              runtime=runtime_name, uncertainty=verdict, ties=_ties(frame), pricing=pricing)
 
 
 def _settings_of(row: dict, base):
     return base.replace(**{k: row[k] for k in ("speculation", "cache_policy", "cache", "compression", "buffering")})
 
 
-def _verdict(frame, best: dict, trace, gpu: str, runtime: str, batch_size: int, mode: str) -> dict:
+def _verdict(frame, best: dict, trace, gpu: str, runtime: str, batch_size: int, mode: str,
+             price_as: str = "") -> dict:
     """Whether the winner stays the winner in every pricing of the band, and if not, which value decides it.
 
     Each point of the frame was priced in the same scenarios (the same corners
@@ -331,12 +380,22 @@ def _verdict(frame, best: dict, trace, gpu: str, runtime: str, batch_size: int, 
            "mean_step_latency_s_high": best["mean_step_latency_s_high"], "values": best["uncertainty_values"],
            "winner_holds": challenger is None, "challenger": None, "decided_by": None}
     if challenger is not None:
-        base = Settings(profile=gpu, runtime=runtime, batch_size=batch_size)
+        base = Settings(profile=gpu, runtime=runtime, batch_size=batch_size, price_as=price_as)
         sim = Simulation(trace, base)
         out["challenger"] = {k: challenger[k] for k in ("speculation", "cache_policy", "cache", "compression",
                                                          "tokens_per_s", "tokens_per_s_low", "tokens_per_s_high")}
         out["decided_by"] = deciding_value(sim, _settings_of(best, base), _settings_of(challenger, base))
     return out
+
+
+def _pricing_label(source: Source) -> str:
+    from pregate.simulator.pricing import label, resolve_target
+    from pregate.traces import open_trace
+
+    meta = open_trace(source.trace).meta
+    if source.synthetic:
+        return f"SYNTHETIC routing of {meta.model_id}'s shape, priced as {meta.model_id}"
+    return label(meta.model_id, resolve_target(source.price_as).name if source.price_as else None)
 
 
 def _gb(x: float) -> str:
@@ -348,9 +407,10 @@ def format_recommendation(r: Recommendation) -> str:
     lines = [f"{r.model} on {r.gpu} ({_gb(m['vram_bytes'])}), batch {r.batch_size}"
              + (f", runtime {r.runtime}" if r.runtime else "")]
     if r.synthetic:
+        lines.append(f"  {r.pricing}")
         lines.append(f"  note: {r.source_note}")
     else:
-        lines.append(f"  {r.source_note}")
+        lines.append(f"  {r.source_note if r.pricing in r.source_note else r.pricing + ': ' + r.source_note}")
     lines.append(f"  memory: {_gb(m['vram_bytes'])} - dense weights {_gb(m['dense_bytes'])} - working margin "
                  f"{_gb(m['margin_bytes'])} leaves {_gb(max(0.0, m['vram_bytes'] - m['dense_bytes'] - m['margin_bytes']))}"
                  f" for experts of {m['expert_bytes'] / 1e6:.1f} MB: {m['cache_experts']} of {m['total_experts']} "

@@ -36,6 +36,9 @@ class Settings:
     host_tier: str = _opt("pinned", "where host copies live: pinned, pageable or nvme", choices=("pinned", "pageable", "nvme"))
     batch_size: int = _opt(1, "sequences decoded together (one token of each per step); prompts run as prefill")
     dtype: str = _opt("", "expert dtype on the GPU (default: the trace's dtype)")
+    price_as: str = _opt("", "keep the trace's routing but price it at another model's size: a known model "
+                             "(switch-base-8, mixtral-8x7b, ...) or a model config file (.toml/.json) with the same "
+                             "routing topology (MoE layers per stack, experts, top-k)")
     copy_engines: int = _opt(0, "host-to-device copy engines to use (default 0: the profile's count)")
     max_prefetch: int = _opt(0, "most prefetches issued per MoE layer (default 0: no limit beyond the cache)")
     prefetch_gate: str = _opt("cost", "cost: issue a prefetch only when its expected saving (confidence x the stall "

@@ -232,9 +232,12 @@ def point_key(trace_id: str, profile_id: str, settings: Settings) -> str:
     """The point's identity: format, pregate version, trace, profile and runtime content, every setting."""
     from pregate import __version__
 
+    from pregate.simulator.pricing import identity
+
     payload = json.dumps(
         {"format": SWEEP_FORMAT, "version": __version__, "trace": trace_id, "profile": profile_id,
-         "runtime": runtime_id(settings.runtime), "settings": settings.to_dict()},
+         "runtime": runtime_id(settings.runtime), "settings": settings.to_dict(),
+         "pricing": identity(settings.price_as)},
         sort_keys=True, separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
@@ -264,6 +267,7 @@ def plan_sweep(spec: SweepSpec) -> Plan:
     Each problem is refused in one line naming the config and the bad key or value.
     """
     from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
+    from pregate.simulator.pricing import check_trace
     from pregate.simulator.profile import detect_profile, load_profile
     from pregate.traces import open_trace
 
@@ -331,10 +335,16 @@ def plan_sweep(spec: SweepSpec) -> Plan:
         if trace.meta.ahead_distance == 0 and needs_ahead:
             raise SweepError(f"{where}: trace {path} has no 'ahead' column (recorded with --ahead 0), which "
                              f"speculation {', '.join(needs_ahead)} need; drop them or sweep that trace apart")
-        try:
-            require_expert_size(trace.meta, f"trace {path}")
-        except SimulatorError as exc:
-            raise SweepError(f"{where}: {exc}") from None
+        for spec_name in dict.fromkeys(axes["price_as"]):
+            try:
+                check_trace(trace.meta, spec_name)  # a topology mismatch fails before any work
+            except SimulatorError as exc:
+                raise SweepError(f"{where}: {exc}") from None
+        if "" in axes["price_as"]:  # points priced at the trace's own sizes need them
+            try:
+                require_expert_size(trace.meta, f"trace {path}")
+            except SimulatorError as exc:
+                raise SweepError(f"{where}: {exc}") from None
         tid = trace_identity(path)
         trace_files[tid] = list(trace.files)
         for s in settings_list:
@@ -361,7 +371,7 @@ _MAX_STREAMS = 2
 
 
 def _group_key(trace_id: str, s: Settings) -> tuple:
-    return (trace_id, s.profile, s.runtime, s.batch_size, s.dtype, s.host_tier)
+    return (trace_id, s.profile, s.runtime, s.batch_size, s.dtype, s.host_tier, s.price_as)
 
 
 def _stream(trace_path: str, trace_id: str, batch_size: int):
@@ -375,7 +385,7 @@ def _stream(trace_path: str, trace_id: str, batch_size: int):
         if len(_STREAMS) >= _MAX_STREAMS:
             old = next(iter(_STREAMS))
             _STREAMS.pop(old)
-            for k in [k for k in _SIMS if (k[0], k[2]) == old]:
+            for k in [k for k in _SIMS if (k[0], k[3]) == old]:  # group key: trace, profile, runtime, batch, ...
                 _drop_sim(k)
         stream = build_stream(open_trace(trace_path), batch_size=batch_size)
         _STREAMS[key] = stream

@@ -83,3 +83,23 @@ def test_report_refuses_a_folder_without_results(tmp_path, capsys):
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no sweep results" in err
+
+
+def test_no_offset_axes_and_flat_results_said_in_words(results, tmp_path):
+    from pregate.analysis import plots
+    from pregate.analysis.report import FLAT, results_sections
+
+    frame = sw.read_results(results)
+    fig = plots.plot_pareto(frame.with_columns(pl.col("mean_step_latency_s") + 1.32e-3))
+    fig.canvas.draw()
+    for axis in (fig.axes[0].xaxis, fig.axes[0].yaxis):
+        assert axis.get_major_formatter().get_offset() == ""
+    # every point within 1%: a sentence instead of the Pareto plot
+    base = frame["mean_step_latency_s"].min()
+    flat = frame.with_columns((base * (1 + pl.int_range(0, frame.height) * FLAT / (4 * frame.height)))
+                              .alias("mean_step_latency_s"))
+    sections = results_sections(flat)
+    pareto = next(s for s in sections if s.title == "Latency against GPU memory")
+    assert pareto.figures == [] and "within 1% of each other" in pareto.text
+    spread_out = results_sections(frame)
+    assert next(s for s in spread_out if s.title == "Latency against GPU memory").figures

@@ -7,8 +7,13 @@ library's own modules (present on every machine, nothing to download). A
 byte-level BPE tokenizer is trained on the same text. One file in ten (by name
 hash) is held out for validation loss and for tracing.
 
-Presets: 'tiny' (3.8M parameters, 6 MoE layers x 8 experts; trains on two CPU
-cores in minutes) and 'small-140m' (142M parameters, for a GPU).
+Presets: 'tiny' (3.8M parameters, 6 MoE layers x 8 experts, top-1: switch-base's
+decoder topology; trains on two CPU cores in minutes), 'tiny-64' (the same with
+64 experts per layer: switch-base-64's decoder topology), 'mixtral-topo' (4.9M
+parameters, 32 MoE layers x 8 experts, top-2: Mixtral-8x7B's routing topology
+at width 64; under 20 minutes on two shared CPU cores with --steps 240) and
+'small-140m' (142M parameters, for a GPU). Train the small ones with
+OMP_NUM_THREADS=1 on a shared machine: two threads fighting other jobs are slower.
 
 The output folder holds model.safetensors, config.json, the tokenizer and
 train_log.json and heldout.jsonl (prompts from held-out text);
@@ -18,14 +23,15 @@ deterministic for a seed on the CPU and resumes from its last checkpoint.
 examples:
   pregate train --preset tiny --out runs/moe-tiny
   pregate train --preset tiny --corpus ~/notes ~/src/project --steps 3000 --out runs/moe-notes
-  pregate train --preset tiny --out runs/moe-tiny --resume"""
+  pregate train --preset tiny --out runs/moe-tiny --resume
+  OMP_NUM_THREADS=1 pregate train --preset mixtral-topo --steps 240 --out runs/moe-mixtral-topo"""
 
 
 def add_arguments(p) -> None:
     from pregate.tracer.smallmoe.settings import TrainSettings
 
     d = TrainSettings()
-    p.add_argument("--preset", default=d.preset, help="model size: tiny or small-140m (default: tiny)")
+    p.add_argument("--preset", default=d.preset, help="model size: tiny, tiny-64, mixtral-topo or small-140m (default: tiny)")
     p.add_argument("--corpus", nargs="*", default=[], help="text files or folders (default: the Python standard library)")
     p.add_argument("-o", "--out", required=True, help="output folder for the model, tokenizer and log")
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default: {d.steps})")

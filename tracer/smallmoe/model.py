@@ -82,6 +82,13 @@ class SmallMoEConfig:
 PRESETS: dict[str, SmallMoEConfig] = {
     # Trains on two CPU cores in minutes to clearly non-random routing.
     "tiny": SmallMoEConfig(),
+    # Mixtral-8x7B's routing topology (32 MoE layers x 8 experts, top-2) at a width that
+    # trains on two shared CPU cores in under 20 minutes: the routing is the artefact.
+    "mixtral-topo": SmallMoEConfig(
+        d_model=64, n_layers=32, n_heads=4, d_ff=128, num_experts=8, top_k=2, moe_every=1,
+    ),
+    # switch-base-64's decoder topology (6 MoE layers x 64 experts, top-1) at the tiny width.
+    "tiny-64": SmallMoEConfig(num_experts=64),
     # About 140M parameters (six MoE layers of 8 experts): for a GPU.
     "small-140m": SmallMoEConfig(
         vocab_size=32000, d_model=512, n_layers=12, n_heads=8, d_ff=2048, num_experts=8,
@@ -184,9 +191,10 @@ class MoEBlockFFN(nn.Module):
             order = onehot.reshape(-1, self.cfg.num_experts).cumsum(0).reshape(onehot.shape)
             keep = ((order * onehot).sum(-1) <= capacity)
         if self.training:
-            # Switch load balancing: E * sum_e (share of tokens to e) * (mean router prob of e).
+            # Switch load balancing: E * sum_e (share of routed slots to e) * (mean router prob of e);
+            # with top-k every one of a token's k choices counts (as in Mixtral's loss).
             probs = torch.softmax(logits.float(), dim=-1)
-            share = F.one_hot(ids[:, 0], self.cfg.num_experts).float().mean(0)
+            share = F.one_hot(ids, self.cfg.num_experts).float().mean((0, 1))
             self.last_aux_loss = self.cfg.num_experts * (share * probs.mean(0)).sum()
         return self.experts(flat, ids, weights, keep).reshape(B, S, D)
 
