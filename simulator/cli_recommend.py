@@ -12,8 +12,8 @@ dense weights minus a working margin (default 0.5 GB + 8% of the memory).
 MODEL is a trace folder (its recorded routing is used; --price-as MODEL or
 --model-config FILE prices that routing at another model's size) or a known
 model shape (see 'pregate models': switch-base-8..256, switch-large-128,
-mixtral-8x7b, olmoe-1b-7b, qwen1.5-moe-a2.7b, qwen3-30b-a3b, tiny-* and
-pregate-moe-*). For a known shape, a shipped sample trace of the same routing
+mixtral-8x7b, olmoe-1b-7b, qwen1.5-moe-a2.7b, qwen3-30b-a3b, ...; a tiny
+test variant is traced first with 'pregate trace --random-init'). For a known shape, a shipped sample trace of the same routing
 topology is priced as that model (mixtral-8x7b: the Mixtral-topology sample);
 without one, a synthetic trace of that shape is generated and the answer says
 the routing is synthetic. Without --model, the shipped sample trace is used.

@@ -106,20 +106,6 @@ def _meta_from_shape(shape):
     )
 
 
-def _meta_from_variant(name: str):
-    """A tracer variant that the published-shape table lacks (tiny models): build it, read its shape."""
-    from pregate.tracer.models import build_random, find_variant
-    from pregate.traces import TraceMeta
-
-    if find_variant(name) is None:
-        return None
-    loaded = build_random(name, seed=0)
-    described = loaded.adapter.describe()
-    return TraceMeta(model_id=loaded.model_id, ahead_distance=3, seed=0,
-                     corpus="synthetic routing (pregate.simulator.synthetic)",
-                     **{**described, "extra": {**described.get("extra", {}), "synthetic": True}})
-
-
 def matching_sample(model: str) -> tuple[Path, str] | None:
     """A shipped sample trace whose routing topology is exactly ``model``'s (every stack), and its label."""
     from pregate.simulator.pricing import PricingError, check_topology, resolve_target
@@ -148,7 +134,7 @@ def model_source(model: str, batch_size: int, workdir: Path, price_as: str = "")
     from pregate.simulator.synthetic import make_trace
     from pregate.traces import open_trace
     from pregate.traces.errors import TraceError
-    from pregate.traces.importers.model_shapes import known_model
+    from pregate.traces.importers.model_shapes import KNOWN_MODELS, known_model
 
     path = Path(model)
     if path.exists():
@@ -172,9 +158,12 @@ def model_source(model: str, batch_size: int, workdir: Path, price_as: str = "")
     try:
         meta = _meta_from_shape(known_model(model))
     except TraceError:
-        meta = _meta_from_variant(model)
-    if meta is None:
-        raise SweepError(f"'{model}' is neither a trace folder nor a known model shape (see 'pregate models')")
+        # Tiny test variants are not in the published-shape table; building one would pull the tracer
+        # (and torch) into the simulator, so they are traced first instead (ARCHITECTURE.md).
+        raise SweepError(f"'{model}' is neither a trace folder nor a published model shape "
+                         f"({', '.join(sorted(KNOWN_MODELS))}); for another model, trace it first "
+                         f"('pregate trace --model {model} --random-init --out runs/x') and recommend on that trace"
+                         ) from None
     dec = meta.stacks.get("decoder")
     enc = meta.stacks.get("encoder")
     first = dec or enc
