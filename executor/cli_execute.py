@@ -28,7 +28,7 @@ examples:
 
 # The simulator's knobs that the executor takes as they are (one definition: simulator/settings.py).
 POLICY_SETTINGS = ("speculation", "cache_policy", "cache", "per_layer", "buffering", "compression", "batch_size",
-                   "max_prefetch")
+                   "max_prefetch", "predictor")
 
 
 def add_arguments(p) -> None:
