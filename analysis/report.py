@@ -24,7 +24,7 @@ import polars as pl
 
 from pregate.analysis.ranking import fitting, format_ranking, rank, with_labels
 
-MAX_GROUPS = 4
+MAX_GROUPS = 8
 MAX_TRACES = 2
 
 
@@ -98,15 +98,21 @@ def _ranking_table(ranked: pl.DataFrame, limit: int = 20) -> pl.DataFrame:
     }
     front = {}
     for name, col in (("priced as", "priced_as"), ("dtype", "gpu_dtype"), ("profile", "profile"),
-                      ("batch", "batch_size")):
+                      ("runtime", "runtime"), ("batch", "batch_size")):
         if col in ranked.columns and ranked[col].n_unique() > 1:
             front[name] = head[col]
     return pl.DataFrame({**front, **cols})
 
 
 def _best_per_policy(ranked: pl.DataFrame) -> pl.DataFrame:
-    best = ranked.unique("policy", keep="first", maintain_order=True)
+    keys = [k for k in ("pricing", "gpu_dtype", "runtime") if k in ranked.columns]
+    best = ranked.unique(["policy", *keys], keep="first", maintain_order=True)
+    front = {}
+    for name, col in (("priced as", "priced_as"), ("dtype", "gpu_dtype"), ("runtime", "runtime")):
+        if col in best.columns and best[col].n_unique() > 1:
+            front[name] = best[col]
     return pl.DataFrame({
+        **front,
         "policy": best["policy"],
         "best cache": best["cache"],
         "tokens/s": best["tokens_per_s"],
@@ -119,7 +125,7 @@ def _best_per_policy(ranked: pl.DataFrame) -> pl.DataFrame:
     })
 
 
-GROUP_KEYS = ("pricing", "profile", "batch_size", "gpu_dtype")
+GROUP_KEYS = ("pricing", "profile", "runtime", "batch_size", "gpu_dtype")
 
 
 def groups(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
@@ -129,7 +135,10 @@ def groups(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
     out = []
     for values, part in frame.group_by(keys, maintain_order=True):
         named = dict(zip(keys, values))
-        name = f"{named['pricing']}, on {named['profile']}, batch {named['batch_size']}"
+        name = f"{named['pricing']}, on {named['profile']}"
+        if "runtime" in named:
+            name += f" ({named['runtime'] or 'default'} runtime)"
+        name += f", batch {named['batch_size']}"
         if "gpu_dtype" in named:
             name += f", {named['gpu_dtype']}"
         out.append((name, part))
@@ -205,8 +214,19 @@ def results_sections(frame: pl.DataFrame, include_over_memory: bool = False) -> 
             f"reference that online policies can beat, not a proven optimum (the simulator's summary also has a "
             f"proven lower bound)." + over_text
         )
-    sections = [Section("Ranking", text, tables=[("fastest points", _ranking_table(ranked)),
-                                                 ("best point of each policy", _best_per_policy(ranked))])]
+    parts = groups(frame)
+    if len(parts) > 1:
+        # points of different models, precisions or runtimes are not comparable: rank each part apart
+        text = (f"{frame.height} simulated points in {len(parts)} parts (a model's pricing, precision and runtime); "
+                f"their speeds are not comparable across parts, so each table lists the fastest points of each part "
+                f"in turn." + over_text)
+        per_part = pl.concat([rank(p, include_over_memory=include_over_memory).head(5) for _, p in parts],
+                             how="diagonal_relaxed")
+        sections = [Section("Ranking", text, tables=[("the 5 fastest points of each part", _ranking_table(
+            per_part, limit=per_part.height)), ("best point of each policy, per part", _best_per_policy(ranked))])]
+    else:
+        sections = [Section("Ranking", text, tables=[("fastest points", _ranking_table(ranked)),
+                                                     ("best point of each policy", _best_per_policy(ranked))])]
     pareto = Section("Latency against GPU memory",
                      "Each line is one policy's Pareto front: the lowest latency it reaches within a memory budget. "
                      "Memory is the dense weights plus the expert cache at its peak; red crosses are points that do "
