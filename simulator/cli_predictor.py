@@ -35,8 +35,10 @@ def add_arguments(parser) -> None:
                              "forms them (default 1)")
     parser.add_argument("--no-ahead", action="store_true", help="do not use the trace's 'ahead' column as a feature")
     parser.add_argument("--steps", type=int, default=150, help="optimiser steps per model (default 150)")
-    parser.add_argument("--json", action="store_true", help="print the accuracy table as JSON")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    from pregate.cliargs import add_json, add_quiet
+
+    add_json(parser, "the accuracy table")
+    add_quiet(parser)
 
 
 def run(args) -> int:
@@ -67,10 +69,10 @@ def run(args) -> int:
         model = Predictor.load(args.predictor)
         data = stack_data(trace, with_ahead=True)
     rows = evaluate(trace, model, data=data)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if args.quiet:
+    from pregate.cliargs import emit_json, json_to_stdout
+
+    emit_json(args, json.dumps(rows, indent=2))
+    if json_to_stdout(args):
         return 0
     print(f"accuracy on {rows[0]['tokens']} held-out (token, layer) pairs at j=1 "
           "(top-1: first guess is the router's first choice; recall: share of the top-k found in the first k)")

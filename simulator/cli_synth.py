@@ -36,6 +36,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ahead-accuracy", help="add an 'ahead' column with this accuracy (0..1, or one per "
                                                  "distance j=1..3, comma separated)")
     parser.add_argument("--seed", type=int, default=0, help="seed; same arguments and seed give identical traces")
+    from pregate.cliargs import add_quiet
+
+    add_quiet(parser)
 
 
 def _accuracy(text):
