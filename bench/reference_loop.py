@@ -140,6 +140,7 @@ def run(loop: Loop, stream, prefetch: bool) -> dict:
             if prefetch and not resident and ls + 1 < b:  # oracle: the next layer step's experts
                 for o in req_obj[int(req_start[ls + 1]):int(req_start[ls + 2])]:
                     loop.fetch(o, protected, True)
+                    protected.add(o)  # named for the next step: no later prefetch of this round evicts it
             t3 = time.perf_counter()
             out = torch.zeros_like(x)
             for w, tok in zip(weights, req_tok[lo:hi]):
@@ -284,6 +285,7 @@ def predict(stream, profile, runtime, capacity: int, prefetch: bool) -> float:
     from pregate.simulator.settings import Settings
 
     st = Settings(speculation="oracle" if prefetch else "none", cache_policy="lru", cache=str(capacity),
+                  prefetch_gate="off",  # the loop prefetches every named expert
                   batch_size=stream.batch_size, dtype="float32",
                   buffering="resident" if capacity >= stream.layout.n_objects else "cache")
     sim = Simulation(None, st, profile=profile, stream=stream, runtime=runtime)

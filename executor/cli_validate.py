@@ -65,6 +65,17 @@ def _policy_pairs(args) -> str | None:
     return ",".join(f"{s}+{c}" for s in specs for c in cachings)
 
 
+def _log(bar, message: str) -> None:
+    """A line above the bar once it runs; before the first run, a plain line (the bar stays unborn,
+    so a refusal that follows is still the only thing on its line)."""
+    if bar.n:
+        bar.write(f"  {message}")
+    else:
+        import sys
+
+        print(f"  {message}", file=sys.stderr)
+
+
 def _run(args) -> int:
     from pregate.executor.device import ExecutorError, check_device
     from pregate.executor.validate import validate, write_outputs
@@ -95,13 +106,14 @@ def _run(args) -> int:
         result = validate(args.traces, args.profile, args.device, policies=policies, caches=caches,
                           batch_sizes=batches, dtype=args.dtype, groups=args.groups, warmup=args.warmup,
                           quick=args.quick, repeats=repeats, bar=bar, runtime_path=args.runtime,
-                          log=(lambda m: None) if args.quiet else (lambda m: bar.write(f"  {m}")))
+                          log=(lambda m: None) if args.quiet else (lambda m: _log(bar, m)))
     files = write_outputs(result, args.out)
     s = result["summary"]
 
     def pct(x):
         return "n/a" if x is None else f"{x:.1%}"
 
+    print(f"priced with profile {result['profile']} and runtime {result['runtime']}")
     print(f"{s['points']} points: median |error| {pct(s['median_abs_error'])}, P95 |error| {pct(s['p95_abs_error'])}, "
           f"Kendall tau {s['kendall_tau']:.3f}, counts agree {s['counts_agree']}")
     if s.get("skipped"):

@@ -83,7 +83,6 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
     profile = load_profile(profile_path)
     runtime_path = str(runtime_path or default_runtime(profile_path))
     runtime = load_runtime(runtime_path, profile)
-    log(f"pricing with profile {profile.name} and runtime {runtime.name}")
     policies = parse_policies(policies or (QUICK_POLICIES if quick else DEFAULT_POLICIES))
     caches = caches or (["50%"] if quick else ["25%", "50%"])
     batch_sizes = batch_sizes or ([1] if quick else [1, 16])
@@ -270,6 +269,20 @@ def write_outputs(result: dict, out: str | Path) -> list[Path]:
     return files
 
 
+def scatter_title(result: dict) -> str:
+    """The scatter's title: the numbers printed on stdout (error statistics over the settings, not the
+    all-resident references, which are drawn but not counted)."""
+    s = result["summary"]
+    tau = s.get("kendall_tau")
+
+    def pct(x):
+        return "n/a" if x is None else f"{x:.1%}"
+
+    return (f"{result.get('device', '?')} / {result.get('profile', '?')}: {s['points']} settings + "
+            f"{len(result['resident'])} all-resident\nmedian |error| {pct(s.get('median_abs_error'))}, "
+            f"p95 {pct(s.get('p95_abs_error'))}, tau {tau if tau is None else round(tau, 2)}")
+
+
 def scatter_plot(result: dict, path: Path) -> bool:
     """Simulated vs measured mean step latency, one point per setting; False without matplotlib.
 
@@ -303,15 +316,7 @@ def scatter_plot(result: dict, path: Path) -> bool:
     ax.set_ylim(lo, hi)
     ax.set_xlabel("measured mean step latency (ms)")
     ax.set_ylabel("simulated mean step latency (ms)")
-    s = result["summary"]
-    tau = s.get("kendall_tau")
-    def pct(x):
-        return "n/a" if x is None else f"{x:.1%}"
-
-    # the numbers printed on stdout: error statistics over the settings, not the all-resident references
-    ax.set_title(f"{result['device']} / {result['profile']}: {s['points']} settings + {len(result['resident'])} "
-                 f"all-resident\nmedian |error| {pct(s.get('median_abs_error'))}, p95 {pct(s.get('p95_abs_error'))}, "
-                 f"tau {tau if tau is None else round(tau, 2)}", fontsize=9)
+    ax.set_title(scatter_title(result), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

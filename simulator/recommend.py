@@ -134,7 +134,7 @@ def model_source(model: str, batch_size: int, workdir: Path, price_as: str = "")
     from pregate.simulator.synthetic import make_trace
     from pregate.traces import open_trace
     from pregate.traces.errors import TraceError
-    from pregate.traces.importers.model_shapes import KNOWN_MODELS, known_model
+    from pregate.traces.importers.model_shapes import known_model
 
     path = Path(model)
     if path.exists():
@@ -160,10 +160,9 @@ def model_source(model: str, batch_size: int, workdir: Path, price_as: str = "")
     except TraceError:
         # Tiny test variants are not in the published-shape table; building one would pull the tracer
         # (and torch) into the simulator, so they are traced first instead (ARCHITECTURE.md).
-        raise SweepError(f"'{model}' is neither a trace folder nor a published model shape "
-                         f"({', '.join(sorted(KNOWN_MODELS))}); for another model, trace it first "
-                         f"('pregate trace --model {model} --random-init --out runs/x') and recommend on that trace"
-                         ) from None
+        raise SweepError(f"'{model}' is neither a trace folder nor a published model shape (see 'pregate models'); "
+                         f"for another model, trace it first ('pregate trace --model {model} --random-init "
+                         "--out runs/x') and recommend on that trace") from None
     dec = meta.stacks.get("decoder")
     enc = meta.stacks.get("encoder")
     first = dec or enc

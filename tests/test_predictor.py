@@ -75,7 +75,7 @@ def test_version_and_shape_are_checked(tmp_path, model):
 
 
 def test_learned_predicts_only_for_held_out_groups(trace):
-    settings = Settings(speculation="learned", cache="25%")
+    settings = Settings(speculation="learned", cache="25%", prefetch_gate="off")  # every named expert issued
     sim = Simulation(trace, settings)
     _, planner, _, _ = sim._parts(settings)
     spec = planner.spec

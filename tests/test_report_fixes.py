@@ -40,7 +40,7 @@ def test_tables_have_word_headers():
     assert "<th>top1 accuracy</th>" in html
 
 
-def test_validation_scatter_title_matches_the_summary(tmp_path, monkeypatch):
+def test_validation_scatter_title_matches_the_summary(tmp_path):
     from pregate.executor import validate as v
 
     def point(i, cache="25%"):
@@ -49,15 +49,8 @@ def test_validation_scatter_title_matches_the_summary(tmp_path, monkeypatch):
 
     points = [point(i) for i in range(4)]
     residents = [point(9, "resident"), point(10, "resident")]
-    summary = {"points": 4, "median_abs_error": 0.1234, "p95_abs_error": 0.4949}
-    seen = {}
-    real = plots.plot_sim_vs_measured
-
-    def spy(pairs, **kw):
-        seen.update(kw, rows=pairs.height)
-        return real(pairs, **kw)
-
-    monkeypatch.setattr(plots, "plot_sim_vs_measured", spy)
-    assert v.scatter_plot({"points": points, "resident": residents, "summary": summary}, tmp_path / "s.png")
-    assert seen["rows"] == 6  # the all-resident references are still drawn
-    assert "4 settings + 2 all-resident" in seen["title"] and "12.3%" in seen["title"] and "49.5%" in seen["title"]
+    summary = {"points": 4, "median_abs_error": 0.1234, "p95_abs_error": 0.4949, "kendall_tau": 0.5}
+    result = {"points": points, "resident": residents, "summary": summary, "device": "cpu", "profile": "p"}
+    title = v.scatter_title(result)
+    assert "4 settings + 2 all-resident" in title and "12.3%" in title and "49.5%" in title
+    assert v.scatter_plot(result, tmp_path / "s.png") and (tmp_path / "s.png").stat().st_size > 0

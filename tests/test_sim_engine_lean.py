@@ -23,8 +23,9 @@ from pregate.traces import open_trace
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory):
     root = tmp_path_factory.mktemp("lean")
-    shapes = [dict(seqs=4, prompt_len=3, new_tokens=12, layers=4, experts=8, top_k=2, ahead=3, seed=21),
-              dict(seqs=3, prompt_len=0, new_tokens=16, layers=3, experts=12, top_k=1, ahead=2, seed=22,
+    # at least two batch groups at every batch size used below: the learned predictor trains on one
+    shapes = [dict(seqs=6, prompt_len=3, new_tokens=12, layers=4, experts=8, top_k=2, ahead=3, seed=21),
+              dict(seqs=6, prompt_len=0, new_tokens=16, layers=3, experts=12, top_k=1, ahead=2, seed=22,
                    encoder_layers=2)]
     return [open_trace(make_trace(root / str(i), **kw)) for i, kw in enumerate(shapes)]
 
