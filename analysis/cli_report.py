@@ -44,7 +44,7 @@ def add_arguments(parser) -> None:
                         help="let points that do not fit the GPU's memory be ranked best")
     parser.add_argument("--uncertainty", action="store_true",
                         help="require the bands of 'pregate sweep --uncertainty' (drawn whenever the results have them)")
-    from pregate.cliargs import add_quiet
+    from pregate.traces.cliargs import add_quiet
 
     add_quiet(parser)
 

@@ -34,7 +34,7 @@ examples:
 def add_arguments(parser) -> None:
     parser.add_argument("trace", help="trace folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the cross-validation split (default 0)")
-    from pregate.cliargs import add_json, add_quiet
+    from pregate.traces.cliargs import add_json, add_quiet
 
     add_json(parser, "the statistics")
     add_quiet(parser)
@@ -46,7 +46,7 @@ def run(args) -> int:
     from pregate.analysis.routing import routing_stats
     from pregate.traces import open_trace
 
-    from pregate.cliargs import emit_json, json_to_stdout
+    from pregate.traces.cliargs import emit_json, json_to_stdout
 
     stats = routing_stats(open_trace(args.trace), seed=args.seed)
     emit_json(args, json.dumps(stats, indent=2))

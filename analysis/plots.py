@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from pregate.analysis.ranking import with_labels  # noqa: E402
+from pregate.simulator.ranking import with_labels  # noqa: E402
 
 OVER_STYLE = dict(marker="x", s=46, color="red", linewidths=1.4, zorder=4)
 
@@ -106,7 +106,7 @@ def plot_pareto(results: pl.DataFrame, title: str = "") -> "plt.Figure":
 def plot_latency_breakdown(results: pl.DataFrame, top: int = 12, include_over_memory: bool = False,
                            title: str = "") -> "plt.Figure":
     """Stacked bars of compute, transfer stall and dispatch (host-bound) time per forward pass, fastest points."""
-    from pregate.analysis.ranking import rank
+    from pregate.simulator.ranking import rank
 
     ranked = rank(results, include_over_memory=include_over_memory).head(top)
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * ranked.height + 1)))

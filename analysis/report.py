@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pregate.analysis.ranking import fitting, format_ranking, rank, with_labels
+from pregate.simulator.ranking import fitting, format_ranking, rank, with_labels
 
 MAX_GROUPS = 8
 MAX_TRACES = 2

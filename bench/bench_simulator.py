@@ -1,4 +1,4 @@
-"""Simulator throughput, measured in one run on this machine (DESIGN.md targets).
+"""Simulator throughput, measured in one run on this machine (ARCHITECTURE.md targets).
 
 * fast replay >= 2M expert requests/s on one core, and faster than libCacheSim
   driven request by request from Python on the same stream;

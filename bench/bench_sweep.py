@@ -1,6 +1,6 @@
 """Sweep scaling: the same sweep with 2 worker processes against 1, in one run.
 
-Target (DESIGN.md): 2 workers >= 1.7x one worker on a 2-core machine. Both
+Target (ARCHITECTURE.md): 2 workers >= 1.7x one worker on a 2-core machine. Both
 runs use the same code path (a process pool of 1 or 2 spawned workers, fresh
 for each run, so neither reuses the other's prepared simulations), on the
 shipped sample trace, each into a fresh results folder; the rounds alternate

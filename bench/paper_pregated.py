@@ -57,7 +57,7 @@ PROFILE = "a100-80gb-pcie"
 # the paper's runtime is a C++ FasterTransformer fork: close to no host cost per kernel
 RUNTIME = "gpu-bound"
 BEAMS = 4
-# The paper's headline figures (ISCA'24 abstract and evaluation, as quoted in the project's DESIGN.md and issue).
+# The paper's headline figures (ISCA'24 abstract and evaluation, as collected in ARCHITECTURE.md).
 PAPER = {
     "moe_vs_ondemand": "1.7x faster on average (up to 1.9x)",
     "moe_vs_gpu_only": "19% slower",

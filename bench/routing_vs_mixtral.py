@@ -1,4 +1,4 @@
-"""A trace's decode routing statistics next to real Mixtral-8x7B's (DESIGN.md, "Real routing, measured").
+"""A trace's decode routing statistics next to real Mixtral-8x7B's (ARCHITECTURE.md, "Real routing, measured").
 
 Why: the Mixtral-topology sample stands in for Mixtral's routing in the demo
 and in ``recommend``; this says how close it is, statistic by statistic.

@@ -31,7 +31,7 @@ def add_arguments(p) -> None:
     p.add_argument("--convert", metavar="OLD.toml", default=None,
                    help="measure nothing: split a schema pregate.profile/1 file into -o and its .runtime.toml")
 
-    from pregate.cliargs import add_quiet
+    from pregate.traces.cliargs import add_quiet
 
     add_quiet(p)
     p.add_argument("--threads", type=int, default=None,

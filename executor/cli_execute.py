@@ -56,7 +56,7 @@ def add_arguments(p) -> None:
                    help="with --model: also write the routing this run saw (with 'ahead' from the live routers) as "
                    "a regular trace in DIR, so a model too big for the GPU is traced offloaded")
     p.add_argument("--record-overwrite", action="store_true", help="replace an existing trace in --record-trace DIR")
-    from pregate.cliargs import add_json, add_quiet
+    from pregate.traces.cliargs import add_json, add_quiet
 
     add_json(p, "the summary")
     add_quiet(p)
@@ -140,7 +140,7 @@ def _run(args) -> int:
                                record_trace=args.record_trace, record_overwrite=args.record_overwrite)
         summary = result.summary
     summary["settings"] = settings.to_dict()
-    from pregate.cliargs import emit_json, json_to_stdout
+    from pregate.traces.cliargs import emit_json, json_to_stdout
 
     if not json_to_stdout(args):
         _print(summary)

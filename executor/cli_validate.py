@@ -44,7 +44,7 @@ def add_arguments(p) -> None:
                    help="rounds over all settings; each point keeps its fastest round, which filters out slow "
                         "spells of a shared machine (default: 2 on cuda, 1 on cpu)")
 
-    from pregate.cliargs import add_quiet
+    from pregate.traces.cliargs import add_quiet
 
     add_quiet(p)
     p.add_argument("--threads", type=int, default=None,

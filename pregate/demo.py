@@ -140,7 +140,7 @@ def answer(part: Part, by_runtime: dict, include_over_memory: bool = False) -> l
 
     ``by_runtime`` maps each runtime to the part's ranked points under it.
     """
-    from pregate.analysis.ranking import fitting
+    from pregate.simulator.ranking import fitting
 
     first = next(iter(by_runtime.values()))
     lines = [f"{part.title}: {first['pricing'][0]}, on {PROFILE}" + (" (SYNTHETIC routing)" if part.synthetic else "")]
@@ -187,7 +187,7 @@ def run(args) -> int:
 
     import polars as pl
 
-    from pregate.analysis.ranking import format_ranking, rank
+    from pregate.simulator.ranking import format_ranking, rank
     from pregate.analysis.report import write_report
     from pregate.simulator.pricing import spec_from_flags
     from pregate.simulator.profile import load_profile

@@ -38,7 +38,7 @@ policies:
 def add_arguments(p) -> None:
     p.add_argument("trace", help="trace folder (from 'pregate trace') or one Parquet part")
     add_settings_arguments(p)
-    from pregate.cliargs import add_json, add_quiet
+    from pregate.traces.cliargs import add_json, add_quiet
     from pregate.simulator.pricing import MODEL_CONFIG_HELP
 
     p.add_argument("--model-config", metavar="FILE", help=MODEL_CONFIG_HELP)
@@ -111,7 +111,7 @@ def format_summary(s: dict, phase: str = "decode") -> str:
 def run(args) -> int:
     import json
 
-    from pregate.cliargs import emit_json, json_to_stdout
+    from pregate.traces.cliargs import emit_json, json_to_stdout
     from pregate.simulator.api import Simulation, add_total_bounds, resolve_policies
     from pregate.simulator.profile import detect_profile
     from pregate.traces import validate_trace

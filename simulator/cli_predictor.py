@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
                              "forms them (default 1)")
     parser.add_argument("--no-ahead", action="store_true", help="do not use the trace's 'ahead' column as a feature")
     parser.add_argument("--steps", type=int, default=150, help="optimiser steps per model (default 150)")
-    from pregate.cliargs import add_json, add_quiet
+    from pregate.traces.cliargs import add_json, add_quiet
 
     add_json(parser, "the accuracy table")
     add_quiet(parser)
@@ -69,7 +69,7 @@ def run(args) -> int:
         model = Predictor.load(args.predictor)
         data = stack_data(trace, with_ahead=True)
     rows = evaluate(trace, model, data=data)
-    from pregate.cliargs import emit_json, json_to_stdout
+    from pregate.traces.cliargs import emit_json, json_to_stdout
 
     emit_json(args, json.dumps(rows, indent=2))
     if json_to_stdout(args):

@@ -50,7 +50,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model-config", metavar="FILE", help=MODEL_CONFIG_HELP)
     parser.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
     parser.add_argument("--results", metavar="DIR", help="keep the simulated points in this sweep results folder")
-    from pregate.cliargs import add_json, add_quiet
+    from pregate.traces.cliargs import add_json, add_quiet
 
     add_json(parser, "the recommendation")
     add_quiet(parser)
@@ -61,7 +61,7 @@ def run(args) -> int:
     import json
     import sys
 
-    from pregate.cliargs import emit_json, json_to_stdout
+    from pregate.traces.cliargs import emit_json, json_to_stdout
     from pregate.simulator.pricing import spec_from_flags
     from pregate.simulator.recommend import format_recommendation, recommend
     from pregate.simulator.sweep import sample_trace, sample_trace_path

@@ -103,7 +103,7 @@ def run(args) -> int:
     import os
     import sys
 
-    from pregate.analysis.ranking import format_ranking, rank
+    from pregate.simulator.ranking import format_ranking, rank
     from pregate.simulator.sweep import SweepError, plan_sweep, read_results, run_sweep
 
     if not args.config and not args.trace:

@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ahead-accuracy", help="add an 'ahead' column with this accuracy (0..1, or one per "
                                                  "distance j=1..3, comma separated)")
     parser.add_argument("--seed", type=int, default=0, help="seed; same arguments and seed give identical traces")
-    from pregate.cliargs import add_quiet
+    from pregate.traces.cliargs import add_quiet
 
     add_quiet(parser)
 

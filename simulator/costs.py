@@ -5,7 +5,7 @@ roofline each time would dominate the simulation. Everything that depends
 only on the trace and the profile is computed once here, vectorised, and the
 engine's hot loop does list lookups.
 
-Model (DESIGN.md "Simulator model"):
+Model (ARCHITECTURE.md "Simulator model"):
 
 Inputs: a hardware profile (what the GPU, link and host CPU can do) and a
 runtime profile (what the runtime costs on the host: issue time per kernel,

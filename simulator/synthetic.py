@@ -83,7 +83,7 @@ class Preset:
     where: str  # where the shape numbers come from
 
 
-# Targets (measured on real traces; DESIGN.md "Real routing, measured"):
+# Targets (measured on real traces; ARCHITECTURE.md "Real routing, measured"):
 #   mixtral-8x7b: load 1.35, entropy 0.988, transition 0.41 / 0.34 CV / marginal 0.23,
 #                 overlap 0.38, LRU hit 0.31 / 0.58 / 0.79 at 2 / 4 / 6 of 8 experts.
 #   flame-moe-290m: load 1.53, entropy 0.994, transition 0.24 / 0.17 CV / marginal 0.04,

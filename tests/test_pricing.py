@@ -122,7 +122,7 @@ def test_over_memory_flag_is_exactly_peak_plus_margin_over_the_gpu(mixtral_like)
 
 
 def test_over_memory_points_are_marked_and_never_best(mixtral_like, tmp_path, capsys):
-    from pregate.analysis.ranking import fitting, format_ranking, rank
+    from pregate.simulator.ranking import fitting, format_ranking, rank
 
     spec = sw.SweepSpec([str(mixtral_like)], {"price_as": ["mixtral-8x7b"], "cache": ["20", "100"],
                                               "compression": ["none"]}, source="t")

@@ -11,7 +11,7 @@ from pregate.simulator.synthetic import PRESETS, like_trace, make_trace
 from pregate.traces import open_trace, validate_trace
 from pregate.traces.tokens import TokenRouting, token_routing
 
-# Measured on real traces of the pre-trained models (DESIGN.md, "Real routing, measured").
+# Measured on real traces of the pre-trained models (ARCHITECTURE.md, "Real routing, measured").
 TARGETS = {
     "mixtral-8x7b": {"max_over_mean": 1.35, "norm_entropy": 0.988, "transition_in_sample": 0.41,
                      "transition_cv": 0.34, "transition_marginal": 0.23, "overlap": 0.38,

@@ -13,7 +13,7 @@ examples:
 
 
 def add_arguments(parser) -> None:
-    from pregate.cliargs import add_json, add_quiet
+    from pregate.traces.cliargs import add_json, add_quiet
 
     add_json(parser, "the list")
     add_quiet(parser)
@@ -30,7 +30,7 @@ def run(args) -> int:
         rows.append(dict(family=cls.family, name=v.name, experts=shape["experts"], top_k=shape["top_k"],
                          moe_layers=shape["moe_layers"], d_model=shape["d_model"], d_ff=shape["d_ff"],
                          expert_mb_bf16=round(shape["expert_params"] * 2 / 1e6, 2), params=v.params))
-    from pregate.cliargs import emit_json, json_to_stdout
+    from pregate.traces.cliargs import emit_json, json_to_stdout
 
     emit_json(args, json.dumps(rows, indent=2))
     if json_to_stdout(args):

@@ -128,7 +128,7 @@ def add_arguments(parser) -> None:
                      help="mantissa bits kept of each probability (23: exact float32; default 10)")
     out.add_argument("--part-rows", type=int, default=1_000_000, metavar="N", help="rows per part (default 1M)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing trace in TRACE")
-    from pregate.cliargs import add_quiet
+    from pregate.traces.cliargs import add_quiet
 
     add_quiet(out)
 

@@ -12,7 +12,7 @@ examples:
 
 def add_arguments(parser) -> None:
     parser.add_argument("trace", help="trace folder (or a single part file)")
-    from pregate.cliargs import add_json, add_quiet
+    from pregate.traces.cliargs import add_json, add_quiet
 
     add_json(parser, "the summary")
     add_quiet(parser)
@@ -23,7 +23,7 @@ def run(args) -> int:
 
     from pregate.traces.info import describe, format_summary
 
-    from pregate.cliargs import emit_json, json_to_stdout
+    from pregate.traces.cliargs import emit_json, json_to_stdout
 
     info = describe(args.trace)
     if not json_to_stdout(args):

@@ -15,7 +15,7 @@ examples:
 
 
 def add_arguments(parser) -> None:
-    from pregate.cliargs import add_quiet
+    from pregate.traces.cliargs import add_quiet
 
     parser.add_argument("trace", help="trace folder (or a single part file)")
     add_quiet(parser)

@@ -2,9 +2,9 @@
 
 Why one module: a user who learnt one command should be able to guess the
 next; ``tests/test_cli_grammar.py`` walks every subcommand's parser and checks
-these conventions, so defining them here keeps each command in line. Like
-:mod:`pregate.errors` it imports nothing of the project, so every part
-(traces included) may use it.
+these conventions, so defining them here keeps each command in line. It
+lives in the lowest part and imports nothing of the project, like the base
+error type, so every part's command modules may use it (ARCHITECTURE.md).
 
 * ``--json`` alone prints the JSON to stdout instead of the text; ``--json
   FILE`` writes it to FILE and prints the text as usual;
