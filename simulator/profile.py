@@ -267,25 +267,30 @@ def parse_profile(data: dict, where: str) -> HardwareProfile:
     )
 
 
-def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> HardwareProfile:
-    """A built-in profile by name (``rtx3090``) or a TOML file by path (``my-gpu.toml``)."""
-    text = str(name_or_path)
+def read_toml(text: str, kind: str, folder: str, names: list[str]) -> tuple[str, dict]:
+    """(where, parsed TOML) of a built-in ``kind`` by name (one of ``names``, in ``folder``) or a file by path.
+
+    Hardware and runtime profiles are found and read the same way; each then checks its own schema.
+    """
     path = Path(text)
     if path.suffix == ".toml" or path.exists() or "/" in text:
         if not path.is_file():
-            raise ProfileError(f"profile file not found: {path}")
-        where = str(path)
-        raw = path.read_bytes()
+            raise ProfileError(f"{kind} file not found: {path}")
+        where, raw = str(path), path.read_bytes()
     else:
-        names = builtin_profiles()
         if text not in names:
-            raise unknown_name("profile", text, names)
-        where = f"profile {text}"
-        raw = (resources.files("pregate.simulator") / "profiles" / f"{text}.toml").read_bytes()
+            raise unknown_name(kind, text, names)
+        where = f"{kind} {text}"
+        raw = (resources.files("pregate.simulator") / folder / f"{text}.toml").read_bytes()
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return where, tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{where}: not valid TOML ({exc})") from None
+
+
+def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> HardwareProfile:
+    """A built-in profile by name (``rtx3090``) or a TOML file by path (``my-gpu.toml``)."""
+    where, data = read_toml(str(name_or_path), "profile", "profiles", builtin_profiles())
     return parse_profile(data, where)
 
 

@@ -51,13 +51,12 @@ working.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from pregate.simulator.errors import ProfileError, unknown_name
-from pregate.simulator.profile import LEGACY_SCHEMA, HardwareProfile, parse_profile
+from pregate.simulator.profile import LEGACY_SCHEMA, HardwareProfile, parse_profile, read_toml
 from pregate.simulator.provenance import Value, parse_value
 
 SCHEMA = "pregate.runtime/1"
@@ -315,21 +314,7 @@ def load_runtime(name_or_path: str | Path = "", profile: HardwareProfile | None 
         if profile is not None and profile.schema == LEGACY_SCHEMA:
             return runtime_from_legacy(profile)
         text = DEFAULT_RUNTIME
-    path = Path(text)
-    if path.suffix == ".toml" or path.exists() or "/" in text:
-        if not path.is_file():
-            raise ProfileError(f"runtime file not found: {path}")
-        where, raw = str(path), path.read_bytes()
-    else:
-        names = builtin_runtimes()
-        if text not in names:
-            raise unknown_name("runtime", text, names)
-        where = f"runtime {text}"
-        raw = (resources.files("pregate.simulator") / "runtimes" / f"{text}.toml").read_bytes()
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"{where}: not valid TOML ({exc})") from None
+    where, data = read_toml(text, "runtime", "runtimes", builtin_runtimes())
     return parse_runtime(data, where)
 
 
