@@ -38,9 +38,10 @@ INF = np.inf
 
 
 def eligible(planner: Planner, cache: ExpertCache, timeline: bool, all_resident: bool) -> bool:
-    """On-demand loading into one global lru/fifo cache, fresh, with no timeline."""
+    """On-demand loading into one global lru/fifo cache, fresh, kept across sequences, with no timeline."""
     return (numba is not None and not timeline and not all_resident and not planner.wants_prefetch
             and not planner.cpu_misses and not cache.per_layer and not cache.state
+            and not planner.reset_per_group
             and cache.counts.misses == 0 and cache.counts.hits == 0
             and type(planner.spec).predict is SpeculationPolicy.predict
             and type(cache.policies[0]) in (LRU, FIFO))
