@@ -43,7 +43,7 @@ def test_demo_prints_an_answer_for_every_part(tmp_path, capsys, monkeypatch, sma
     assert answer.count("priced as switch-base-8") == 2 and answer.count("priced as mixtral-8x7b") == 2
     for runtime in demo.RUNTIMES:
         assert answer.count(f"  {runtime} runtime: run ") == 4
-    assert answer.count("the all-resident step latency") == 8 and answer.count("the oracle bound") == 8
+    assert answer.count("the all-resident step latency") == 8 and answer.count("the perfect-prediction reference") == 8
     # every best-worst pair differs by at least 1.5x, or the next line says why not
     lines = answer.splitlines()
     for i, line in enumerate(lines):
