@@ -197,7 +197,9 @@ def _check_table(where: str, index: int, raw, kind: str = "expert_table", keys: 
                        tuple(float(s) for s in seconds), str(raw["source"]))
 
 
-def _read_sections(where: str, data: dict, fields: dict, legacy: bool) -> dict[str, Value]:
+def read_sections(where: str, data: dict, fields: dict, parse) -> dict[str, Value]:
+    """Every ``[section]`` of ``fields`` (section -> key -> (unit, required)) read by ``parse(section, key, raw,
+    unit)``: unknown and missing keys are refused in one line naming them. Hardware and runtime profiles share it."""
     out: dict[str, Value] = {}
     for section, keys in fields.items():
         body = data.get(section, {})
@@ -209,9 +211,10 @@ def _read_sections(where: str, data: dict, fields: dict, legacy: bool) -> dict[s
         for key, (unit, required) in keys.items():
             if key not in body:
                 if required:
-                    raise ProfileError(f"{where}: missing key '{section}.{key}' (unit {unit})")
+                    shown = unit if isinstance(unit, str) else " or ".join(unit)
+                    raise ProfileError(f"{where}: missing key '{section}.{key}' (unit {shown})")
                 continue
-            out[f"{section}.{key}"] = parse_value(where, f"{section}.{key}", body[key], unit, legacy=legacy)
+            out[f"{section}.{key}"] = parse(section, key, body[key], unit)
     return out
 
 
@@ -236,8 +239,11 @@ def parse_profile(data: dict, where: str) -> HardwareProfile:
         raise ProfileError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(TOP_LEVEL))}){hint}")
     if not isinstance(data.get("name"), str) or not data["name"]:
         raise ProfileError(f"{where}: 'name' must be a non-empty string")
-    entries = _read_sections(where, data, FIELDS, legacy)
-    old = _read_sections(where, data, LEGACY_FIELDS, legacy) if legacy else {}
+    def parse(section, key, raw, unit):
+        return parse_value(where, f"{section}.{key}", raw, unit, legacy=legacy)
+
+    entries = read_sections(where, data, FIELDS, parse)
+    old = read_sections(where, data, LEGACY_FIELDS, parse) if legacy else {}
     if entries["pcie.copy_engines"].value != int(entries["pcie.copy_engines"].value):
         raise ProfileError(f"{where}: 'pcie.copy_engines' must be a whole number")
     if ("nvme.bandwidth" in entries) != ("nvme.latency" in entries):

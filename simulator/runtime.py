@@ -56,7 +56,7 @@ from importlib import resources
 from pathlib import Path
 
 from pregate.simulator.errors import ProfileError, unknown_name
-from pregate.simulator.profile import LEGACY_SCHEMA, HardwareProfile, parse_profile, read_toml
+from pregate.simulator.profile import LEGACY_SCHEMA, HardwareProfile, parse_profile, read_sections, read_toml
 from pregate.simulator.provenance import Value, parse_value
 
 SCHEMA = "pregate.runtime/1"
@@ -177,21 +177,9 @@ def parse_runtime(data: dict, where: str) -> RuntimeProfile:
         raise ProfileError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(TOP_LEVEL))})")
     if not isinstance(data.get("name"), str) or not data["name"]:
         raise ProfileError(f"{where}: 'name' must be a non-empty string")
-    entries: dict[str, Value] = {}
-    for section, keys in FIELDS.items():
-        body = data.get(section, {})
-        if not isinstance(body, dict):
-            raise ProfileError(f"{where}: '[{section}]' must be a table")
-        for key in body:
-            if key not in keys:
-                raise ProfileError(f"{where}: unknown key '{section}.{key}' (known: {', '.join(keys)})")
-        for key, (units, required) in keys.items():
-            if key not in body:
-                if required:
-                    raise ProfileError(f"{where}: missing key '{section}.{key}' (unit {' or '.join(units)})")
-                continue
-            # host time and kernel counts may be zero (a runtime without host cost); rates may not
-            entries[f"{section}.{key}"] = _units(where, f"{section}.{key}", body[key], units, section in ("host", "kernels"))
+    # host time and kernel counts may be zero (a runtime without host cost); rates may not
+    entries = read_sections(where, data, FIELDS, lambda section, key, raw, units: _units(
+        where, f"{section}.{key}", raw, units, section in ("host", "kernels")))
     for key in FIELDS["kernels"]:
         v = entries[f"kernels.{key}"].value
         if v != int(v):
