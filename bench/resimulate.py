@@ -97,7 +97,9 @@ def resimulate(record: dict, workdir: Path, groups: int = 2, dtype: str = "bfloa
         if p["cache"] == "resident":
             st = base.replace(buffering="resident")
         else:
-            st = base.replace(speculation=p["speculation"], cache_policy=p["cache_policy"], cache=p["cache"])
+            # a record made before the prefetch gate existed ran every prefetch its policy named
+            st = base.replace(speculation=p["speculation"], cache_policy=p["cache_policy"], cache=p["cache"],
+                              prefetch_gate=p.get("prefetch_gate", "off"))
         steps = [s for s in sim.run(st, bounds=False).steps if s.decode]
         out.append(dict(p, resimulated_mean_s=float(np.mean([s.latency_s for s in steps]))))
     return out
