@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pregate.simulator.assemble import make_cache, planner_options
 from pregate.simulator.cache import ExpertCache
 from pregate.simulator.costs import build_costs
 from pregate.simulator.engine import StepRecord, TimedOutcome, run_timed
@@ -33,6 +34,7 @@ from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
 from pregate.simulator.memory_fit import working_margin
 from pregate.simulator.policies.build import make_speculation
+from pregate.simulator.policies.placement import SideTiming, side_timing
 from pregate.simulator.pricing import meta_label, price_stream, require_expert_size
 from pregate.simulator.profile import HardwareProfile, load_profile
 from pregate.simulator.runtime import RuntimeProfile, load_runtime
@@ -108,6 +110,7 @@ class Simulation:
         self.stream = stream
         self.source = trace  # the trace itself (a path or Trace), for policies that train on it
         self.speculation_note = None
+        self.placement_note = None
         require_expert_size(stream.meta)
         self.profile = profile or load_profile(settings.profile)
         self.runtime = runtime or load_runtime(settings.runtime, self.profile)
@@ -125,15 +128,14 @@ class Simulation:
     def _parts(self, settings: Settings):
         spec_cls, cache_cls, buf_cls, comp_cls = resolve_policies(settings)
         layout = self.stream.layout
-        buffering = buf_cls()
-        cache = ExpertCache(layout, self.capacity(settings), lambda: cache_cls(layout=layout, seed=settings.seed),
-                            per_layer=settings.per_layer)
+        cache, buffering = make_cache(layout, self.capacity(settings), settings, self.stream)
+        self.placement_note = buffering.note or None
         spec = make_speculation(spec_cls, layout, settings, self.source)
         self.speculation_note = getattr(spec, "note", "") or None
         comp = comp_cls()
-        planner = Planner(self.stream, cache, spec, cpu_misses=buffering.cpu_misses,
-                          max_prefetch=settings.max_prefetch, future_for_cache=cache_cls.needs_future,
-                          timing=self.prefetch_timing(settings), reset_per_group=settings.reset_cache_per_sequence)
+        planner = Planner(self.stream, cache, spec, **planner_options(settings, buffering),
+                          timing=self.prefetch_timing(settings), reset_per_group=settings.reset_cache_per_sequence,
+                          sides=self.side_timing(settings))
         return cache, planner, buffering, comp
 
     def lower_bound(self, settings: Settings | None = None) -> float:
@@ -156,6 +158,15 @@ class Simulation:
         return timing_from_costs(self.stream, self.costs, engines, comp.demand_dtype(self.gpu_dtype),
                                  comp.prefetch_dtype(self.gpu_dtype))
 
+    def side_timing(self, settings: Settings) -> SideTiming | None:
+        """The cpu-or-fetch choice's inputs for ``settings`` (None when the buffering makes no choice)."""
+        if not BUFFERING.get(settings.buffering).chooses_side:
+            return None
+        comp = COMPRESSION.get(settings.compression)()
+        engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
+        return side_timing(self.stream, self.costs.for_policy(settings.cache_policy), engines,
+                           comp.demand_dtype(self.gpu_dtype))
+
     def replay(self, settings: Settings | None = None, fast: bool = True) -> ReplayCounts:
         settings = settings or self.settings
         spec_cls, cache_cls, buf_cls, comp_cls = resolve_policies(settings)
@@ -168,8 +179,6 @@ class Simulation:
             return replay_fast(self.stream, settings.cache_policy, self.capacity(settings), demand_bytes)
         cache, planner, buffering, comp = self._parts(settings)
         prefetch_bytes = self.costs.expert_bytes[comp.prefetch_dtype(self.gpu_dtype)]
-        if buffering.cpu_misses:
-            demand_bytes = 0
         return replay_general(self.stream, cache, planner, demand_bytes, prefetch_bytes)
 
     def timed(self, settings: Settings | None = None, timeline: bool = False) -> tuple[TimedOutcome, ExpertCache]:
@@ -259,6 +268,7 @@ class Simulation:
             "expert_table": self.costs.used_table or None,
             "dense_table": self.costs.used_dense_table or None,
             "speculation_note": self.speculation_note,
+            **({"placement_note": self.placement_note} if self.placement_note else {}),
             **self._phase_summary(settings, steps, all_resident),
         }
 
@@ -301,6 +311,11 @@ class Simulation:
 def prefetch_timing(stream: RequestStream, settings: Settings, profile: HardwareProfile | None = None):
     """The cost gate's inputs for a planner over ``stream`` (the executor on a trace uses the same)."""
     return Simulation(None, settings, profile=profile, stream=stream).prefetch_timing(settings)
+
+
+def side_timing_for(stream: RequestStream, settings: Settings, profile: HardwareProfile | None = None):
+    """The cpu-or-fetch choice's inputs for a planner over ``stream`` (the executor on a trace uses the same)."""
+    return Simulation(None, settings, profile=profile, stream=stream).side_timing(settings)
 
 
 def bound_settings(settings: Settings) -> tuple[Settings, Settings]:

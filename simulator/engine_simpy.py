@@ -219,12 +219,16 @@ def run_timed_simpy(stream: RequestStream, costs: CostTables, planner: Planner, 
                         cpu.submit(job)
                         waiting.append((job, -2, tok, 0.0))
                     misses += len(plan.misses) + len(plan.cpu)
+                    for obj in plan.admits:  # a CPU-run miss copied in behind the demand copies
+                        job = Job(env, obj, d_copy, d_bytes, demand_dtype, False)
+                        jobs[obj] = job
+                        copies.submit(job)
                     for obj in plan.prefetches:
                         job = Job(env, obj, p_copy, p_bytes, prefetch_dtype, False)
                         jobs[obj] = job
                         copies.submit(job)
                     prefetched += len(plan.prefetches)
-                    h += copy_issue * (len(plan.misses) + len(plan.prefetches))
+                    h += copy_issue * (len(plan.misses) + len(plan.admits) + len(plan.prefetches))
                 # experts: hits first, then those waiting for a copy (or the CPU)
                 for obj, tok in ready:
                     ge = expert_gpu[tok] + (needs_dequant.pop(obj, 0.0) if needs_dequant else 0.0)
