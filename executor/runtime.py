@@ -28,10 +28,11 @@ import torch
 from pregate.executor.device import Device, ExecutorError, now
 from pregate.executor.slots import SlotPool
 from pregate.executor.store import HostStore
-from pregate.simulator.api import prefetch_timing
-from pregate.simulator.cache import IN_FLIGHT, RESIDENT, ExpertCache
+from pregate.simulator.api import prefetch_timing, side_timing_for
+from pregate.simulator.assemble import make_cache, planner_options
+from pregate.simulator.cache import IN_FLIGHT
 from pregate.simulator.planner import Planner
-from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
+from pregate.simulator.policies import COMPRESSION, SPECULATION
 from pregate.simulator.policies.build import make_speculation
 from pregate.simulator.settings import Settings, check_per_layer
 
@@ -95,18 +96,20 @@ class Decision:
     evicted: list[int] = field(default_factory=list)
 
 
-def make_policies(settings: Settings, layout, capacity: int, planner_factory, source=None):
-    """Cache, speculation and planner exactly as the simulator builds them for ``settings``."""
-    spec_cls, cache_cls = SPECULATION.get(settings.speculation), CACHING.get(settings.cache_policy)
-    buffering = BUFFERING.get(settings.buffering)()
+def make_policies(settings: Settings, layout, capacity: int, planner_factory, source=None, stream=None):
+    """Cache, speculation and planner exactly as the simulator builds them for ``settings``
+    (``stream``: the trace's request stream, None for a live model)."""
+    spec_cls = SPECULATION.get(settings.speculation)
     check_per_layer(capacity, layout.n_layers, settings.per_layer, settings.cache)
-    cache = ExpertCache(layout, capacity, lambda: cache_cls(layout=layout, seed=settings.seed),
-                        per_layer=settings.per_layer)
+    cache, buffering = make_cache(layout, capacity, settings, stream)
+    if buffering.chooses_side and stream is None:
+        raise ExecutorError(f"buffering '{settings.buffering}' decides each miss from a trace's cost model, which a "
+                            "live model does not have; execute a trace (--trace), or use cpu_compute")
     spec = make_speculation(spec_cls, layout, settings, source)
-    planner = planner_factory(cache, spec, cpu_misses=buffering.cpu_misses, max_prefetch=settings.max_prefetch,
-                              future_for_cache=cache_cls.needs_future)
-    if getattr(planner, "stream", None) is not None:  # on a trace: the simulator's cost gate, same numbers
-        planner.use_timing(prefetch_timing(planner.stream, settings))
+    planner = planner_factory(cache, spec, **planner_options(settings, buffering))
+    if stream is not None:  # on a trace: the simulator's cost gate and side choice, same numbers
+        planner.use_timing(prefetch_timing(stream, settings))
+        planner.use_sides(side_timing_for(stream, settings))
     planner.reset_per_group = settings.reset_cache_per_sequence
     return cache, planner, buffering
 
