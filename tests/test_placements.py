@@ -229,3 +229,12 @@ def test_live_model_runs_static_layers_and_refuses_what_needs_a_trace():
             OffloadedModel(load("tiny-mixtral", True, "float32", 0), Settings(buffering=buffering, cache="8"))
     run = OffloadedModel(loaded, Settings(buffering="static-layers", cache="8"))
     assert len(run.runtime.cache.pinned) == 8 and run.runtime.pool.bytes_moved == 0
+
+
+def test_summary_text_of_placements(trace):
+    from pregate.simulator.cli import format_summary
+
+    mixed = Simulation(trace, Settings(buffering="cpu-or-fetch", cache="25%")).run(bounds=False).summary
+    assert mixed["decode_bytes_issued"] is None and "copies issued n/a" in format_summary(mixed)
+    hot = Simulation(trace, Settings(buffering="static-hot", cache="25%")).run(bounds=False).summary
+    assert "placement: static-hot: expert use counted on 2 of 4" in format_summary(hot)
