@@ -38,6 +38,7 @@ from pregate.simulator.policies import CACHING, SPECULATION
 from pregate.simulator.profile import load_profile
 from pregate.simulator.runtime import load_runtime
 from pregate.simulator.settings import Settings
+from pregate.simulator.summary import RunSummary
 
 DEFAULT_POLICIES = ["none+lru", "layer_minus_1+lru", "none+lfu", "multi_layer+least-stale"]
 QUICK_POLICIES = ["none+lru", "layer_minus_1+lru"]
@@ -186,7 +187,8 @@ def _point(trace: str, st: Settings, rt, simulated, capacity: int) -> dict:
     steps = [s for s in simulated.steps if s.decode] or simulated.steps
     simu = [s.latency_s for s in steps]
     m, s = latency_stats(meas), latency_stats(simu)
-    summary = rt.summary()
+    summary = rt.summary()  # the measured run's shared figures and its host phases
+    measured, simulated_run = RunSummary.from_dict(summary), RunSummary.from_dict(simulated.summary)
     return {
         "trace": trace, "batch_size": st.batch_size, "speculation": st.speculation, "cache_policy": st.cache_policy,
         "cache": st.cache if st.buffering != "resident" else "resident", "cache_experts": capacity,
@@ -195,12 +197,12 @@ def _point(trace: str, st: Settings, rt, simulated, capacity: int) -> dict:
         "simulated_mean_s": s["mean"], "simulated_p50_s": s["p50"], "simulated_p95_s": s["p95"],
         "rel_error_mean": _rel(s["mean"], m["mean"]), "rel_error_p50": _rel(s["p50"], m["p50"]),
         "rel_error_p95": _rel(s["p95"], m["p95"]), "ks": ks_statistic(meas, simu),
-        "measured_hits": summary["hits"], "measured_late_hits": summary["late_hits"],
-        "measured_misses": summary["misses"], "measured_prefetches": summary["prefetches"],
-        "simulated_hits": simulated.summary["hits"], "simulated_late_hits": simulated.summary["late_hits"],
-        "simulated_misses": simulated.summary["misses"],
-        "measured_stall_share": summary["stall_share"], "simulated_stall_share": simulated.summary["stall_share"],
-        "bytes_moved": summary["bytes_moved"],
+        "measured_hits": measured.hits, "measured_late_hits": measured.late_hits,
+        "measured_misses": measured.misses, "measured_prefetches": measured.prefetches,
+        "simulated_hits": simulated_run.hits, "simulated_late_hits": simulated_run.late_hits,
+        "simulated_misses": simulated_run.misses,
+        "measured_stall_share": measured.stall_share, "simulated_stall_share": simulated_run.stall_share,
+        "bytes_moved": measured.bytes_moved,
         # where the executor's host time went, per decode step (for finding what the model misses)
         "measured_host_plan_s": summary["host_plan_s_per_step"],
         "measured_host_route_s": summary["host_route_s_per_step"],
@@ -211,7 +213,7 @@ def _point(trace: str, st: Settings, rt, simulated, capacity: int) -> dict:
         "simulated_compute_s": sum(x.compute_s for x in steps) / max(1, len(steps)),
         "simulated_dispatch_s": sum(x.dispatch_s for x in steps) / max(1, len(steps)),
         "simulated_stall_s": sum(x.stall_s for x in steps) / max(1, len(steps)),
-        "measured_stall_s": summary["stall_s"] / max(1, summary["steps"] + summary["prefill_passes"]),
+        "measured_stall_s": measured.stall_s / max(1, measured.steps + measured.prefill_passes),
     }
 
 

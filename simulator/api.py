@@ -39,6 +39,7 @@ from pregate.simulator.runtime import RuntimeProfile, load_runtime
 from pregate.simulator.replay import FAST_POLICIES, ReplayCounts, replay_fast, replay_general
 from pregate.simulator.settings import Settings, check_per_layer, parse_cache_size
 from pregate.simulator.stream import RequestStream, build_stream
+from pregate.simulator.summary import RunSummary
 from pregate.traces import Trace, open_trace
 
 
@@ -201,20 +202,18 @@ class Simulation:
 
     def summarise(self, settings: Settings, outcome: TimedOutcome, cache: ExpertCache) -> dict:
         stream = self.stream
-        steps = outcome.steps
-        decode = [s for s in steps if s.decode] or steps
-        lat = np.array([s.latency_s for s in decode]) if decode else np.zeros(1)
-        tokens = int(sum(s.tokens for s in decode))
-        decode_time = float(lat.sum())
         all_resident = BUFFERING.get(settings.buffering).all_resident
         c = cache.counts
-        total_hits = stream.n_requests if all_resident else c.hits
+        run = RunSummary.of_run(
+            outcome.steps, c, requests=stream.n_requests, late_hits=outcome.late_hits,
+            capacity=stream.layout.n_objects if all_resident else cache.capacity, bytes_moved=outcome.bytes_moved,
+            total_s=outcome.total_s, stall_s=outcome.stall_s, resident=all_resident)
         slots = stream.layout.n_objects if all_resident else c.peak_slots + (1 if c.bypasses else 0)
         peak_bytes = self.costs.dense_bytes + slots * self.expert_bytes
-        prefetches = 0 if all_resident else c.prefetches
         memory = float(self.profile["gpu.memory"])
         margin = working_margin(memory)
         extra = stream.meta.extra if isinstance(stream.meta.extra, dict) else {}
+        prefetch_bytes = self.costs.expert_bytes[COMPRESSION.get(settings.compression)().prefetch_dtype(self.gpu_dtype)]
         return {
             "trace_model": stream.meta.model_id,
             "priced_as": extra.get("priced_as") or stream.meta.model_id,
@@ -222,34 +221,19 @@ class Simulation:
             "gpu_dtype": self.gpu_dtype,
             "profile": self.profile.name,
             "runtime": self.runtime.name,
-            "requests": stream.n_requests,
-            "tokens": tokens,
-            "steps": len(decode),
-            "prefill_passes": sum(1 for s in steps if not s.decode),
-            "cache_capacity_experts": stream.layout.n_objects if all_resident else cache.capacity,
-            "hits": total_hits - outcome.late_hits,
-            "late_hits": outcome.late_hits,
-            "misses": 0 if all_resident else c.misses,
-            "bypasses": 0 if all_resident else c.bypasses,
-            "prefetches": prefetches,
-            "prefetch_hits": 0 if all_resident else c.prefetch_hits,
-            "wasted_prefetches": 0 if all_resident else c.wasted_prefetches,
-            "prefetch_precision": (c.prefetch_hits / prefetches) if prefetches else None,
-            "evictions": 0 if all_resident else c.evictions,
+            # the shared figures, with the simulator's own among them where they always stood
+            # (a sweep's stored columns keep their order, so old results still concatenate)
+            **run.to_dict(until="wasted_prefetches"),
+            "prefetch_precision": run.prefetch_precision,
+            "evictions": run.evictions,
             "cancelled_copies": outcome.cancelled_copies,
-            "bytes_moved": outcome.bytes_moved,
-            "wasted_bytes": int(c.wasted_prefetches * self.costs.expert_bytes[
-                COMPRESSION.get(settings.compression)().prefetch_dtype(self.gpu_dtype)]) if not all_resident else 0,
-            "total_s": outcome.total_s,
-            "decode_s": decode_time,
-            "mean_step_latency_s": float(lat.mean()),
-            "p50_step_latency_s": float(np.percentile(lat, 50)),
-            "p95_step_latency_s": float(np.percentile(lat, 95)),
-            "tokens_per_s": tokens / decode_time if decode_time > 0 else None,
+            "bytes_moved": run.bytes_moved,
+            "wasted_bytes": int(run.wasted_prefetches * prefetch_bytes) if not all_resident else 0,
+            **run.to_dict(after="bytes_moved", until="tokens_per_s"),
             "compute_s": outcome.compute_s,
-            "stall_s": outcome.stall_s,
+            "stall_s": run.stall_s,
             "dispatch_s": outcome.dispatch_s,
-            "stall_share": outcome.stall_s / outcome.total_s if outcome.total_s else 0.0,
+            "stall_share": run.stall_share,
             "peak_gpu_bytes": int(peak_bytes),
             "gpu_memory_bytes": int(memory),
             "working_margin_bytes": int(margin),
@@ -259,7 +243,7 @@ class Simulation:
             "expert_table": self.costs.used_table or None,
             "dense_table": self.costs.used_dense_table or None,
             "speculation_note": self.speculation_note,
-            **self._phase_summary(settings, steps, all_resident),
+            **self._phase_summary(settings, outcome.steps, all_resident),
         }
 
     def _phase_summary(self, settings: Settings, steps: list[StepRecord], all_resident: bool) -> dict:
