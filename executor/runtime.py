@@ -32,7 +32,7 @@ from pregate.simulator.api import prefetch_timing
 from pregate.simulator.cache import IN_FLIGHT, RESIDENT, ExpertCache
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
-from pregate.simulator.policies.build import make_speculation
+from pregate.simulator.policies.build import caching_factory, make_speculation
 from pregate.simulator.settings import Settings, check_per_layer
 from pregate.simulator.summary import RunSummary
 
@@ -101,7 +101,7 @@ def make_policies(settings: Settings, layout, capacity: int, planner_factory, so
     spec_cls, cache_cls = SPECULATION.get(settings.speculation), CACHING.get(settings.cache_policy)
     buffering = BUFFERING.get(settings.buffering)()
     check_per_layer(capacity, layout.n_layers, settings.per_layer, settings.cache)
-    cache = ExpertCache(layout, capacity, lambda: cache_cls(layout=layout, seed=settings.seed),
+    cache = ExpertCache(layout, capacity, caching_factory(cache_cls, layout, settings),
                         per_layer=settings.per_layer)
     spec = make_speculation(spec_cls, layout, settings, source)
     planner = planner_factory(cache, spec, cpu_misses=buffering.cpu_misses, max_prefetch=settings.max_prefetch,

@@ -32,11 +32,11 @@ from pregate.simulator.lower_bound import mean_step_lower_bound
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
 from pregate.simulator.memory_fit import working_margin
-from pregate.simulator.policies.build import make_speculation
+from pregate.simulator.policies.build import caching_factory, make_speculation
 from pregate.simulator.pricing import meta_label, price_stream, require_expert_size
 from pregate.simulator.profile import HardwareProfile, load_profile
 from pregate.simulator.runtime import RuntimeProfile, load_runtime
-from pregate.simulator.replay import FAST_POLICIES, ReplayCounts, replay_fast, replay_general
+from pregate.simulator.replay import ReplayCounts, replay_fast, replay_general
 from pregate.simulator.settings import Settings, check_per_layer, parse_cache_size
 from pregate.simulator.stream import RequestStream, build_stream
 from pregate.simulator.summary import RunSummary
@@ -127,7 +127,7 @@ class Simulation:
         spec_cls, cache_cls, buf_cls, comp_cls = resolve_policies(settings)
         layout = self.stream.layout
         buffering = buf_cls()
-        cache = ExpertCache(layout, self.capacity(settings), lambda: cache_cls(layout=layout, seed=settings.seed),
+        cache = ExpertCache(layout, self.capacity(settings), caching_factory(cache_cls, layout, settings),
                             per_layer=settings.per_layer)
         spec = make_speculation(spec_cls, layout, settings, self.source)
         self.speculation_note = getattr(spec, "note", "") or None
@@ -164,9 +164,10 @@ class Simulation:
         if buf_cls.all_resident:
             n = self.stream.n_requests
             return ReplayCounts(n, n, 0, 0, 0, 0, 0, 0, self.stream.layout.n_objects, 0)
-        if (fast and settings.speculation == "none" and settings.cache_policy in FAST_POLICIES
+        loop = cache_cls.fast_replay  # the caching policy names its specialised loop, if it has one
+        if (fast and loop and settings.speculation == "none" and not settings.policy_args
                 and not settings.per_layer and not buf_cls.cpu_misses and not settings.reset_cache_per_sequence):
-            return replay_fast(self.stream, settings.cache_policy, self.capacity(settings), demand_bytes)
+            return replay_fast(self.stream, loop, self.capacity(settings), demand_bytes)
         cache, planner, buffering, comp = self._parts(settings)
         prefetch_bytes = self.costs.expert_bytes[comp.prefetch_dtype(self.gpu_dtype)]
         if buffering.cpu_misses:
@@ -298,8 +299,9 @@ def bound_settings(settings: Settings) -> tuple[Settings, Settings]:
     """
     resident = settings.replace(buffering="resident", speculation="none", cache_policy="lru", cache="100%",
                                 per_layer=False, compression="none", max_prefetch=0, copy_engines=0, seed=0,
-                                uncertainty="")
+                                uncertainty="", policy_args=())
     oracle = settings.replace(speculation="oracle", cache_policy="belady", prefetch_gate="off", uncertainty="",
+                              policy_args=(),
                               buffering="cache" if settings.buffering != "resident" else "resident")
     return resident, oracle
 
