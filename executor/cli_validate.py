@@ -15,6 +15,8 @@ examples:
   pregate validate runs/tiny --profile cpu.toml --device cpu --quick
   pregate validate runs/sb8 --profile gpu.toml --runtime gpu.runtime.toml --device cuda
   pregate validate runs/sb8 --profile gpu.toml --device cuda --speculation none,layer_minus_1 --cache-policy lru,lfu
+  pregate validate runs/tiny --profile cpu.toml --speculation multi_layer --cache-policy s3fifo \\
+      --policy-arg decay=0.3 --policy-arg to_main=3 --quick
 
 --speculation and --cache-policy take comma lists as in 'pregate sweep' and
 validate every pair of them; --policies names the pairs one by one instead."""
@@ -34,6 +36,10 @@ def add_arguments(p) -> None:
                    help="speculation policies, comma-separated (with --cache-policy: every pair is validated)")
     p.add_argument("--cache-policy", default=None, metavar="V[,V...]",
                    help="caching policies, comma-separated (default with --speculation: lru)")
+    from pregate.traces.cliargs import add_policy_args
+
+    add_policy_args(p, "a policy parameter, NAME=VALUE (repeatable), applied to every point whose policy has it: "
+                       "POLICY.PARAM or a PARAM only one validated policy has ('pregate simulate --help' lists them)")
     p.add_argument("--cache", default=None, help="comma list of cache sizes (default: 25%%,50%%)")
     p.add_argument("--batch-size", default=None, help="comma list of batch sizes (default: 1,16)")
     p.add_argument("--groups", type=int, default=None, help="batches of sequences to run per batch size (default: all)")
@@ -106,6 +112,7 @@ def _run(args) -> int:
         result = validate(args.traces, args.profile, args.device, policies=policies, caches=caches,
                           batch_sizes=batches, dtype=args.dtype, groups=args.groups, warmup=args.warmup,
                           quick=args.quick, repeats=repeats, bar=bar, runtime_path=args.runtime,
+                          policy_args=args.policy_args or (),
                           log=(lambda m: None) if args.quiet else (lambda m: _log(bar, m)))
     files = write_outputs(result, args.out)
     s = result["summary"]

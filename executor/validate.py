@@ -34,7 +34,9 @@ from pregate.executor.device import ExecutorError
 from pregate.executor.run import TraceExecutor, check_fits
 from pregate.executor.stats import kendall_tau, ks_statistic, latency_stats
 from pregate.simulator.api import Simulation
+from pregate.simulator.errors import SimulatorError
 from pregate.simulator.policies import CACHING, SPECULATION
+from pregate.simulator.policies.params import resolve, split_assignment
 from pregate.simulator.profile import load_profile
 from pregate.simulator.runtime import load_runtime
 from pregate.simulator.settings import Settings
@@ -56,6 +58,22 @@ def parse_policies(text: str | list[str]) -> list[tuple[str, str]]:
         CACHING.get(cache)
         out.append((spec, cache))
     return out
+
+
+def resolve_pair_args(policy_args, pairs) -> tuple:
+    """``"NAME=VALUE"`` texts resolved against every policy of the pairs (refused in one line if none has it)."""
+    if not policy_args:
+        return ()
+    classes = [cls for spec, cache in dict.fromkeys(pairs) for cls in (SPECULATION.get(spec), CACHING.get(cache))]
+    try:
+        return resolve([split_assignment(a) for a in policy_args], list(dict.fromkeys(classes)))
+    except SimulatorError as exc:
+        raise ExecutorError(str(exc)) from None
+
+
+def for_pair(resolved: tuple, spec: str, cache: str) -> tuple:
+    """The resolved parameters that belong to this speculation + caching pair."""
+    return tuple((q, v) for q, v in resolved if q.rsplit(".", 1)[0] in (spec, cache))
 
 
 def default_runtime(profile_path: str | Path) -> str:
@@ -80,11 +98,14 @@ def _rel(sim: float, meas: float) -> float:
 
 def validate(traces: list[str], profile_path: str, device: str = "cpu", *, policies=None, caches=None,
              batch_sizes=None, dtype: str = "", groups: int | None = None, warmup: int | None = None,
-             quick: bool = False, repeats: int = 1, log=print, runtime_path: str = "", bar=None) -> dict:
+             quick: bool = False, repeats: int = 1, log=print, runtime_path: str = "", bar=None,
+             policy_args=()) -> dict:
+    """``policy_args``: ``"NAME=VALUE"`` policy parameters, each applied to the points whose policy has it."""
     profile = load_profile(profile_path)
     runtime_path = str(runtime_path or default_runtime(profile_path))
     runtime = load_runtime(runtime_path, profile)
     policies = parse_policies(policies or (QUICK_POLICIES if quick else DEFAULT_POLICIES))
+    resolved = resolve_pair_args(policy_args, policies)
     caches = caches or (["50%"] if quick else ["25%", "50%"])
     batch_sizes = batch_sizes or ([1] if quick else [1, 16])
     if groups is None and quick:
@@ -117,7 +138,8 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
                 check_fits(profile["gpu.memory"], sim.costs.dense_bytes, ex.capacity(st, groups),
                            ex.expert_bytes, f"the GPU in profile {profile.name}")
             res_settings = base.replace(buffering="resident")
-            todo = [res_settings] + [base.replace(speculation=spec, cache_policy=cache_policy, cache=cache)
+            todo = [res_settings] + [base.replace(speculation=spec, cache_policy=cache_policy, cache=cache,
+                                                  policy_args=for_pair(resolved, spec, cache_policy))
                                      for spec, cache_policy in pairs for cache in caches]
             # one unmeasured run first: new kernel shapes load lazily and the GPU's clocks ramp
             # up under load; the first measured run would pay for both
@@ -192,6 +214,7 @@ def _point(trace: str, st: Settings, rt, simulated, capacity: int) -> dict:
     return {
         "trace": trace, "batch_size": st.batch_size, "speculation": st.speculation, "cache_policy": st.cache_policy,
         "cache": st.cache if st.buffering != "resident" else "resident", "cache_experts": capacity,
+        **({"policy_args": dict(st.policy_args)} if st.policy_args else {}),
         "steps": len(meas),
         "measured_mean_s": m["mean"], "measured_p50_s": m["p50"], "measured_p95_s": m["p95"],
         "simulated_mean_s": s["mean"], "simulated_p50_s": s["p50"], "simulated_p95_s": s["p95"],

@@ -20,7 +20,8 @@ from pregate.simulator.settings import Settings
 SAMPLE_PREFIX = "sample:"
 DEFAULT_SAMPLE = "pregate-moe-tiny"
 
-SETTINGS_FIELDS = {f.name: f for f in fields(Settings)}
+# the axes: every Settings field but the policy parameters, which have their own axes (policy_grid)
+SETTINGS_FIELDS = {f.name: f for f in fields(Settings) if f.name != "policy_args"}
 TRACE_KEYS = ("trace", "traces")
 
 
@@ -53,6 +54,8 @@ class SweepSpec:
     traces: list[str]
     grid: dict[str, list] = field(default_factory=dict)
     source: str = "sweep"  # where the spec came from, for error messages
+    # policy parameter -> values, names as given (POLICY.PARAM or a bare PARAM); see policy_axes
+    policy_grid: dict[str, list] = field(default_factory=dict)
 
     def axes(self) -> dict[str, list]:
         """Every Settings field with its values: the grid's, else the default alone."""
@@ -61,20 +64,53 @@ class SweepSpec:
             out[name] = list(self.grid[name]) if name in self.grid else [f.default]
         return out
 
-    def settings(self) -> list[Settings]:
-        """The product of all axes, in a fixed order, without duplicates."""
+    def policy_axes(self) -> dict[str, list]:
+        """The policy parameters' axes as ``"policy.param" -> typed values``, checked against the policies
+        the grid chooses from (a bare name must belong to exactly one of them)."""
+        if not self.policy_grid:
+            return {}
+        from pregate.simulator.policies.params import all_params, coerce, qualify
+        from pregate.simulator.policies.registry import FAMILIES
+
         axes = self.axes()
+        try:
+            classes = [FAMILIES[family].get(name) for family in FAMILIES for name in dict.fromkeys(axes[family])]
+            candidates = all_params(classes)
+            out: dict[str, list] = {}
+            for name, values in self.policy_grid.items():
+                q = qualify(name, candidates, where=self.source)
+                if q in out:
+                    raise SimulatorError(f"{self.source}: policy parameter {q} is given twice")
+                out[q] = [coerce(q, candidates[q][1], v, where=f"{self.source}:") for v in values]
+        except SimulatorError as exc:
+            raise SweepError(str(exc)) from None
+        return out
+
+    def settings(self) -> list[Settings]:
+        """The product of all axes, in a fixed order, without duplicates.
+
+        A policy parameter's axis multiplies only the points that choose its policy: a
+        ``multi_layer.decay`` axis leaves the points with other speculation policies as they are.
+        """
+        axes, policy_axes = self.axes(), self.policy_axes()
         names = list(axes)
         seen, out = set(), []
         for combo in itertools.product(*(axes[n] for n in names)):
-            s = Settings(**dict(zip(names, combo)))
-            if s not in seen:
-                seen.add(s)
-                out.append(s)
+            chosen = dict(zip(names, combo))
+            picked = {chosen[family] for family in ("speculation", "cache_policy", "buffering", "compression")}
+            params = [q for q in policy_axes if q.rsplit(".", 1)[0] in picked]
+            for values in itertools.product(*(policy_axes[q] for q in params)):
+                s = Settings(**chosen, policy_args=tuple(zip(params, values)))
+                if s not in seen:
+                    seen.add(s)
+                    out.append(s)
         return out
 
     def to_dict(self) -> dict:
-        return {"traces": list(self.traces), "grid": {k: list(v) for k, v in self.grid.items()}}
+        out = {"traces": list(self.traces), "grid": {k: list(v) for k, v in self.grid.items()}}
+        if self.policy_grid:
+            out["policy_args"] = {k: list(v) for k, v in self.policy_grid.items()}
+        return out
 
 
 def _type_name(f) -> str:
@@ -103,10 +139,38 @@ def _coerce(name: str, value: Any, where: str):
 def _unknown_key(where: str, key: str) -> SweepError:
     import difflib
 
+    from pregate.simulator.policies.params import all_params
+
+    params = list(all_params())
     valid = [*TRACE_KEYS, *SETTINGS_FIELDS]
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, valid + params, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    return SweepError(f"{where}: unknown key '{key}' (valid: {', '.join(valid)}){hint}")
+    return SweepError(f"{where}: unknown key '{key}' (valid: {', '.join(valid)}; policy parameters: "
+                      f"{', '.join(params)}){hint}")
+
+
+def _policy_keys(key: str, value: Any) -> dict[str, Any] | None:
+    """The policy-parameter axes a config key stands for, or None when it is not one.
+
+    ``"multi_layer.decay" = [...]`` (a quoted dotted key), ``multi_layer.decay = [...]`` or a
+    ``[multi_layer]`` table (both read as a table named after the policy), ``decay = [...]``
+    (a bare name), or a ``[policy_args]`` table of any of these.
+    """
+    from pregate.simulator.policies.params import all_params
+
+    known = all_params()
+    policies = {q.rsplit(".", 1)[0] for q in known}
+    bare = {q.rsplit(".", 1)[1] for q in known}
+    if key == "policy_args" and isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_policy_keys(k, v) or {k: v})
+        return out
+    if isinstance(value, dict) and key in policies:
+        return {f"{key}.{k}": v for k, v in value.items()}
+    if key in known or key in bare:
+        return {key: value}
+    return None
 
 
 def spec_from_mapping(data: dict, where: str = "sweep", base: Path | None = None) -> SweepSpec:
@@ -117,6 +181,7 @@ def spec_from_mapping(data: dict, where: str = "sweep", base: Path | None = None
     """
     traces: list[str] = []
     grid: dict[str, list] = {}
+    policy_grid: dict[str, list] = {}
     for key, value in data.items():
         if key in TRACE_KEYS:
             values = value if isinstance(value, list) else [value]
@@ -126,6 +191,12 @@ def spec_from_mapping(data: dict, where: str = "sweep", base: Path | None = None
                 traces.append(v if v.startswith(SAMPLE_PREFIX) or base is None or Path(v).is_absolute()
                               else str(base / v))
             continue
+        if key not in SETTINGS_FIELDS and (found := _policy_keys(key, value)) is not None:
+            for name, v in found.items():
+                if isinstance(v, dict):
+                    raise SweepError(f"{where}: policy parameter '{name}' takes a value or a list of values")
+                policy_grid[name] = v if isinstance(v, list) else [v]
+            continue
         if key not in SETTINGS_FIELDS:
             if isinstance(value, dict):
                 raise SweepError(f"{where}: unknown table [{key}]: a sweep config is flat, one key per Settings "
@@ -133,7 +204,7 @@ def spec_from_mapping(data: dict, where: str = "sweep", base: Path | None = None
             raise _unknown_key(where, key)
         values = value if isinstance(value, list) else [value]
         grid[key] = [_coerce(key, v, where) for v in values]
-    return SweepSpec(traces=traces, grid=grid, source=where)
+    return SweepSpec(traces=traces, grid=grid, source=where, policy_grid=policy_grid)
 
 
 def load_config(path: str | Path) -> SweepSpec:

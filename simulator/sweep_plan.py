@@ -116,6 +116,9 @@ def plan_sweep(spec: SweepSpec) -> Plan:
     for name, values in spec.grid.items():
         if not values:
             raise SweepError(f"{where}: axis '{name}' is empty, so the grid has no points; give it at least one value")
+    for name, values in spec.policy_grid.items():
+        if not values:
+            raise SweepError(f"{where}: policy parameter '{name}' has no values; give it at least one")
     grid = dict(spec.grid)
     registries = {"speculation": SPECULATION, "cache_policy": CACHING, "buffering": BUFFERING,
                   "compression": COMPRESSION}
@@ -146,7 +149,7 @@ def plan_sweep(spec: SweepSpec) -> Plan:
     if "auto" in axes["profile"]:
         detected = detect_profile()
         grid["profile"] = [detected if p == "auto" else p for p in axes["profile"]]
-        spec = SweepSpec(traces=spec.traces, grid=grid, source=spec.source)
+        spec = SweepSpec(traces=spec.traces, grid=grid, source=spec.source, policy_grid=spec.policy_grid)
         axes = spec.axes()
     profiles = {}
     for name in dict.fromkeys(axes["profile"]):

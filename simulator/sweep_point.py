@@ -107,6 +107,8 @@ def point_row(point: Point, summary: dict) -> dict:
     """One stored row: key, trace, every setting, the summary and a few derived columns."""
     row = {"key": point.key, "trace": point.trace, "trace_id": point.trace_id}
     row.update(point.settings.to_dict())
+    if "policy_args" in row:  # one text column, whatever parameters a point sets
+        row["policy_args"] = json.dumps(row["policy_args"], sort_keys=True)
     for k, v in summary.items():
         row[{"profile": "profile_name", "runtime": "runtime_name"}.get(k, k)] = v
     requests = summary.get("requests") or 0
