@@ -143,7 +143,8 @@ def _unknown_key(where: str, key: str) -> SweepError:
 
     params = list(all_params())
     valid = [*TRACE_KEYS, *SETTINGS_FIELDS]
-    close = difflib.get_close_matches(key, valid + params, n=1, cutoff=0.6)
+    bare = list(dict.fromkeys(q.rsplit(".", 1)[1] for q in params))
+    close = difflib.get_close_matches(key, valid + params + bare, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return SweepError(f"{where}: unknown key '{key}' (valid: {', '.join(valid)}; policy parameters: "
                       f"{', '.join(params)}){hint}")
