@@ -7,7 +7,7 @@ so a new policy shows up everywhere once it is registered.
 
 from __future__ import annotations
 
-from pregate.simulator.policies.registry import FAMILIES, describe, params_of
+from pregate.simulator.policies.registry import FAMILIES, describe, params_of, value_range
 
 FLAGS = {"speculation": "--speculation", "cache_policy": "--cache-policy", "buffering": "--buffering",
          "compression": "--compression"}
@@ -30,7 +30,6 @@ def parameter_table() -> str:
     for registry in FAMILIES.values():
         for cls in registry.classes():
             for f in params_of(cls):
-                low, high = f.metadata.get("low"), f.metadata.get("high")
-                span = f"{'' if low is None else low} to {'' if high is None else high}".strip()
+                span = value_range(f)
                 rows.append(f"| `{cls.name}` | `{f.name}` | {f.default} | {span} | {f.metadata['help']} |")
     return "\n".join(rows)

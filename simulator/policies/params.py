@@ -14,7 +14,7 @@ same setting are the same point.
 from __future__ import annotations
 
 from pregate.simulator.errors import SimulatorError
-from pregate.simulator.policies.registry import FAMILIES, params_of
+from pregate.simulator.policies.registry import FAMILIES, params_of, value_range
 
 
 def all_params(classes=None) -> dict[str, tuple[type, object]]:
@@ -81,8 +81,7 @@ def coerce(qualified: str, f, value, where: str = "--policy-arg"):
                              f"got {value!r} ({f.metadata['help']})") from None
     low, high = f.metadata.get("low"), f.metadata.get("high")
     if (low is not None and value < low) or (high is not None and value > high):
-        span = f"{'' if low is None else low} to {'' if high is None else high}".strip()
-        raise SimulatorError(f"{where} {qualified}: {value} is outside {span} ({f.metadata['help']})")
+        raise SimulatorError(f"{where} {qualified}: {value} is outside {value_range(f)} ({f.metadata['help']})")
     return value
 
 

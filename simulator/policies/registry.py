@@ -77,6 +77,16 @@ class Registry:
         return self.get(name)(**kwargs, **(params or {}))
 
 
+def value_range(f) -> str:
+    """A parameter's allowed values as text: ``0.0 to 1.0``, ``>= 1``, ``<= 4`` or ``any``."""
+    low, high = f.metadata.get("low"), f.metadata.get("high")
+    if low is not None and high is not None:
+        return f"{low} to {high}"
+    if low is not None:
+        return f">= {low}"
+    return f"<= {high}" if high is not None else "any"
+
+
 def params_of(cls) -> list:
     """The dataclass fields of a policy's parameters (empty for none)."""
     return list(fields(getattr(cls, "Params", NoParams)))
