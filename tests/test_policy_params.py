@@ -165,3 +165,20 @@ def test_without_parameters_a_point_keeps_its_key(trace):
     assert "policy_args" not in s.to_dict()
     assert point_key("t", "p", s) == point_key("t", "p", Settings(policy_args=()))
     assert point_key("t", "p", s) != point_key("t", "p", Settings(speculation="oracle", policy_args=["depth=1"]))
+
+
+def test_recommend_applies_policy_args_to_the_candidates_that_have_them(tmp_path, capsys):
+    from pregate.simulator.recommend import recommend
+
+    t = make_trace(tmp_path / "t", seqs=2, prompt_len=4, new_tokens=6, layers=3, experts=8, top_k=1)
+    recommend(str(t), "rtx3090", vram_gb=0.6, margin_gb=0.1, workers=1, results=tmp_path / "res",
+              policy_args=["half_life=16"])
+    frame = read_results(tmp_path / "res")
+    decayed = frame.filter(frame["cache_policy"] == "lfu-decay")["policy_args"].to_list()
+    others = frame.filter(frame["cache_policy"] != "lfu-decay")["policy_args"].to_list()
+    assert decayed and set(decayed) == {'{"lfu-decay.half_life": 16.0}'}
+    assert set(others) == {None}
+    assert main(["recommend", "--model", str(t), "--vram", "0.6", "--margin", "0.1", "--workers", "1",
+                 "--policy-arg", "to_main=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "s3fifo.to_main" in err[0]

@@ -72,10 +72,6 @@ class Registry:
         except KeyError:
             raise unknown_name(f"{self.family} policy", name, self.names()) from None
 
-    def create(self, name: str, params: dict | None = None, **kwargs):
-        """An instance of policy ``name``: ``kwargs`` (layout, seed, ...) and its parameters' values."""
-        return self.get(name)(**kwargs, **(params or {}))
-
 
 def value_range(f) -> str:
     """A parameter's allowed values as text: ``0.0 to 1.0``, ``>= 1``, ``<= 4`` or ``any``."""
