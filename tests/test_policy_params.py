@@ -182,3 +182,16 @@ def test_recommend_applies_policy_args_to_the_candidates_that_have_them(tmp_path
                  "--policy-arg", "to_main=0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "s3fifo.to_main" in err[0]
+
+
+def test_validate_applies_each_parameter_to_the_pairs_that_have_it():
+    pytest.importorskip("torch")
+    from pregate.executor.device import ExecutorError
+    from pregate.executor.validate import for_pair, resolve_pair_args
+
+    resolved = resolve_pair_args(["decay=0.3", "to_main=3"], [("multi_layer", "lru"), ("none", "s3fifo")])
+    assert for_pair(resolved, "multi_layer", "lru") == (("multi_layer.decay", 0.3),)
+    assert for_pair(resolved, "none", "s3fifo") == (("s3fifo.to_main", 3),)
+    assert for_pair(resolved, "none", "lru") == ()
+    with pytest.raises(ExecutorError, match="oracle.depth"):
+        resolve_pair_args(["depth=2"], [("none", "lru")])
