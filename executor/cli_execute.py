@@ -23,12 +23,14 @@ examples:
   pregate execute --model /data/Mixtral-8x7B --dtype bfloat16 --device cuda --cache 30% --input prompts.txt \\
       --limit 64 --batch-size 8 --max-new-tokens 64 --record-trace runs/mixtral-offloaded
   pregate execute --trace runs/sb8 --device cuda --speculation multi_layer --cache-policy lfu --cache 2GB \\
-      --batch-size 16 --profile my-gpu.toml --compare --json out.json"""
+      --batch-size 16 --profile my-gpu.toml --compare --json out.json
+  pregate execute --trace runs/sb8 --device cpu --speculation multi_layer --policy-arg decay=0.3 \\
+      --cache-policy lfu-decay --policy-arg lfu-decay.half_life=48 --cache 25%"""
 
 
 # The simulator's knobs that the executor takes as they are (one definition: simulator/settings.py).
 POLICY_SETTINGS = ("speculation", "cache_policy", "cache", "per_layer", "buffering", "compression", "batch_size",
-                   "max_prefetch", "predictor")
+                   "max_prefetch", "predictor", "policy_args")
 
 
 def add_arguments(p) -> None:

@@ -16,6 +16,8 @@ examples:
   pregate validate runs/tiny --profile cpu.toml --device cpu --quick --placements static-layers,cpu-or-fetch
   pregate validate runs/sb8 --profile gpu.toml --runtime gpu.runtime.toml --device cuda
   pregate validate runs/sb8 --profile gpu.toml --device cuda --speculation none,layer_minus_1 --cache-policy lru,lfu
+  pregate validate runs/tiny --profile cpu.toml --speculation multi_layer --cache-policy s3fifo \\
+      --policy-arg decay=0.3 --policy-arg to_main=3 --quick
 
 --speculation and --cache-policy take comma lists as in 'pregate sweep' and
 validate every pair of them; --policies names the pairs one by one instead."""
@@ -35,6 +37,10 @@ def add_arguments(p) -> None:
                    help="speculation policies, comma-separated (with --cache-policy: every pair is validated)")
     p.add_argument("--cache-policy", default=None, metavar="V[,V...]",
                    help="caching policies, comma-separated (default with --speculation: lru)")
+    from pregate.traces.cliargs import add_policy_args
+
+    add_policy_args(p, "a policy parameter, NAME=VALUE (repeatable), applied to every point whose policy has it: "
+                       "POLICY.PARAM or a PARAM only one validated policy has ('pregate simulate --help' lists them)")
     p.add_argument("--cache", default=None, help="comma list of cache sizes (default: 25%%,50%%)")
     p.add_argument("--placements", default=None, metavar="B[,B...]",
                    help="CPU-or-GPU buffering schemes validated besides the cache, once per cache size with "
@@ -112,6 +118,7 @@ def _run(args) -> int:
                           batch_sizes=batches, dtype=args.dtype, groups=args.groups, warmup=args.warmup,
                           quick=args.quick, repeats=repeats, bar=bar, runtime_path=args.runtime,
                           placements=args.placements,
+                          policy_args=args.policy_args or (),
                           log=(lambda m: None) if args.quiet else (lambda m: _log(bar, m)))
     files = write_outputs(result, args.out)
     s = result["summary"]

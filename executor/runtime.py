@@ -37,6 +37,7 @@ from pregate.simulator.planner import Planner
 from pregate.simulator.policies import COMPRESSION, SPECULATION
 from pregate.simulator.policies.build import make_speculation
 from pregate.simulator.settings import Settings, check_per_layer
+from pregate.simulator.summary import RunSummary
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -262,42 +263,22 @@ class OffloadRuntime:
         return stat
 
     # ---- results -------------------------------------------------------------------------
-    def summary(self) -> dict:
-        """The run's figures under the simulator's keys for the same quantities."""
+    def run_summary(self) -> RunSummary:
+        """The figures shared with the simulator, measured (settles the cache's counts first)."""
         if not self._finished:
             self.cache.finish()
             self._finished = True
-        c = self.cache.counts
+        return RunSummary.of_run(
+            self.steps, self.cache.counts, requests=self.requests, late_hits=self.late_hits,
+            capacity=self.pool.n_slots, bytes_moved=self.pool.bytes_moved,
+            total_s=float(sum(s.latency_s for s in self.steps)), stall_s=float(sum(s.stall_s for s in self.steps)))
+
+    def summary(self) -> dict:
+        """The run's figures under the simulator's keys for the same quantities."""
         decode = [s for s in self.steps if s.decode] or self.steps
-        lat = np.array([s.latency_s for s in decode]) if decode else np.zeros(1)
-        tokens = int(sum(s.tokens for s in decode))
-        decode_s = float(lat.sum())
-        total_s = float(sum(s.latency_s for s in self.steps))
-        stall_s = float(sum(s.stall_s for s in self.steps))
         return {
             "device": self.device.description(),
-            "requests": self.requests,
-            "tokens": tokens,
-            "steps": len(decode),
-            "prefill_passes": sum(1 for s in self.steps if not s.decode),
-            "cache_capacity_experts": self.pool.n_slots,
-            "hits": c.hits - self.late_hits,
-            "late_hits": self.late_hits,
-            "misses": c.misses,
-            "bypasses": c.bypasses,
-            "prefetches": c.prefetches,
-            "prefetch_hits": c.prefetch_hits,
-            "wasted_prefetches": c.wasted_prefetches,
-            "evictions": c.evictions,
-            "bytes_moved": int(self.pool.bytes_moved),
-            "total_s": total_s,
-            "decode_s": decode_s,
-            "mean_step_latency_s": float(lat.mean()),
-            "p50_step_latency_s": float(np.percentile(lat, 50)),
-            "p95_step_latency_s": float(np.percentile(lat, 95)),
-            "tokens_per_s": tokens / decode_s if decode_s > 0 else None,
-            "stall_s": stall_s,
-            "stall_share": stall_s / total_s if total_s else 0.0,
+            **self.run_summary().to_dict(),
             # host time per decode step by phase of the run loop, and the work counted in it
             **{f"host_{name}_per_step" if name.endswith("_s") else f"{name}_per_step":
                float(np.mean([getattr(s, name) for s in decode])) if decode else 0.0 for name in PHASES},

@@ -34,10 +34,13 @@ from pregate.executor.device import ExecutorError
 from pregate.executor.run import TraceExecutor, check_fits
 from pregate.executor.stats import kendall_tau, ks_statistic, latency_stats
 from pregate.simulator.api import Simulation
+from pregate.simulator.errors import SimulatorError
 from pregate.simulator.policies import BUFFERING, CACHING, SPECULATION
+from pregate.simulator.policies.params import resolve, split_assignment
 from pregate.simulator.profile import load_profile
 from pregate.simulator.runtime import load_runtime
 from pregate.simulator.settings import Settings
+from pregate.simulator.summary import RunSummary
 
 DEFAULT_POLICIES = ["none+lru", "layer_minus_1+lru", "none+lfu", "multi_layer+least-stale"]
 QUICK_POLICIES = ["none+lru", "layer_minus_1+lru"]
@@ -74,6 +77,22 @@ def parse_policies(text: str | list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def resolve_pair_args(policy_args, pairs) -> tuple:
+    """``"NAME=VALUE"`` texts resolved against every policy of the pairs (refused in one line if none has it)."""
+    if not policy_args:
+        return ()
+    classes = [cls for spec, cache in dict.fromkeys(pairs) for cls in (SPECULATION.get(spec), CACHING.get(cache))]
+    try:
+        return resolve([split_assignment(a) for a in policy_args], list(dict.fromkeys(classes)))
+    except SimulatorError as exc:
+        raise ExecutorError(str(exc)) from None
+
+
+def for_pair(resolved: tuple, spec: str, cache: str) -> tuple:
+    """The resolved parameters that belong to this speculation + caching pair."""
+    return tuple((q, v) for q, v in resolved if q.rsplit(".", 1)[0] in (spec, cache))
+
+
 def default_runtime(profile_path: str | Path) -> str:
     """The runtime that goes with a profile: ``X.runtime.toml`` next to a calibrated ``X.toml``, else the default.
 
@@ -97,11 +116,13 @@ def _rel(sim: float, meas: float) -> float:
 def validate(traces: list[str], profile_path: str, device: str = "cpu", *, policies=None, caches=None,
              batch_sizes=None, dtype: str = "", groups: int | None = None, warmup: int | None = None,
              quick: bool = False, repeats: int = 1, log=print, runtime_path: str = "", bar=None,
-             placements=None) -> dict:
+             placements=None, policy_args=()) -> dict:
+    """``policy_args``: ``"NAME=VALUE"`` policy parameters, each applied to the points whose policy has it."""
     profile = load_profile(profile_path)
     runtime_path = str(runtime_path or default_runtime(profile_path))
     runtime = load_runtime(runtime_path, profile)
     policies = parse_policies(policies or (QUICK_POLICIES if quick else DEFAULT_POLICIES))
+    resolved = resolve_pair_args(policy_args, policies)
     caches = caches or (["50%"] if quick else ["25%", "50%"])
     placements = parse_placements(placements, quick)
     batch_sizes = batch_sizes or ([1] if quick else [1, 16])
@@ -135,7 +156,8 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
                 check_fits(profile["gpu.memory"], sim.costs.dense_bytes, ex.capacity(st, groups),
                            ex.expert_bytes, f"the GPU in profile {profile.name}")
             res_settings = base.replace(buffering="resident")
-            todo = [res_settings] + [base.replace(speculation=spec, cache_policy=cache_policy, cache=cache)
+            todo = [res_settings] + [base.replace(speculation=spec, cache_policy=cache_policy, cache=cache,
+                                                  policy_args=for_pair(resolved, spec, cache_policy))
                                      for spec, cache_policy in pairs for cache in caches]
             todo += [base.replace(buffering=b, cache=cache) for b in placements for cache in caches]
             # one unmeasured run first: new kernel shapes load lazily and the GPU's clocks ramp
@@ -208,22 +230,24 @@ def _point(trace: str, st: Settings, rt, simulated, capacity: int) -> dict:
     steps = [s for s in simulated.steps if s.decode] or simulated.steps
     simu = [s.latency_s for s in steps]
     m, s = latency_stats(meas), latency_stats(simu)
-    summary = rt.summary()
+    summary = rt.summary()  # the measured run's shared figures and its host phases
+    measured, simulated_run = RunSummary.from_dict(summary), RunSummary.from_dict(simulated.summary)
     return {
         "trace": trace, "batch_size": st.batch_size, "speculation": st.speculation, "cache_policy": st.cache_policy,
         "cache": st.cache if st.buffering != "resident" else "resident", "cache_experts": capacity,
         "buffering": st.buffering,
+        **({"policy_args": dict(st.policy_args)} if st.policy_args else {}),
         "steps": len(meas),
         "measured_mean_s": m["mean"], "measured_p50_s": m["p50"], "measured_p95_s": m["p95"],
         "simulated_mean_s": s["mean"], "simulated_p50_s": s["p50"], "simulated_p95_s": s["p95"],
         "rel_error_mean": _rel(s["mean"], m["mean"]), "rel_error_p50": _rel(s["p50"], m["p50"]),
         "rel_error_p95": _rel(s["p95"], m["p95"]), "ks": ks_statistic(meas, simu),
-        "measured_hits": summary["hits"], "measured_late_hits": summary["late_hits"],
-        "measured_misses": summary["misses"], "measured_prefetches": summary["prefetches"],
-        "simulated_hits": simulated.summary["hits"], "simulated_late_hits": simulated.summary["late_hits"],
-        "simulated_misses": simulated.summary["misses"],
-        "measured_stall_share": summary["stall_share"], "simulated_stall_share": simulated.summary["stall_share"],
-        "bytes_moved": summary["bytes_moved"],
+        "measured_hits": measured.hits, "measured_late_hits": measured.late_hits,
+        "measured_misses": measured.misses, "measured_prefetches": measured.prefetches,
+        "simulated_hits": simulated_run.hits, "simulated_late_hits": simulated_run.late_hits,
+        "simulated_misses": simulated_run.misses,
+        "measured_stall_share": measured.stall_share, "simulated_stall_share": simulated_run.stall_share,
+        "bytes_moved": measured.bytes_moved,
         # where the executor's host time went, per decode step (for finding what the model misses)
         "measured_host_plan_s": summary["host_plan_s_per_step"],
         "measured_host_route_s": summary["host_route_s_per_step"],
@@ -234,7 +258,7 @@ def _point(trace: str, st: Settings, rt, simulated, capacity: int) -> dict:
         "simulated_compute_s": sum(x.compute_s for x in steps) / max(1, len(steps)),
         "simulated_dispatch_s": sum(x.dispatch_s for x in steps) / max(1, len(steps)),
         "simulated_stall_s": sum(x.stall_s for x in steps) / max(1, len(steps)),
-        "measured_stall_s": summary["stall_s"] / max(1, summary["steps"] + summary["prefill_passes"]),
+        "measured_stall_s": measured.stall_s / max(1, measured.steps + measured.prefill_passes),
     }
 
 

@@ -38,9 +38,10 @@ from pregate.simulator.policies.placement import SideTiming, side_timing
 from pregate.simulator.pricing import meta_label, price_stream, require_expert_size
 from pregate.simulator.profile import HardwareProfile, load_profile
 from pregate.simulator.runtime import RuntimeProfile, load_runtime
-from pregate.simulator.replay import FAST_POLICIES, ReplayCounts, replay_fast, replay_general
+from pregate.simulator.replay import ReplayCounts, replay_fast, replay_general
 from pregate.simulator.settings import Settings, check_per_layer, parse_cache_size
 from pregate.simulator.stream import RequestStream, build_stream
+from pregate.simulator.summary import RunSummary
 from pregate.traces import Trace, open_trace
 
 
@@ -171,9 +172,10 @@ class Simulation:
         settings = settings or self.settings
         spec_cls, cache_cls, buf_cls, comp_cls = resolve_policies(settings)
         demand_bytes = self.costs.expert_bytes[comp_cls().demand_dtype(self.gpu_dtype)]
-        if (fast and settings.speculation == "none" and settings.cache_policy in FAST_POLICIES
+        loop = cache_cls.fast_replay  # the caching policy names its specialised loop, if it has one
+        if (fast and loop and settings.speculation == "none" and not settings.policy_args
                 and not settings.per_layer and not buf_cls.cpu_misses and not settings.reset_cache_per_sequence):
-            return replay_fast(self.stream, settings.cache_policy, self.capacity(settings), demand_bytes)
+            return replay_fast(self.stream, loop, self.capacity(settings), demand_bytes)
         cache, planner, buffering, comp = self._parts(settings)
         prefetch_bytes = self.costs.expert_bytes[comp.prefetch_dtype(self.gpu_dtype)]
         return replay_general(self.stream, cache, planner, demand_bytes, prefetch_bytes)
@@ -207,17 +209,17 @@ class Simulation:
     def summarise(self, settings: Settings, outcome: TimedOutcome, cache: ExpertCache) -> dict:
         stream = self.stream
         steps = outcome.steps
-        decode = [s for s in steps if s.decode] or steps
-        lat = np.array([s.latency_s for s in decode]) if decode else np.zeros(1)
-        tokens = int(sum(s.tokens for s in decode))
-        decode_time = float(lat.sum())
         c = cache.counts
+        run = RunSummary.of_run(
+            steps, c, requests=stream.n_requests, late_hits=outcome.late_hits,
+            capacity=cache.capacity, bytes_moved=outcome.bytes_moved,
+            total_s=outcome.total_s, stall_s=outcome.stall_s)
         slots = c.peak_slots + (1 if c.bypasses else 0)
         peak_bytes = self.costs.dense_bytes + slots * self.expert_bytes
-        prefetches = c.prefetches
         memory = float(self.profile["gpu.memory"])
         margin = working_margin(memory)
         extra = stream.meta.extra if isinstance(stream.meta.extra, dict) else {}
+        prefetch_bytes = self.costs.expert_bytes[COMPRESSION.get(settings.compression)().prefetch_dtype(self.gpu_dtype)]
         return {
             "trace_model": stream.meta.model_id,
             "priced_as": extra.get("priced_as") or stream.meta.model_id,
@@ -225,34 +227,19 @@ class Simulation:
             "gpu_dtype": self.gpu_dtype,
             "profile": self.profile.name,
             "runtime": self.runtime.name,
-            "requests": stream.n_requests,
-            "tokens": tokens,
-            "steps": len(decode),
-            "prefill_passes": sum(1 for s in steps if not s.decode),
-            "cache_capacity_experts": cache.capacity,
-            "hits": c.hits - outcome.late_hits,
-            "late_hits": outcome.late_hits,
-            "misses": c.misses,
-            "bypasses": c.bypasses,
-            "prefetches": prefetches,
-            "prefetch_hits": c.prefetch_hits,
-            "wasted_prefetches": c.wasted_prefetches,
-            "prefetch_precision": (c.prefetch_hits / prefetches) if prefetches else None,
-            "evictions": c.evictions,
+            # the shared figures, with the simulator's own among them where they always stood
+            # (a sweep's stored columns keep their order, so old results still concatenate)
+            **run.to_dict(until="wasted_prefetches"),
+            "prefetch_precision": run.prefetch_precision,
+            "evictions": run.evictions,
             "cancelled_copies": outcome.cancelled_copies,
-            "bytes_moved": outcome.bytes_moved,
-            "wasted_bytes": int(c.wasted_prefetches * self.costs.expert_bytes[
-                COMPRESSION.get(settings.compression)().prefetch_dtype(self.gpu_dtype)]),
-            "total_s": outcome.total_s,
-            "decode_s": decode_time,
-            "mean_step_latency_s": float(lat.mean()),
-            "p50_step_latency_s": float(np.percentile(lat, 50)),
-            "p95_step_latency_s": float(np.percentile(lat, 95)),
-            "tokens_per_s": tokens / decode_time if decode_time > 0 else None,
+            "bytes_moved": run.bytes_moved,
+            "wasted_bytes": int(run.wasted_prefetches * prefetch_bytes),
+            **run.to_dict(after="bytes_moved", until="tokens_per_s"),
             "compute_s": outcome.compute_s,
-            "stall_s": outcome.stall_s,
+            "stall_s": run.stall_s,
             "dispatch_s": outcome.dispatch_s,
-            "stall_share": outcome.stall_s / outcome.total_s if outcome.total_s else 0.0,
+            "stall_share": run.stall_share,
             "peak_gpu_bytes": int(peak_bytes),
             "gpu_memory_bytes": int(memory),
             "working_margin_bytes": int(margin),
@@ -326,8 +313,9 @@ def bound_settings(settings: Settings) -> tuple[Settings, Settings]:
     """
     resident = settings.replace(buffering="resident", speculation="none", cache_policy="lru", cache="100%",
                                 per_layer=False, compression="none", max_prefetch=0, copy_engines=0, seed=0,
-                                uncertainty="")
+                                uncertainty="", policy_args=())
     oracle = settings.replace(speculation="oracle", cache_policy="belady", prefetch_gate="off", uncertainty="",
+                              policy_args=(),
                               buffering="cache" if settings.buffering != "resident" else "resident")
     return resident, oracle
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pregate.simulator.cache import ExpertCache
 from pregate.simulator.errors import SimulatorError
 from pregate.simulator.policies import BUFFERING, CACHING
+from pregate.simulator.policies.build import caching_factory
 
 
 def make_cache(layout, capacity: int, settings, stream=None) -> tuple[ExpertCache, object]:
@@ -28,7 +29,7 @@ def make_cache(layout, capacity: int, settings, stream=None) -> tuple[ExpertCach
             raise SimulatorError(f"buffering '{settings.buffering}' pins experts in one global cache; "
                                  "drop --per-layer")
         per_layer = False  # every expert resident: nothing is ever evicted, so no partition matters
-    cache = ExpertCache(layout, capacity, lambda: cache_cls(layout=layout, seed=settings.seed), per_layer=per_layer,
+    cache = ExpertCache(layout, capacity, caching_factory(cache_cls, layout, settings), per_layer=per_layer,
                         pinned=pinned)
     return cache, buffering
 

@@ -1,6 +1,6 @@
 """``pregate simulate``: replay a trace against a hardware profile and policies."""
 
-from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
+from pregate.simulator.policies.listing import policy_listing
 from pregate.simulator.settings import add_settings_arguments, settings_from_args
 
 HELP = "simulate offloaded MoE inference on a trace: latency, hits/misses, bounds"
@@ -27,12 +27,10 @@ examples:
   pregate simulate sample:pregate-moe-tiny --price-as switch-base-8 --dtype bfloat16   # routing of the sample,
                                                                     # sizes of switch-base-8
   pregate simulate runs/mx --model-config my-moe.toml                # sizes from a config file
+  pregate simulate runs/mx --speculation multi_layer --policy-arg decay=0.3 --cache-policy lfu-decay \\
+      --policy-arg lfu-decay.half_life=48                           # policy parameters
 
-policies:
-  --speculation   """ + ", ".join(SPECULATION.names()) + """
-  --cache-policy  """ + ", ".join(CACHING.names()) + """
-  --buffering     """ + ", ".join(BUFFERING.names()) + """
-  --compression   """ + ", ".join(COMPRESSION.names())
+""" + policy_listing()
 
 
 def add_arguments(p) -> None:

@@ -25,7 +25,8 @@ examples:
   pregate recommend --model runs/sb8 --profile t4 --batch-size 8
   pregate recommend --model switch-base-128 --profile rtx3060-12gb --vram 10 --json
   pregate recommend --model olmoe-1b-7b --profile h100-pcie --json answer.json --quiet
-  pregate recommend --model runs/mx --price-as mixtral-8x7b          # your routing, Mixtral's sizes"""
+  pregate recommend --model runs/mx --price-as mixtral-8x7b          # your routing, Mixtral's sizes
+  pregate recommend --model runs/mx --policy-arg multi_layer.decay=0.3  # a policy parameter for its candidates"""
 
 
 import argparse
@@ -48,6 +49,10 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("--price-as", metavar="MODEL", default="", help=Settings.help_texts()["price_as"])
     parser.add_argument("--model-config", metavar="FILE", help=MODEL_CONFIG_HELP)
+    from pregate.traces.cliargs import add_policy_args
+
+    add_policy_args(parser, "a policy parameter, NAME=VALUE (repeatable), for every candidate whose policy has it: "
+                            "POLICY.PARAM or a PARAM only one candidate has ('pregate simulate --help' lists them)")
     parser.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
     parser.add_argument("--results", metavar="DIR", help="keep the simulated points in this sweep results folder")
     from pregate.traces.cliargs import add_json, add_quiet
@@ -79,7 +84,7 @@ def run(args) -> int:
     rec = recommend(model, args.profile, vram_gb=args.vram, batch_size=args.batch_size, margin_gb=args.margin,
                     workers=args.workers, results=args.results, progress=not args.quiet,
                     runtime=args.runtime, uncertainty=args.uncertainty,
-                    price_as=spec_from_flags(args.price_as, args.model_config))
+                    price_as=spec_from_flags(args.price_as, args.model_config), policy_args=args.policy_args or ())
     if not json_to_stdout(args):
         print(format_recommendation(rec))
     emit_json(args, json.dumps(rec.to_dict(), indent=2, sort_keys=True))

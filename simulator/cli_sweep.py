@@ -1,7 +1,5 @@
 """``pregate sweep``: simulate a grid of settings over traces, in parallel, resumable."""
 
-from pregate.simulator.settings import Settings
-
 HELP = "simulate a grid of policies, cache sizes, compression and batch sizes; results in Parquet"
 DESCRIPTION = """Simulate every point of a grid: traces x profiles x speculation x caching x
 buffering x cache sizes x compression x batch sizes (any Settings field can be
@@ -22,6 +20,8 @@ examples:
   pregate sweep grid.toml -o res --ray auto                # an existing Ray cluster
   pregate sweep --trace sample:pregate-moe-tiny --profile rtx3090,t4 --batch-size 1,8 -o res
   pregate sweep --trace sample:pregate-moe-tiny --price-as switch-base-8 --dtype bfloat16,float32 -o res
+  pregate sweep --trace runs/mx --speculation none,multi_layer --policy-arg multi_layer.decay=0.25,0.5,0.75 -o res
+                                                           # 1 + 3 points per cache size: decay only where it applies
                                                            # the sample's routing at switch-base-8's size
   pregate report res -o report                             # plots and a summary of the results
 
@@ -29,11 +29,14 @@ config (grid.toml):
   trace = ["runs/sb8", "runs/mixtral"]      # relative to the config file; sample:NAME = shipped sample
   profile = "rtx3090"
   speculation = ["none", "layer_minus_1", "multi_layer"]
-  cache_policy = ["lru", "lfu"]
+  cache_policy = ["lru", "lfu", "lfu-decay"]
   cache = ["10%", "25%", "50%"]
   compression = ["none", "int8"]
   batch_size = [1, 8]
   price_as = "mixtral-8x7b"                 # routing of the trace, sizes of this model (or a config file)
+  "multi_layer.decay" = [0.25, 0.5]         # a policy parameter: POLICY.PARAM (quoted), or PARAM alone when
+  [lfu-decay]                               # only one policy has it, or a table named after the policy
+  half_life = [24, 96]
 
 Points whose dense weights + expert cache + working margin (0.5 GB + 8%) exceed
 the profile's GPU memory are marked OVER MEMORY and ranked after the points
@@ -41,16 +44,20 @@ that fit, unless --include-over-memory."""
 
 
 def add_arguments(p) -> None:
-    from dataclasses import fields
-
     p.add_argument("config", nargs="?", help="sweep config (TOML); optional when --trace is given")
     p.add_argument("-o", "--out", required=True, metavar="RESULTS", help="results folder (created; reruns resume)")
     p.add_argument("--trace", action="append", metavar="TRACE",
                    help="trace folder (repeat or comma-separate for several; sample:NAME for a shipped sample)")
-    for f in fields(Settings):
+    from pregate.simulator.sweep_grid import SETTINGS_FIELDS
+    from pregate.traces.cliargs import add_policy_args
+
+    for f in SETTINGS_FIELDS.values():
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata["help"].replace("%", "%%") + "; comma-separated values make an axis"
         p.add_argument(flag, dest=f"axis_{f.name}", metavar="V[,V...]", help=help_text)
+    add_policy_args(p, "a policy parameter's values, NAME=V[,V...] (repeatable): NAME is POLICY.PARAM or a PARAM "
+                       "only one policy of the grid has; the values multiply the points that choose that policy "
+                       "('pregate simulate --help' lists every policy's parameters)")
     from pregate.simulator.pricing import MODEL_CONFIG_HELP
 
     p.add_argument("--model-config", metavar="FILE", help=MODEL_CONFIG_HELP)
@@ -66,17 +73,21 @@ def add_arguments(p) -> None:
 
 def build_spec(args):
     """The config file's spec with the flags' axes on top."""
-    from dataclasses import fields
 
+    from pregate.simulator.policies.params import split_assignment
     from pregate.simulator.sweep import SweepSpec, field_kind, load_config, parse_list
+    from pregate.simulator.sweep_grid import SETTINGS_FIELDS
 
     spec = load_config(args.config) if args.config else SweepSpec(traces=[], source="command line")
     if args.trace:
         spec.traces = [t for item in args.trace for t in parse_list(item)]
-    for f in fields(Settings):
+    for f in SETTINGS_FIELDS.values():
         raw = getattr(args, f"axis_{f.name}")
         if raw is not None:
             spec.grid[f.name] = parse_list(raw, field_kind(f.name))
+    for item in getattr(args, "policy_args", None) or []:
+        name, values = split_assignment(item)
+        spec.policy_grid[name] = parse_list(values)
     if getattr(args, "model_config", None):
         from pregate.simulator.pricing import spec_from_flags
 

@@ -116,166 +116,244 @@ class Pool:
         return sum(w.moved for w in self.workers)
 
 
+class _PassTally:
+    """What one forward pass adds up: compute and stall time, and the expert accesses by kind."""
+
+    __slots__ = ("comp", "stall", "hits", "late", "misses", "prefetched")
+
+    def __init__(self):
+        self.comp = self.stall = 0.0
+        self.hits = self.late = self.misses = self.prefetched = 0
+
+
+class _Transfers:
+    """The copy engines and the CPU pool, with the cache's view of which copies are still in flight.
+
+    ``jobs`` maps an expert to its latest copy into the cache: a hit on an expert whose copy has
+    not landed is a late hit. The cache tells us when it evicts an expert, so a queued copy of it
+    is cancelled; a landed copy tells the cache the expert is usable.
+    """
+
+    def __init__(self, env: simpy.Environment, costs: CostTables, cache: ExpertCache, copy_engines: int, events):
+        self.cache, self.dequant = cache, costs.dequant
+        self.jobs: dict[int, Job] = {}
+        self.needs_dequant: dict[int, float] = {}
+        self.cancelled = 0
+        self.copies = Pool([Worker(env, f"copy engine {k}", self.landed, events) for k in range(max(1, copy_engines))])
+        self.cpu = Worker(env, "cpu pool", lambda job: None, events)
+        cache.evict_listener = self.evicted
+
+    def landed(self, job: Job) -> None:
+        if self.jobs.get(job.obj) is job:
+            del self.jobs[job.obj]
+            self.cache.landed(job.obj)
+            if self.dequant[job.dtype]:
+                self.needs_dequant[job.obj] = self.dequant[job.dtype]
+
+    def evicted(self, obj: int) -> None:
+        job = self.jobs.pop(obj, None)
+        if job is not None and job.state == QUEUED:
+            job.state = CANCELLED
+            self.cancelled += 1
+        self.needs_dequant.pop(obj, None)
+
+
+class _ComputeStream:
+    """The compute stream's process: the host thread and the GPU walking the layer steps.
+
+    Two clocks: ``h`` for the host thread, ``g`` for the GPU's compute stream. The host issues
+    work and runs ahead; a kernel starts once it is issued and the GPU is free; the host waits
+    for the GPU only at the router's read-back. SimPy time follows the host: copies are
+    submitted at the host's time, and the GPU's wait for a copy moves SimPy time forward, which
+    is safe because nothing is submitted before the next sync.
+    """
+
+    def __init__(self, env: simpy.Environment, stream: RequestStream, costs: CostTables, planner: Planner,
+                 transfers: _Transfers, *, demand_dtype: str, prefetch_dtype: str, all_resident: bool, events):
+        self.env, self.stream, self.planner, self.t, self.events = env, stream, planner, transfers, events
+        self.all_resident = all_resident
+        self.demand_dtype, self.prefetch_dtype = demand_dtype, prefetch_dtype
+        self.d_bytes, self.p_bytes = costs.expert_bytes[demand_dtype], costs.expert_bytes[prefetch_dtype]
+        self.d_copy, self.p_copy = costs.copy[demand_dtype], costs.copy[prefetch_dtype]
+        self.d_deq = costs.dequant[demand_dtype]
+        self.expert_gpu, self.expert_cpu = costs.expert_gpu, costs.expert_cpu
+        self.expert_host = costs.expert_host_resident if all_resident else costs.expert_host
+        self.dense_gpu, self.dense_host = as_list(costs.dense_gpu), as_list(costs.dense_host)
+        self.sync, self.copy_issue = costs.router_sync, costs.copy_issue
+        self.plan_cost = costs.resident_layer_step if all_resident else costs.layer_step
+        self.pass_start = stream.pass_ls_start.tolist()
+        self.h = self.g = 0.0
+        self.steps: list[StepRecord] = []
+        self.totals = {"compute": 0.0, "stall": 0.0, "dispatch": 0.0, "late": 0}
+
+    def run(self):
+        """The SimPy process: every forward pass, then the host's final clock as the run's end."""
+        for p in range(self.stream.n_passes):
+            yield from self.forward_pass(p)
+        if self.h > self.env.now:
+            yield self.env.timeout(self.h - self.env.now)
+        self.totals["end"] = self.h
+
+    def forward_pass(self, p: int):
+        """One forward pass: each layer step's dense block, router read-back, plan and experts."""
+        start = self.h
+        tally = _PassTally()
+        for ls in range(self.pass_start[p], self.pass_start[p + 1]):
+            self.dense_block(ls, tally)
+            self.read_router(ls)
+            if self.h > self.env.now:
+                yield self.env.timeout(self.h - self.env.now)
+            ready, waiting = self.issue_plan(ls, tally)
+            self.run_ready(ready, tally)
+            yield from self.run_waiting(waiting, tally)
+        self.end_pass(p, start, tally)
+
+    def dense_block(self, ls: int, tally: _PassTally) -> None:
+        """The dense blocks: issued over ``dense_host``, run for ``dense_gpu``."""
+        gd = self.dense_gpu[ls]
+        h, g = self.h, self.g
+        g_start = g if g > h else h
+        h += self.dense_host[ls]
+        g = g_start + gd
+        if h > g:
+            g = h  # the last kernel cannot finish before it is issued
+        tally.comp += gd
+        if self.events is not None:
+            self.events.append(("dense", "gpu", g_start, g - g_start))
+        self.h, self.g = h, g
+
+    def read_router(self, ls: int) -> None:
+        """The router's result comes back to the host (it waits for the GPU), then the host plans
+        the layer step while the GPU idles: nothing is queued."""
+        h = self.h
+        if self.g > h:
+            h = self.g
+        h += self.sync
+        h += self.plan_cost
+        self.h = self.g = h
+
+    def issue_plan(self, ls: int, tally: _PassTally) -> tuple[list, list]:
+        """Ask the planner for the layer step and submit its copies and CPU computations.
+
+        Returns the experts ready now and those that wait for a job, as ``(job, obj, token, extra)``
+        with ``obj`` -1 for a staging-buffer copy (used once, dropped) and -2 for a CPU computation.
+        """
+        env, t, jobs = self.env, self.t, self.t.jobs
+        plan = self.planner.plan(ls)
+        ready, waiting = [], []
+        for obj, tok in plan.hits:
+            job = jobs.get(obj)
+            if job is None:
+                ready.append((obj, tok))
+            else:
+                tally.late += 1
+                if job.state == QUEUED and not job.demand:
+                    t.copies.promote(job)
+                waiting.append((job, obj, tok, 0.0))
+        tally.hits += len(plan.hits)
+        for obj, tok, cached in plan.misses:
+            job = Job(env, obj, self.d_copy, self.d_bytes, self.demand_dtype, True)
+            if cached:
+                jobs[obj] = job
+                t.copies.submit(job)
+                waiting.append((job, obj, tok, 0.0))
+            else:  # staging buffer: copied, used, dropped
+                t.copies.submit(job)
+                waiting.append((job, -1, tok, self.d_deq))
+        for obj, tok in plan.cpu:
+            job = Job(env, obj, self.expert_cpu[tok], 0, self.demand_dtype, True)
+            t.cpu.submit(job)
+            waiting.append((job, -2, tok, 0.0))
+        tally.misses += len(plan.misses) + len(plan.cpu)
+        for obj in plan.admits:  # a CPU-run miss copied in behind the demand copies
+            job = Job(env, obj, self.d_copy, self.d_bytes, self.demand_dtype, False)
+            jobs[obj] = job
+            t.copies.submit(job)
+        for obj in plan.prefetches:
+            job = Job(env, obj, self.p_copy, self.p_bytes, self.prefetch_dtype, False)
+            jobs[obj] = job
+            t.copies.submit(job)
+        tally.prefetched += len(plan.prefetches)
+        self.h += self.copy_issue * (len(plan.misses) + len(plan.admits) + len(plan.prefetches))
+        return ready, waiting
+
+    def run_ready(self, ready: list, tally: _PassTally) -> None:
+        """The experts already in GPU memory run first, each issued by the host in turn."""
+        expert_gpu, expert_host, needs_dequant = self.expert_gpu, self.expert_host, self.t.needs_dequant
+        h, g = self.h, self.g
+        for obj, tok in ready:
+            ge = expert_gpu[tok] + (needs_dequant.pop(obj, 0.0) if needs_dequant else 0.0)
+            tally.comp += ge
+            h += expert_host
+            g = (g if g > h - expert_host else h - expert_host) + ge
+            if h > g:
+                g = h
+        self.h, self.g = h, g
+
+    def run_waiting(self, waiting: list, tally: _PassTally):
+        """The experts that wait for a copy (or the CPU): the GPU stalls for any not yet done."""
+        env, events, expert_gpu, expert_host = self.env, self.events, self.expert_gpu, self.expert_host
+        needs_dequant = self.t.needs_dequant
+        for job, obj, tok, extra in waiting:
+            self.h += 0.0 if obj == -2 else expert_host
+            h, g = self.h, self.g
+            ready_at = g if g > h - expert_host else h - expert_host
+            if not job.done.processed:
+                if ready_at > env.now:
+                    yield env.timeout(ready_at - env.now)
+                if not job.done.processed:
+                    yield job.done
+            if env.now > ready_at and job.done.processed:
+                # the GPU waited for the copy (or the CPU) past the time it could have started
+                landed_at = env.now
+                if landed_at > ready_at:
+                    if events is not None:
+                        events.append(("stall", "gpu", ready_at, landed_at - ready_at))
+                    tally.stall += landed_at - ready_at
+                    ready_at = landed_at
+            if obj == -2:  # computed on the CPU; only the result comes back
+                self.g = ready_at
+                continue
+            ge = expert_gpu[tok] + extra + (needs_dequant.pop(obj, 0.0) if obj >= 0 and needs_dequant else 0.0)
+            tally.comp += ge
+            g = ready_at + ge
+            if h > g:
+                g = h
+            self.g = g
+
+    def end_pass(self, p: int, start: float, tally: _PassTally) -> None:
+        """The pass ends when the host has read the last result back: record its step."""
+        if self.g > self.h:
+            self.h = self.g
+        self.g = self.h
+        latency = self.h - start
+        stream, comp, stall = self.stream, tally.comp, tally.stall
+        decode = stream.pass_decode[p]
+        tokens = int(stream.pass_seqs[p]) if decode else int(stream.ls_tokens[self.pass_start[p]])
+        self.steps.append(StepRecord(p, int(stream.pass_group[p]), int(stream.pass_step[p]), bool(decode), tokens,
+                                     start, latency, comp, stall, max(latency - comp - stall, 0.0),
+                                     tally.hits - tally.late, tally.late, tally.misses, tally.prefetched))
+        totals = self.totals
+        totals["compute"] += comp
+        totals["stall"] += stall
+        totals["dispatch"] += max(latency - comp - stall, 0.0)
+        totals["late"] += tally.late
+
+
 def run_timed_simpy(stream: RequestStream, costs: CostTables, planner: Planner, cache: ExpertCache, *,
-              demand_dtype: str, prefetch_dtype: str, copy_engines: int = 1, timeline: bool = False,
-              all_resident: bool = False) -> TimedOutcome:
+                    demand_dtype: str, prefetch_dtype: str, copy_engines: int = 1, timeline: bool = False,
+                    all_resident: bool = False) -> TimedOutcome:
     """Simulate the whole stream; returns per-step latencies and their breakdown."""
     env = simpy.Environment()
     events = [] if timeline else None
-    jobs: dict[int, Job] = {}  # obj -> its latest copy into the cache
-    needs_dequant: dict[int, float] = {}
-    cancelled = [0]
-
-    def landed(job: Job) -> None:
-        if jobs.get(job.obj) is job:
-            del jobs[job.obj]
-            cache.landed(job.obj)
-            if costs.dequant[job.dtype]:
-                needs_dequant[job.obj] = costs.dequant[job.dtype]
-
-    copies = Pool([Worker(env, f"copy engine {k}", landed, events) for k in range(max(1, copy_engines))])
-    cpu = Worker(env, "cpu pool", lambda job: None, events)
-
-    def evicted(obj: int) -> None:
-        job = jobs.pop(obj, None)
-        if job is not None and job.state == QUEUED:
-            job.state = CANCELLED
-            cancelled[0] += 1
-        needs_dequant.pop(obj, None)
-
-    cache.evict_listener = evicted
-    totals = {"compute": 0.0, "stall": 0.0, "dispatch": 0.0, "late": 0}
-    steps: list[StepRecord] = []
-
-    d_bytes, p_bytes = costs.expert_bytes[demand_dtype], costs.expert_bytes[prefetch_dtype]
-    d_copy, p_copy = costs.copy[demand_dtype], costs.copy[prefetch_dtype]
-    d_deq = costs.dequant[demand_dtype]
-    expert_gpu, expert_cpu = costs.expert_gpu, costs.expert_cpu
-    expert_host = costs.expert_host_resident if all_resident else costs.expert_host
-    dense_gpu, dense_host, sync = as_list(costs.dense_gpu), as_list(costs.dense_host), costs.router_sync
-    layer_step, resident_step, copy_issue = costs.layer_step, costs.resident_layer_step, costs.copy_issue
-    pass_start = stream.pass_ls_start.tolist()
-
-    def compute_stream():
-        # Two clocks: ``h`` for the host thread, ``g`` for the GPU's compute stream. The host
-        # issues work and runs ahead; a kernel starts once it is issued and the GPU is free;
-        # the host waits for the GPU only at the router's read-back. SimPy time follows the
-        # host: copies are submitted at the host's time, and the GPU's wait for a copy moves
-        # SimPy time forward, which is safe because nothing is submitted before the next sync.
-        h = g = 0.0
-        for p in range(stream.n_passes):
-            start = h
-            comp = stall = 0.0
-            hits = late = misses = prefetched = 0
-            for ls in range(pass_start[p], pass_start[p + 1]):
-                # dense blocks: issued over dense_host, run for dense_gpu
-                gd = dense_gpu[ls]
-                g_start = g if g > h else h
-                h += dense_host[ls]
-                g = g_start + gd
-                if h > g:
-                    g = h  # the last kernel cannot finish before it is issued
-                comp += gd
-                if events is not None:
-                    events.append(("dense", "gpu", g_start, g - g_start))
-                # the router's result comes back to the host: it waits for the GPU
-                if g > h:
-                    h = g
-                h += sync
-                # the host plans the layer step (the GPU is idle: nothing is queued)
-                h += resident_step if all_resident else layer_step
-                g = h
-                if h > env.now:
-                    yield env.timeout(h - env.now)
-                plan = planner.plan(ls)
-                ready, waiting = [], []
-                for obj, tok in plan.hits:
-                    job = jobs.get(obj)
-                    if job is None:
-                        ready.append((obj, tok))
-                    else:
-                        late += 1
-                        if job.state == QUEUED and not job.demand:
-                            copies.promote(job)
-                        waiting.append((job, obj, tok, 0.0))
-                hits += len(plan.hits)
-                for obj, tok, cached in plan.misses:
-                    job = Job(env, obj, d_copy, d_bytes, demand_dtype, True)
-                    if cached:
-                        jobs[obj] = job
-                        copies.submit(job)
-                        waiting.append((job, obj, tok, 0.0))
-                    else:  # staging buffer: copied, used, dropped
-                        copies.submit(job)
-                        waiting.append((job, -1, tok, d_deq))
-                for obj, tok in plan.cpu:
-                    job = Job(env, obj, expert_cpu[tok], 0, demand_dtype, True)
-                    cpu.submit(job)
-                    waiting.append((job, -2, tok, 0.0))
-                misses += len(plan.misses) + len(plan.cpu)
-                for obj in plan.admits:  # a CPU-run miss copied in behind the demand copies
-                    job = Job(env, obj, d_copy, d_bytes, demand_dtype, False)
-                    jobs[obj] = job
-                    copies.submit(job)
-                for obj in plan.prefetches:
-                    job = Job(env, obj, p_copy, p_bytes, prefetch_dtype, False)
-                    jobs[obj] = job
-                    copies.submit(job)
-                prefetched += len(plan.prefetches)
-                h += copy_issue * (len(plan.misses) + len(plan.admits) + len(plan.prefetches))
-                # experts: hits first, then those waiting for a copy (or the CPU)
-                for obj, tok in ready:
-                    ge = expert_gpu[tok] + (needs_dequant.pop(obj, 0.0) if needs_dequant else 0.0)
-                    comp += ge
-                    h += expert_host
-                    g = (g if g > h - expert_host else h - expert_host) + ge
-                    if h > g:
-                        g = h
-                for job, obj, tok, extra in waiting:
-                    h += 0.0 if obj == -2 else expert_host
-                    ready_at = g if g > h - expert_host else h - expert_host
-                    if not job.done.processed:
-                        if ready_at > env.now:
-                            yield env.timeout(ready_at - env.now)
-                        if not job.done.processed:
-                            yield job.done
-                    if env.now > ready_at and job.done.processed:
-                        # the GPU waited for the copy (or the CPU) past the time it could have started
-                        landed_at = env.now
-                        if landed_at > ready_at:
-                            if events is not None:
-                                events.append(("stall", "gpu", ready_at, landed_at - ready_at))
-                            stall += landed_at - ready_at
-                            ready_at = landed_at
-                    if obj == -2:  # computed on the CPU; only the result comes back
-                        g = ready_at
-                        continue
-                    ge = expert_gpu[tok] + extra + (needs_dequant.pop(obj, 0.0) if obj >= 0 and needs_dequant else 0.0)
-                    comp += ge
-                    g = ready_at + ge
-                    if h > g:
-                        g = h
-            # the pass ends when the host has read the last result back
-            if g > h:
-                h = g
-            g = h
-            latency = h - start
-            steps.append(StepRecord(p, int(stream.pass_group[p]), int(stream.pass_step[p]), bool(stream.pass_decode[p]),
-                                    int(stream.pass_seqs[p]) if stream.pass_decode[p] else int(stream.ls_tokens[pass_start[p]]),
-                                    start, latency, comp, stall, max(latency - comp - stall, 0.0),
-                                    hits - late, late, misses, prefetched))
-            totals["compute"] += comp
-            totals["stall"] += stall
-            totals["dispatch"] += max(latency - comp - stall, 0.0)
-            totals["late"] += late
-        if h > env.now:
-            yield env.timeout(h - env.now)
-        totals["end"] = h
-
-    env.process(compute_stream())
+    transfers = _Transfers(env, costs, cache, copy_engines, events)
+    compute = _ComputeStream(env, stream, costs, planner, transfers, demand_dtype=demand_dtype,
+                             prefetch_dtype=prefetch_dtype, all_resident=all_resident, events=events)
+    env.process(compute.run())
     env.run()
+    totals = compute.totals
     return TimedOutcome(
-        total_s=totals["end"], steps=steps, late_hits=totals["late"], bytes_moved=copies.moved,
-        cancelled_copies=cancelled[0], compute_s=totals["compute"], stall_s=totals["stall"],
+        total_s=totals["end"], steps=compute.steps, late_hits=totals["late"], bytes_moved=transfers.copies.moved,
+        cancelled_copies=transfers.cancelled, compute_s=totals["compute"], stall_s=totals["stall"],
         dispatch_s=totals["dispatch"], events=events or [],
     )

@@ -22,6 +22,7 @@ small sweep whose cache sizes are bounded by memory:
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -263,7 +264,7 @@ def _slim(row: dict | None) -> dict | None:
 def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None, batch_size: int = 1,
               margin_gb: float | None = None, workers: int | None = None, results: str | Path | None = None,
               progress: bool = False, runtime: str = "", uncertainty: str = "",
-              price_as: str = "") -> Recommendation:
+              price_as: str = "", policy_args=()) -> Recommendation:
     import polars as pl
 
     from pregate.simulator.profile import detect_profile, load_profile
@@ -308,8 +309,14 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
             return Recommendation(source.model_id, gpu, batch_size, source.synthetic, source.note, memory, best, best,
                                   points=frame.height, all_resident=True, runtime=runtime_name, pricing=pricing)
         cap = mem.cache_experts
-        stage1 = plan_sweep(SweepSpec([trace], {**base, "speculation": specs, "cache_policy": practical_cachings(),
-                                                "cache": [str(cap)]}, source="recommend"))
+        from pregate.simulator.policies.params import split_assignment
+
+        # policy parameters (--policy-arg): resolved against every candidate, then each point gets its policies' own
+        given = {name: [value] for name, value in (split_assignment(a) for a in policy_args)}
+        spec1 = SweepSpec([trace], {**base, "speculation": specs, "cache_policy": practical_cachings(),
+                                    "cache": [str(cap)]}, source="recommend", policy_grid=given)
+        params = spec1.policy_axes()
+        stage1 = plan_sweep(spec1)
         run_sweep(stage1, out, workers=workers, progress=progress)
         first = read_results(out).filter(pl.col("key").is_in([p.key for p in stage1.points]))
         combos = (first.sort(["tokens_per_s", "key"], descending=[True, False]).select("speculation", "cache_policy")
@@ -319,7 +326,8 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
         for spec, caching in combos:
             stage2 = plan_sweep(SweepSpec([trace], {**base, "speculation": [spec], "cache_policy": [caching],
                                                     "cache": [str(s) for s in sizes], "compression": COMPRESSIONS},
-                                          source="recommend"))
+                                          source="recommend", policy_grid={
+                                              q: v for q, v in params.items() if q.rsplit(".", 1)[0] in (spec, caching)}))
             run_sweep(stage2, out, workers=workers, progress=progress)
             keys |= {p.key for p in stage2.points}
         frame = read_results(out).filter(pl.col("key").is_in(list(keys)))
@@ -337,7 +345,8 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
 
 
 def _settings_of(row: dict, base):
-    return base.replace(**{k: row[k] for k in ("speculation", "cache_policy", "cache", "compression", "buffering")})
+    chosen = base.replace(**{k: row[k] for k in ("speculation", "cache_policy", "cache", "compression", "buffering")})
+    return chosen.replace(policy_args=json.loads(row["policy_args"])) if row.get("policy_args") else chosen
 
 
 def _verdict(frame, best: dict, trace, gpu: str, runtime: str, batch_size: int, mode: str,

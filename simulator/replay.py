@@ -65,10 +65,10 @@ def _from_cache(stream: RequestStream, c: CacheCounts, moved: int) -> ReplayCoun
                         c.wasted_prefetches, c.evictions, c.peak_slots, moved)
 
 
-FAST_POLICIES = ("lru", "fifo", "lfu", "belady")
+FAST_LOOPS = ("lru", "fifo", "lfu", "belady")  # the loops below; a caching policy names its own (fast_replay)
 
 
-def replay_fast(stream: RequestStream, policy: str, capacity: int, demand_bytes: int) -> ReplayCounts:
+def replay_fast(stream: RequestStream, loop: str, capacity: int, demand_bytes: int) -> ReplayCounts:
     """Specialised loops for on-demand loading into one global cache (no speculation).
 
     The in-use rule still holds: while a layer step's requests are served,
@@ -84,14 +84,14 @@ def replay_fast(stream: RequestStream, policy: str, capacity: int, demand_bytes:
     if capacity <= 0:
         n = len(objs)
         return ReplayCounts(n, 0, n, n, 0, 0, 0, 0, 0, demand_bytes * n)
-    if policy in ("lru", "fifo"):
-        hits, misses, bypass, evictions, peak = _lru_fifo(objs, bounds, capacity, policy == "lru")
-    elif policy == "lfu":
+    if loop in ("lru", "fifo"):
+        hits, misses, bypass, evictions, peak = _lru_fifo(objs, bounds, capacity, loop == "lru")
+    elif loop == "lfu":
         hits, misses, bypass, evictions, peak = _lfu(objs, bounds, capacity)
-    elif policy == "belady":
+    elif loop == "belady":
         hits, misses, bypass, evictions, peak = _belady(objs, stream.req_next.tolist(), bounds, capacity)
     else:
-        raise ValueError(f"no fast loop for '{policy}'")
+        raise ValueError(f"no fast loop '{loop}' (the loops: {', '.join(FAST_LOOPS)})")
     return ReplayCounts(len(objs), hits, misses, bypass, 0, 0, 0, evictions, peak, demand_bytes * misses)
 
 

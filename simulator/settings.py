@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pregate.simulator.errors import SimulatorError
 
 
+POLICY_FIELDS = ("speculation", "cache_policy", "buffering", "compression")  # a policy name each
+
+
 def _opt(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
 
@@ -56,12 +59,44 @@ class Settings:
                                 "corners (the two joint corners: every value at its fast end, at its slow end) or "
                                 "a number N of seeded samples; adds low-high bands of tokens/s and step latency")
 
+    policy_args: tuple = _opt((), "a policy parameter, NAME=VALUE (repeatable): NAME is POLICY.PARAM "
+                                  "(multi_layer.decay, lfu-decay.half_life) or a PARAM only one chosen policy has; "
+                                  "the policies list shows each policy's parameters and defaults", repeat=True)
+
+    def __post_init__(self):
+        # Accepts {name: value}, ["NAME=VALUE", ...] or [(name, value), ...]; stores the resolved,
+        # sorted ("policy.param", typed value) pairs, so every spelling of a setting is one point.
+        raw = self.policy_args
+        if not raw:
+            if raw != ():
+                object.__setattr__(self, "policy_args", ())
+            return
+        from pregate.simulator.policies.params import chosen_classes, resolve, split_assignment
+
+        items = raw.items() if isinstance(raw, dict) else raw
+        if isinstance(items, str):
+            items = [items]
+        pairs = [split_assignment(item) if isinstance(item, str) else tuple(item) for item in items]
+        classes = chosen_classes(self.speculation, self.cache_policy, self.buffering, self.compression)
+        object.__setattr__(self, "policy_args", resolve(pairs, classes))
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every setting; ``policy_args`` only when given (as ``{"policy.param": value}``), so results
+        without them keep the keys (and sweep point keys) they always had."""
+        out = asdict(self)
+        if self.policy_args:
+            out["policy_args"] = dict(self.policy_args)
+        else:
+            del out["policy_args"]
+        return out
 
     def replace(self, **changes) -> "Settings":
+        """A copy with ``changes``; a policy swapped out takes its ``policy_args`` with it (they were its own)."""
         from dataclasses import replace
 
+        if self.policy_args and "policy_args" not in changes and any(k in changes for k in POLICY_FIELDS):
+            chosen = {changes.get(k, getattr(self, k)) for k in POLICY_FIELDS}
+            changes["policy_args"] = tuple((q, v) for q, v in self.policy_args if q.rsplit(".", 1)[0] in chosen)
         return replace(self, **changes)
 
     @classmethod
@@ -76,7 +111,11 @@ def add_settings_arguments(parser, names: tuple[str, ...] | None = None) -> None
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
-        if f.type in (bool, "bool"):
+        if f.metadata.get("repeat"):
+            from pregate.traces.cliargs import add_policy_args
+
+            add_policy_args(parser, help_text, dest=f.name)  # --policy-arg, given once per parameter
+        elif f.type in (bool, "bool"):
             parser.add_argument(flag, action="store_true", help=help_text)
         else:
             kind = int if f.type in (int, "int") else str
@@ -88,6 +127,8 @@ def add_settings_arguments(parser, names: tuple[str, ...] | None = None) -> None
 def settings_from_args(args, names: tuple[str, ...] | None = None, **others) -> Settings:
     """Settings from the options :func:`add_settings_arguments` added, plus ``others``."""
     values = {f.name: getattr(args, f.name) for f in fields(Settings) if names is None or f.name in names}
+    if values.get("policy_args") is None:
+        values.pop("policy_args", None)
     return Settings(**values, **others)
 
 

@@ -60,9 +60,9 @@ def _descendants(root: int) -> set[int]:
 POINT_SLEEP = 0.25
 SLOW_SWEEP = f"""
 import time
-import pregate.simulator.sweep as sw
+import pregate.simulator.sweep_point as sp
 
-_run_point = sw.run_point
+_run_point = sp.run_point
 
 
 def _slow_point(*args):
@@ -70,7 +70,7 @@ def _slow_point(*args):
     return _run_point(*args)
 
 
-sw.run_point = _slow_point
+sp.run_point = _slow_point  # where the workers' task runner looks it up
 
 if __name__ == "__main__":
     import sys

@@ -72,7 +72,9 @@ def test_pool_gives_byte_identical_points(trace, tmp_path):
 
 def test_interrupted_sweep_resumes_without_duplicates(trace, tmp_path, monkeypatch):
     out = tmp_path / "res"
-    real = sw.run_point
+    import pregate.simulator.sweep_point as sp
+
+    real = sp.run_point  # the task runner's own reference
     calls = {"n": 0}
 
     def failing(*args, **kwargs):
@@ -81,11 +83,11 @@ def test_interrupted_sweep_resumes_without_duplicates(trace, tmp_path, monkeypat
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sw, "run_point", failing)
+    monkeypatch.setattr(sp, "run_point", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         sw.run_sweep(_spec(trace), out, workers=1, progress=False)
     assert len(_raw_keys(out)) == 5  # the five finished points were kept
-    monkeypatch.setattr(sw, "run_point", real)
+    monkeypatch.setattr(sp, "run_point", real)
     outcome = sw.run_sweep(_spec(trace), out, workers=1, progress=False)
     assert (outcome.ran, outcome.skipped) == (11, 5)
     keys = _raw_keys(out)
@@ -192,7 +194,9 @@ def test_ray_matches_local(trace, tmp_path):
 
 
 def test_many_chunks_are_merged_without_losing_points(trace, tmp_path, monkeypatch):
-    monkeypatch.setattr(sw, "FLUSH_SECONDS", 0.0)  # one chunk per point
+    import pregate.simulator.sweep_store as store
+
+    monkeypatch.setattr(store, "FLUSH_SECONDS", 0.0)  # one chunk per point (the writer reads the store's)
     out = tmp_path / "res"
     outcome = sw.run_sweep(_spec(trace), out, workers=1, progress=False)
     assert outcome.ran == 16

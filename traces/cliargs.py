@@ -9,6 +9,7 @@ error type, so every part's command modules may use it (ARCHITECTURE.md).
 * ``--json`` alone prints the JSON to stdout instead of the text; ``--json
   FILE`` writes it to FILE and prints the text as usual;
 * ``-o/--out`` names the folder (or file) a command writes;
+* ``--policy-arg NAME=VALUE`` (repeatable) sets one policy parameter;
 * ``--quiet`` drops progress bars and notes on stderr, never the result, an
   error or the exit status.
 """
@@ -30,6 +31,11 @@ def add_json(parser, what: str = "the result") -> None:
 def add_quiet(parser) -> None:
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars or notes on stderr (the result, errors and exit status are unchanged)")
+
+
+def add_policy_args(parser, help: str, dest: str = "policy_args") -> None:
+    """``--policy-arg NAME=VALUE``, repeatable; the values are checked where the policies are known."""
+    parser.add_argument("--policy-arg", dest=dest, action="append", default=None, metavar="NAME=VALUE", help=help)
 
 
 def json_to_stdout(args) -> bool:

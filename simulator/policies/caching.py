@@ -19,7 +19,9 @@ import heapq
 import math
 from collections import OrderedDict
 
-from pregate.simulator.policies.registry import CACHING
+from dataclasses import dataclass
+
+from pregate.simulator.policies.registry import CACHING, param
 
 
 class CachingPolicy:
@@ -50,7 +52,7 @@ class CachingPolicy:
         raise NotImplementedError
 
 
-@CACHING.register("lru")
+@CACHING.register("lru", fast_replay="lru")
 class LRU(CachingPolicy):
     """Least recently used: evict the expert whose last access is oldest."""
 
@@ -74,7 +76,7 @@ class LRU(CachingPolicy):
         return None
 
 
-@CACHING.register("fifo")
+@CACHING.register("fifo", fast_replay="fifo")
 class FIFO(LRU):
     """First in, first out: evict the expert that was loaded longest ago; hits change nothing."""
 
@@ -123,7 +125,7 @@ class KeyedHeap:
         return found
 
 
-@CACHING.register("lfu")
+@CACHING.register("lfu", fast_replay="lfu")
 class LFU(CachingPolicy):
     """Least frequently used while resident; ties go to the least recently used.
 
@@ -188,7 +190,12 @@ class DecayedLFU(LFU):
 
     keyed_heap = False
 
-    def __init__(self, layout=None, seed: int = 0, half_life: float | None = None):
+    @dataclass(frozen=True)
+    class Params:
+        half_life: float = param(0.0, "layer steps over which a count halves (0: eight passes, 8 x the MoE layers)",
+                                 low=0.0)
+
+    def __init__(self, layout=None, seed: int = 0, half_life: float = 0.0):
         super().__init__(layout, seed)
         n_layers = layout.n_layers if layout is not None else 12
         self.half_life = half_life or 8.0 * n_layers
@@ -302,7 +309,7 @@ class PinnedHot(LFU):
         return (self.total[obj], self.last[obj])
 
 
-@CACHING.register("belady")
+@CACHING.register("belady", fast_replay="belady")
 class Belady(CachingPolicy):
     """Belady's MIN: evict the expert whose next request lies furthest in the future.
 

@@ -23,18 +23,23 @@ a demand insert); bypassed and CPU-computed experts are not counted.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pregate.simulator.policies.caching import CachingPolicy
-from pregate.simulator.policies.registry import CACHING
+from pregate.simulator.policies.registry import CACHING, param
 
 
 @CACHING.register("next-use")
 class PredictedNextUse(CachingPolicy):
     """Evict the largest expected next use, from per-expert reuse statistics learned online."""
 
-    prior = 2.0  # pseudo-visits pulling an expert's rate towards its layer's
+    @dataclass(frozen=True)
+    class Params:
+        prior: float = param(2.0, "pseudo-visits pulling an expert's reuse rate towards its layer's", low=0.0)
 
-    def __init__(self, layout=None, seed: int = 0):
+    def __init__(self, layout=None, seed: int = 0, prior: float = 2.0):
         super().__init__(layout, seed)
+        self.prior = prior
         self.n_layers = layout.n_layers if layout is not None else 1
         self.layer_of = layout.obj_layer if layout is not None else None
         base = layout.base.tolist() if layout is not None else [0]

@@ -18,21 +18,26 @@ caches nothing in the small queue below 20 slots).
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from pregate.simulator.policies.caching import CachingPolicy
-from pregate.simulator.policies.registry import CACHING
+from pregate.simulator.policies.registry import CACHING, param
 
 
 @CACHING.register("s3fifo")
 class S3FIFO(CachingPolicy):
     """Small FIFO + main 2-bit CLOCK + ghost ids; victims from small unless main is over its share."""
 
-    small_ratio = 0.10
-    ghost_ratio = 0.90
-    to_main = 2  # touches in the small queue that earn a place in main
+    @dataclass(frozen=True)
+    class Params:
+        small_ratio: float = param(0.10, "share of the slots given to the small (probation) FIFO", low=0.0, high=1.0)
+        ghost_ratio: float = param(0.90, "evicted ids remembered, as a share of the slots", low=0.0)
+        to_main: int = param(2, "touches in the small queue that earn a place in main", low=1)
 
-    def __init__(self, layout=None, seed: int = 0):
+    def __init__(self, layout=None, seed: int = 0, small_ratio: float = 0.10, ghost_ratio: float = 0.90,
+                 to_main: int = 2):
         super().__init__(layout, seed)
+        self.small_ratio, self.ghost_ratio, self.to_main = small_ratio, ghost_ratio, to_main
         self.small: OrderedDict[int, None] = OrderedDict()  # oldest first
         self.main: OrderedDict[int, None] = OrderedDict()
         self.ghost: OrderedDict[int, None] = OrderedDict()

@@ -24,10 +24,13 @@ of cost that want it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from pregate.simulator.errors import SimulatorError
-from pregate.simulator.policies.registry import SPECULATION
+from pregate.simulator.policies.params import kwargs_for
+from pregate.simulator.policies.registry import SPECULATION, param
 from pregate.simulator.policies.speculation import SpeculationPolicy
 from pregate.simulator.predictor import DISTANCES, Predictor, candidate_features, trace_fingerprint, train
 
@@ -60,6 +63,13 @@ def load_predictor(path: str) -> Predictor:
 @SPECULATION.register("learned")
 class Learned(SpeculationPolicy):
     """Softmax regression per target distance j = 1..3 over recent routing (and ``ahead`` if present)."""
+
+    needs_predictor = True  # loaded from --predictor, or trained on the trace's training split
+
+    @dataclass(frozen=True)
+    class Params:
+        far_confidence: float = param(0.6, "least predicted chance for an expert two or more layers ahead to be "
+                                           "prefetched", low=0.0, high=1.0)
 
     def __init__(self, layout=None, seed: int = 0, predictor: Predictor | None = None,
                  heldout_groups: set[int] | None = None, far_confidence: float = 0.6, note: str = ""):
@@ -100,7 +110,7 @@ class Learned(SpeculationPolicy):
             predictor.check_shape(stacks, settings.predictor)
             same = trace is not None and trace_fingerprint(trace) == predictor.meta.get("trace_fingerprint")
             if not same:
-                return cls(layout, settings.seed, predictor, None,
+                return cls(layout, settings.seed, predictor, None, **kwargs_for(cls, settings.policy_args),
                            note=f"predictor {settings.predictor} trained on another trace: predicts for every sequence")
             train_seqs = predictor.train_seqs
         else:
@@ -123,7 +133,7 @@ class Learned(SpeculationPolicy):
         note = (f"learned predictor trained on {int(trained.sum())} of {len(seqs)} sequences (seed "
                 f"{predictor.meta.get('seed')}); it predicts only for the {n_held} held-out sequences, "
                 "the others run without speculation")
-        return cls(layout, settings.seed, predictor, heldout, note=note)
+        return cls(layout, settings.seed, predictor, heldout, note=note, **kwargs_for(cls, settings.policy_args))
 
     def _multi_hot(self, objs, gl: int) -> np.ndarray:
         out = np.zeros(self.experts[gl], np.float32)

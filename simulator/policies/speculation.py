@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pregate.simulator.errors import SimulatorError
-from pregate.simulator.policies.registry import SPECULATION
+from pregate.simulator.policies.registry import SPECULATION, param
 
 
 @dataclass
@@ -88,6 +88,10 @@ class MultiLayer(SpeculationPolicy):
 
     needs_ahead = True
 
+    @dataclass(frozen=True)
+    class Params:
+        decay: float = param(0.5, "weight of a prediction made j layers back: decay^(j-1)", low=0.0, high=1.0)
+
     def __init__(self, layout=None, seed: int = 0, decay: float = 0.5):
         super().__init__(layout, seed)
         self.decay = decay
@@ -122,6 +126,12 @@ class Adaptive(SpeculationPolicy):
     """
 
     needs_ahead = True
+
+    @dataclass(frozen=True)
+    class Params:
+        target_precision: float = param(0.7, "share of prefetches that should be used; the thresholds chase it",
+                                        low=0.0, high=1.0)
+        rate: float = param(0.05, "how far a threshold moves per layer step towards the target", low=0.0, high=1.0)
 
     def __init__(self, layout=None, seed: int = 0, target_precision: float = 0.7, rate: float = 0.05):
         super().__init__(layout, seed)
@@ -201,6 +211,10 @@ class ExpertActivationMatrix(SpeculationPolicy):
     with the current batch's own counts (its earlier decode steps).
     """
 
+    @dataclass(frozen=True)
+    class Params:
+        history: int = param(32, "finished batches' matrices kept to match against", low=1)
+
     def __init__(self, layout=None, seed: int = 0, history: int = 32):
         super().__init__(layout, seed)
         n_layers = layout.n_layers
@@ -245,6 +259,10 @@ class Oracle(SpeculationPolicy):
     """Knows the future: prefetches exactly what the next ``depth`` layers will need."""
 
     needs_future = True
+
+    @dataclass(frozen=True)
+    class Params:
+        depth: int = param(3, "later layers whose experts are prefetched", low=1)
 
     def __init__(self, layout=None, seed: int = 0, depth: int = 3):
         super().__init__(layout, seed)
