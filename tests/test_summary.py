@@ -25,7 +25,7 @@ COUNTS = CacheCounts(hits=30, misses=10, bypasses=1, prefetches=8, prefetch_hits
 
 def test_figures_match_a_hand_computation():
     r = RunSummary.of_run(STEPS, COUNTS, requests=40, late_hits=3, capacity=5, bytes_moved=1234.0,
-                          total_s=1.1, stall_s=0.22, resident=False)
+                          total_s=1.1, stall_s=0.22)
     assert (r.steps, r.prefill_passes, r.tokens) == (3, 1, 6)
     assert (r.hits, r.late_hits, r.misses, r.bypasses, r.evictions) == (27, 3, 10, 1, 4)
     assert r.decode_s == pytest.approx(0.6)
@@ -38,22 +38,24 @@ def test_figures_match_a_hand_computation():
     assert r.bytes_moved == 1234 and isinstance(r.bytes_moved, int)
 
 
-def test_resident_runs_count_every_request_as_a_hit_and_nothing_else():
-    r = RunSummary.of_run(STEPS, COUNTS, requests=40, late_hits=0, capacity=64, bytes_moved=0,
-                          total_s=1.1, stall_s=0.0, resident=True)
-    assert (r.hits, r.misses, r.prefetches, r.evictions, r.prefetch_precision) == (40, 0, 0, 0, None)
+def test_resident_runs_count_every_request_as_a_hit_and_nothing_else(tmp_path):
+    # no special case in the summary: the resident cache starts with every expert pinned
+    make_trace(tmp_path / "t", seqs=2, prompt_len=4, new_tokens=4, layers=3, experts=8, top_k=2, seed=5)
+    r = RunSummary.from_dict(simulate(tmp_path / "t", Settings(buffering="resident")).summary)
+    assert r.hits == r.requests > 0
+    assert (r.misses, r.prefetches, r.evictions, r.bytes_moved, r.prefetch_precision) == (0, 0, 0, 0, None)
 
 
 def test_a_run_without_decode_steps_reports_every_pass():
     prefill = [Step(False, 4, 0.5), Step(False, 4, 1.5)]
     r = RunSummary.of_run(prefill, COUNTS, requests=40, late_hits=0, capacity=5, bytes_moved=0,
-                          total_s=2.0, stall_s=0.0, resident=False)
+                          total_s=2.0, stall_s=0.0)
     assert (r.steps, r.prefill_passes, r.tokens, r.mean_step_latency_s) == (2, 2, 8, 1.0)
 
 
 def test_to_dict_slices_keep_field_order():
     r = RunSummary.of_run(STEPS, COUNTS, requests=40, late_hits=3, capacity=5, bytes_moved=0,
-                          total_s=1.1, stall_s=0.22, resident=False)
+                          total_s=1.1, stall_s=0.22)
     assert list(r.to_dict()) == RunSummary.keys()
     assert list(r.to_dict(after="bytes_moved", until="tokens_per_s")) == [
         "total_s", "decode_s", "mean_step_latency_s", "p50_step_latency_s", "p95_step_latency_s", "tokens_per_s"]
