@@ -318,7 +318,8 @@ def run_compiled(stream: RequestStream, costs: CostTables, planner: Planner, cac
              for p, r in enumerate(out.tolist())]
     return TimedOutcome(total_s=float(total), steps=steps, late_hits=0,
                         bytes_moved=int(counts[5]) * costs.expert_bytes[demand_dtype], cancelled_copies=0,
-                        compute_s=float(tot_c), stall_s=float(tot_s), dispatch_s=float(tot_d), events=[])
+                        compute_s=float(tot_c), stall_s=float(tot_s), dispatch_s=float(tot_d), events=[],
+                        engine="compiled (on-demand)")
 
 
 def _rebuild_cache(cache: ExpertCache, final: np.ndarray) -> None:
