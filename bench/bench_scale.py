@@ -125,12 +125,11 @@ def worker(trace_path: str, cache: str) -> dict:
     from pregate.traces import open_trace
 
     warm = 0.0
-    try:  # the compiled kernel's one-time load, outside the timings (absent in the baseline)
-        from pregate.simulator.engine_compiled import warm_up
-
-        warm = warm_up()
-    except ImportError:
-        pass
+    for kernel in ("engine_compiled", "engine_compiled_prefetch"):
+        try:  # the compiled kernels' one-time load, outside the timings (absent in the baseline)
+            warm += __import__(f"pregate.simulator.{kernel}", fromlist=["warm_up"]).warm_up()
+        except ImportError:
+            pass
     base = rss_bytes()
     trace = open_trace(trace_path)
     rows = trace.num_rows
@@ -148,7 +147,9 @@ def worker(trace_path: str, cache: str) -> dict:
         outcome, _ = sim.timed(s)
         seconds = time.perf_counter() - start
         out[f"{spec}+{policy}"] = sim.stream.n_layer_steps / seconds
+        out[f"{spec}+{policy}_s"] = seconds
         out[f"{spec}+{policy}_total_s"] = outcome.total_s
+        out[f"{spec}+{policy}_engine"] = getattr(outcome, "engine", "") or "event-lean or simpy (no engine field)"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out["peak_rss"] = peak
     out["bytes_per_row"] = (peak - base) / rows
@@ -257,6 +258,9 @@ def main(argv=None) -> int:
                           f"{r['none+lru'] / 1e3:>9.1f}k {r['layer_minus_1+lru'] / 1e3:>9.1f}k "
                           f"{r['replay_rps'] / 1e6:>9.2f}M {r['bytes_per_row']:>7.0f} {r['peak_rss'] / 2**20:>8.0f}",
                           flush=True)
+                    if code == "new":
+                        print(f"{'':<13} {'':>5} {'engine':<8} none+lru: {r['none+lru_engine']}; "
+                              f"lm1+lru: {r['layer_minus_1+lru_engine']}")
                     if code == "base":
                         new = results[(model, rows, "new")]
                         if "error" not in new:
@@ -299,6 +303,22 @@ def report_targets(results: dict, models: list[str], sizes: list[int]) -> None:
                       f"time per step x{drift:.2f}, resident bytes per row {lo['bytes_per_row']:.0f} -> "
                       f"{hi['bytes_per_row']:.0f} {mark(drift <= 1.25 and hi['bytes_per_row'] <= 1.25 * lo['bytes_per_row'])}"
                       f" (flat: neither grows by more than 25%)")
+    print("\nthe same, marginal: what each extra row costs between the smallest and the largest size,\n"
+          "(time_big - time_small) / (steps_big - steps_small) against the smallest size's time per step, and\n"
+          "(peak_big - peak_small) / (rows_big - rows_small) bytes; a fixed cost (imports, buffers, the polars\n"
+          "working set of one chunk) is left out. A reading next to the target, not the target itself:")
+    for model in models:
+        have = [rows for rows in sizes if (model, rows, "new") in ok]
+        if len(have) >= 2:
+            lo, hi = ok[(model, min(have), "new")], ok[(model, max(have), "new")]
+            extra = (hi["peak_rss"] - hi["base_rss"] - lo["peak_rss"] + lo["base_rss"]) / (hi["rows"] - lo["rows"])
+            for pol in ("none+lru", "layer_minus_1+lru"):
+                if f"{pol}_s" not in lo:
+                    continue
+                per_lo = lo[f"{pol}_s"] / lo["layer_steps"]
+                marginal = (hi[f"{pol}_s"] - lo[f"{pol}_s"]) / (hi["layer_steps"] - lo["layer_steps"])
+                print(f"  {model} {pol} {fmt_rows(min(have))} -> {fmt_rows(max(have))}: marginal time per step "
+                      f"x{marginal / per_lo:.2f} of the smallest size's; marginal memory {extra:.0f} B/row")
     four = [k for k in ok if k[1] >= 4_000_000 and k[2] == "new"]
     for key in four:
         b = ok[key]["bytes_per_row"]

@@ -33,8 +33,9 @@ import numpy as np
 
 from pregate.simulator.cache import IN_FLIGHT, RESIDENT, CacheCounts, ExpertCache
 from pregate.simulator.costs import CostTables
+from pregate.simulator.engine_compiled import step_records
 from pregate.simulator.gate import CostGate
-from pregate.simulator.outcome import StepRecord, TimedOutcome
+from pregate.simulator.outcome import TimedOutcome
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies.caching import FIFO, LRU
 from pregate.simulator.policies.speculation import LayerMinusOne
@@ -763,12 +764,12 @@ def run_compiled(stream: RequestStream, costs: CostTables, planner: Planner, cac
     if 1 in stream.ahead:
         a_start, a_obj, _ = stream.ahead[1]
     else:
-        a_start, a_obj = np.zeros(stream.n_layer_steps + 1, np.int64), np.zeros(0, np.int32)
+        a_start, a_obj = np.zeros(stream.n_layer_steps + 1, np.int32), np.zeros(0, np.int32)
     step_s = np.asarray(t.step_s, np.float64) if t is not None else np.zeros(1)
     res = _kernel(
-        np.asarray(stream.pass_ls_start, np.int64), np.asarray(stream.ls_req_start, np.int64),
+        np.asarray(stream.pass_ls_start, np.int64), np.asarray(stream.ls_req_start),
         np.asarray(stream.req_obj, np.int32), np.asarray(stream.req_tokens, np.int32),
-        np.asarray(stream.ls_layer, np.int32), np.asarray(a_start, np.int64), np.asarray(a_obj, np.int32),
+        np.asarray(stream.ls_layer, np.int32), np.asarray(a_start), np.asarray(a_obj, np.int32),
         np.asarray(stream.layout.obj_layer, np.int64),
         np.asarray(costs.dense_gpu, np.float64), np.asarray(costs.dense_host, np.float64),
         np.asarray(costs.expert_gpu, np.float64), stream.layout.n_objects, cache.capacity,
@@ -790,13 +791,7 @@ def run_compiled(stream: RequestStream, costs: CostTables, planner: Planner, cac
     cache.unused_prefetch = {obj for obj in order if unused[obj]}
     if gate is not None:
         gate.steps, gate.steps_missed, gate.issued, gate.refused = (int(v) for v in gc)
-    seqs = stream.pass_seqs.tolist()
-    decode = stream.pass_decode.tolist()
-    groups, step_of = stream.pass_group.tolist(), stream.pass_step.tolist()
-    first_tokens = stream.ls_tokens[stream.pass_ls_start[:-1]].tolist()
-    steps = [StepRecord(p, groups[p], step_of[p], decode[p], seqs[p] if decode[p] else first_tokens[p],
-                        r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), int(r[7]), int(r[8]))
-             for p, r in enumerate(out.tolist())]
+    steps = step_records(stream, out)
     return TimedOutcome(total_s=float(total), steps=steps, late_hits=int(tot_late), bytes_moved=int(moved),
                         cancelled_copies=int(cancelled), compute_s=float(tot_c), stall_s=float(tot_s),
                         dispatch_s=float(tot_d), events=[], engine="compiled (pre-gated prefetch)")
@@ -809,8 +804,8 @@ def warm_up() -> float:
     if numba is None:
         return 0.0
     start = time.perf_counter()
-    one = np.array([0, 1], np.int64)
-    _kernel(one, one, np.zeros(1, np.int32), np.ones(1, np.int32), np.zeros(1, np.int32), one, np.zeros(1, np.int32),
+    one, one32 = np.array([0, 1], np.int64), np.array([0, 1], np.int32)  # the stream's offset types
+    _kernel(one, one32, np.zeros(1, np.int32), np.ones(1, np.int32), np.zeros(1, np.int32), one32, np.zeros(1, np.int32),
             np.zeros(2, np.int64), np.zeros(1), np.zeros(1), np.zeros(2), 2, 1, True, 1, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0,
             1, 1, 0.0, 0.0, 0.0, 0, True, np.zeros(1), 1.0, 1.0, 1, 3)
     return time.perf_counter() - start

@@ -99,8 +99,8 @@ class RequestStream:
     ls_pass: np.ndarray
     ls_layer: np.ndarray  # global MoE layer
     ls_tokens: np.ndarray  # rows (tokens) through the layer
-    ls_ctx: np.ndarray  # sum over tokens of their context length (attention work)
-    ls_req_start: np.ndarray  # (S+1,) offsets into requests
+    ls_ctx: np.ndarray  # sum over tokens of their context length (attention work; int32 when it fits)
+    ls_req_start: np.ndarray  # (S+1,) offsets into requests (int32 when they fit)
     # per request
     req_obj: np.ndarray
     req_tokens: np.ndarray  # tokens routed to this expert in this layer step
@@ -308,12 +308,18 @@ def _join(parts: list[dict], meta: TraceMeta, layout: Layout, batch_size: int) -
     n_ls = [len(p["ls_layer"]) for p in parts]
     n_req = [len(p["req_obj"]) for p in parts]
     base = {"pass": np.cumsum([0] + n_pass), "ls": np.cumsum([0] + n_ls), "req": np.cumsum([0] + n_req)}
+    # offsets into the requests and the attention sums are kept as int32 whenever they fit: 4 bytes a
+    # layer step each, a tenth of what a Mixtral-shaped stream keeps per trace row
+    narrow = {"ls_req_start": int(base["req"][-1]), "ls_ctx": max((int(p["ls_ctx"].max()) for p in parts
+                                                                  if len(p["ls_ctx"])), default=0)}
     out = {}
     for name in ("pass_group", "pass_step", "pass_decode", "pass_seqs", "pass_ls_start", "ls_pass", "ls_layer",
                  "ls_tokens", "ls_ctx", "ls_req_start", "req_obj", "req_tokens"):
         pieces = []
         for k, p in enumerate(parts):
             piece = p.pop(name)
+            if name in narrow and narrow[name] < np.iinfo(np.int32).max:
+                piece = piece.astype(np.int32)
             if name in OFFSET_FIELDS:
                 if name != "ls_pass":
                     piece = piece[:-1] if k < len(parts) - 1 else piece  # the next chunk's first offset
