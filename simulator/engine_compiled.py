@@ -324,16 +324,16 @@ def step_records(stream: RequestStream, out: np.ndarray) -> list[StepRecord]:
     The cyclic garbage collector is paused while they are made: the records hold no cycles, and
     its full collections walk every record made so far, which made the cost per record grow with
     the run (hundreds of thousands of passes at millions of rows)."""
-    seqs = stream.pass_seqs.tolist()
-    decode = stream.pass_decode.tolist()
-    groups, step_of = stream.pass_group.tolist(), stream.pass_step.tolist()
-    first_tokens = stream.ls_tokens[stream.pass_ls_start[:-1]].tolist()
+    decode = stream.pass_decode
+    # a decode pass counts its sequences, a prefill pass the tokens of its first layer step
+    tokens = np.where(decode, stream.pass_seqs, stream.ls_tokens[stream.pass_ls_start[:-1]]).tolist()
+    seconds = out[:, :5].T.tolist()  # start, latency, compute, stall, dispatch
+    counts = out[:, 5:].astype(np.int64).T.tolist()  # hits, late hits, misses, prefetches
     paused = gc.isenabled()
     gc.disable()
-    try:
-        return [StepRecord(p, groups[p], step_of[p], decode[p], seqs[p] if decode[p] else first_tokens[p],
-                           r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), int(r[7]), int(r[8]))
-                for p, r in enumerate(out.tolist())]
+    try:  # column by column through map: half the cost of indexing rows in a comprehension
+        return list(map(StepRecord, range(len(out)), stream.pass_group.tolist(), stream.pass_step.tolist(),
+                        decode.tolist(), tokens, *seconds, *counts))
     finally:
         if paused:
             gc.enable()
