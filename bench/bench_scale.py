@@ -45,6 +45,7 @@ MODELS = {
     "mixtral-like": (32, 8, 2, 4096, 14336, "silu-glu"),
 }
 POLICIES = (("none", "lru"), ("layer_minus_1", "lru"))
+CHECK_MAX_ROWS = 200_000  # sizes at which the default engine is compared with the Python one
 TARGETS = {"mixtral_none_steps": 250e3, "mixtral_lm1_steps": 150e3, "mixtral_none_ratio": 5.0,
            "bytes_per_row_4m": 150.0}
 
@@ -125,12 +126,11 @@ def worker(trace_path: str, cache: str) -> dict:
     from pregate.traces import open_trace
 
     warm = 0.0
-    try:  # the compiled kernel's one-time load, outside the timings (absent in the baseline)
-        from pregate.simulator.engine_compiled import warm_up
-
-        warm = warm_up()
-    except ImportError:
-        pass
+    for kernel in ("engine_compiled", "engine_compiled_prefetch"):
+        try:  # the compiled kernels' one-time load, outside the timings (absent in the baseline)
+            warm += __import__(f"pregate.simulator.{kernel}", fromlist=["warm_up"]).warm_up()
+        except ImportError:
+            pass
     base = rss_bytes()
     trace = open_trace(trace_path)
     rows = trace.num_rows
@@ -145,14 +145,45 @@ def worker(trace_path: str, cache: str) -> dict:
     for spec, policy in POLICIES:
         s = settings.replace(speculation=spec, cache_policy=policy)
         start = time.perf_counter()
-        outcome, _ = sim.timed(s)
+        outcome, cache = sim.timed(s)
         seconds = time.perf_counter() - start
+        out[f"{spec}+{policy}_prefetches"] = cache.counts.prefetches
         out[f"{spec}+{policy}"] = sim.stream.n_layer_steps / seconds
+        out[f"{spec}+{policy}_s"] = seconds
         out[f"{spec}+{policy}_total_s"] = outcome.total_s
+        out[f"{spec}+{policy}_engine"] = getattr(outcome, "engine", "") or "event-lean or simpy (no engine field)"
+        del outcome  # one run's outcome at a time: the peak is that of a run, not of two runs' records
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if rows <= CHECK_MAX_ROWS:  # after the peak is taken: the Python engine's lists are not what is measured
+        out["same_as_python"] = same_as_python_engine(sim, settings)
     out["peak_rss"] = peak
     out["bytes_per_row"] = (peak - base) / rows
     return out
+
+
+def same_as_python_engine(sim, settings) -> bool | None:
+    """Whether the default engine's outcomes (compiled where a kernel applies) equal the event-lean
+    Python engine's, every step record included, for both policy pairs (None: the code has no such
+    switch, as in the baseline)."""
+    import inspect
+
+    from pregate.simulator.engine import run_timed
+
+    if "compiled" not in inspect.signature(run_timed).parameters:
+        return None
+    same = True
+    for spec, policy in POLICIES:
+        s = settings.replace(speculation=spec, cache_policy=policy)
+        engines = s.copy_engines or int(sim.profile["pcie.copy_engines"])
+        outcomes = []
+        for compiled in (True, False):
+            cache, planner, buffering, comp = sim._parts(s)
+            outcomes.append(run_timed(sim.stream, sim.costs.for_policy(s.cache_policy), planner, cache,
+                                      demand_dtype=comp.demand_dtype(sim.gpu_dtype),
+                                      prefetch_dtype=comp.prefetch_dtype(sim.gpu_dtype), copy_engines=engines,
+                                      all_resident=buffering.all_resident, compiled=compiled))
+        same = same and outcomes[0] == outcomes[1]
+    return same
 
 
 def simpy_rate(n: int) -> float:
@@ -239,7 +270,10 @@ def main(argv=None) -> int:
         header = f"{'model':<13} {'rows':>5} {'code':<8} {'build s':>8} {'none+lru':>10} {'lm1+lru':>10} " \
                  f"{'replay':>10} {'B/row':>7} {'peak MiB':>8}"
         print("timed run: MoE-layer steps/s of Simulation.timed (stream built); replay: requests/s (none+lru);")
-        print("B/row: (peak RSS - RSS after imports) / trace rows; peak MiB: the process's peak RSS\n")
+        print("B/row: (peak RSS - RSS after imports) / trace rows; peak MiB: the process's peak RSS")
+        print("same simulated totals as the baseline: the model itself changed after the baseline commit (the\n"
+              "prefetch gate, the runtime's host costs), so 'no' is expected there; the engines of this checkout\n"
+              f"are compared with its event-lean Python engine at up to {fmt_rows(CHECK_MAX_ROWS)} rows instead\n")
         print(header)
         results = {}
         for model in models:
@@ -257,6 +291,12 @@ def main(argv=None) -> int:
                           f"{r['none+lru'] / 1e3:>9.1f}k {r['layer_minus_1+lru'] / 1e3:>9.1f}k "
                           f"{r['replay_rps'] / 1e6:>9.2f}M {r['bytes_per_row']:>7.0f} {r['peak_rss'] / 2**20:>8.0f}",
                           flush=True)
+                    if code == "new":
+                        same = {True: "yes", False: "NO", None: "not checked"}[r.get("same_as_python")]
+                        print(f"{'':<13} {'':>5} {'engine':<8} none+lru: {r['none+lru_engine']}; "
+                              f"lm1+lru: {r['layer_minus_1+lru_engine']} "
+                              f"({r['layer_minus_1+lru_prefetches']} prefetches issued)"
+                              + (f"; same outcomes as the Python engine: {same}" if rows <= CHECK_MAX_ROWS else ""))
                     if code == "base":
                         new = results[(model, rows, "new")]
                         if "error" not in new:
@@ -267,7 +307,7 @@ def main(argv=None) -> int:
                                   f"{new['layer_minus_1+lru'] / r['layer_minus_1+lru']:>9.1f}x "
                                   f"{new['replay_rps'] / r['replay_rps']:>9.1f}x "
                                   f"{r['bytes_per_row'] / max(new['bytes_per_row'], 1e-9):>6.1f}x"
-                                  f"   same simulated totals: {'yes' if same else 'NO'}")
+                                  f"   same simulated totals as the baseline: {'yes' if same else 'no'}")
                 shutil.rmtree(trace)
         print()
         report_targets(results, models, sizes)
@@ -299,6 +339,22 @@ def report_targets(results: dict, models: list[str], sizes: list[int]) -> None:
                       f"time per step x{drift:.2f}, resident bytes per row {lo['bytes_per_row']:.0f} -> "
                       f"{hi['bytes_per_row']:.0f} {mark(drift <= 1.25 and hi['bytes_per_row'] <= 1.25 * lo['bytes_per_row'])}"
                       f" (flat: neither grows by more than 25%)")
+    print("\nthe same, marginal: what each extra row costs between the smallest and the largest size,\n"
+          "(time_big - time_small) / (steps_big - steps_small) against the smallest size's time per step, and\n"
+          "(peak_big - peak_small) / (rows_big - rows_small) bytes; a fixed cost (imports, buffers, the polars\n"
+          "working set of one chunk) is left out. A reading next to the target, not the target itself:")
+    for model in models:
+        have = [rows for rows in sizes if (model, rows, "new") in ok]
+        if len(have) >= 2:
+            lo, hi = ok[(model, min(have), "new")], ok[(model, max(have), "new")]
+            extra = (hi["peak_rss"] - hi["base_rss"] - lo["peak_rss"] + lo["base_rss"]) / (hi["rows"] - lo["rows"])
+            for pol in ("none+lru", "layer_minus_1+lru"):
+                if f"{pol}_s" not in lo:
+                    continue
+                per_lo = lo[f"{pol}_s"] / lo["layer_steps"]
+                marginal = (hi[f"{pol}_s"] - lo[f"{pol}_s"]) / (hi["layer_steps"] - lo["layer_steps"])
+                print(f"  {model} {pol} {fmt_rows(min(have))} -> {fmt_rows(max(have))}: marginal time per step "
+                      f"x{marginal / per_lo:.2f} of the smallest size's; marginal memory {extra:.0f} B/row")
     four = [k for k in ok if k[1] >= 4_000_000 and k[2] == "new"]
     for key in four:
         b = ok[key]["bytes_per_row"]

@@ -32,6 +32,7 @@ from collections import deque
 
 from pregate.simulator.cache import ExpertCache
 from pregate.simulator.costs import CostTables
+from pregate.simulator import engine_compiled_prefetch
 from pregate.simulator.engine_compiled import eligible, run_compiled
 from pregate.simulator.outcome import StepRecord, TimedOutcome
 from pregate.simulator.planner import Planner
@@ -88,12 +89,17 @@ def run_timed(stream: RequestStream, costs: CostTables, planner: Planner, cache:
     """
     if not reference and compiled and eligible(planner, cache, timeline, all_resident):
         return run_compiled(stream, costs, planner, cache, demand_dtype=demand_dtype, copy_engines=copy_engines)
+    if not reference and compiled and engine_compiled_prefetch.eligible(planner, cache, timeline, all_resident):
+        return engine_compiled_prefetch.run_compiled(stream, costs, planner, cache, demand_dtype=demand_dtype,
+                                                     prefetch_dtype=prefetch_dtype, copy_engines=copy_engines)
     if reference:
         from pregate.simulator.engine_simpy import run_timed_simpy
 
-        return run_timed_simpy(stream, costs, planner, cache, demand_dtype=demand_dtype,
-                               prefetch_dtype=prefetch_dtype, copy_engines=copy_engines, timeline=timeline,
-                               all_resident=all_resident)
+        outcome = run_timed_simpy(stream, costs, planner, cache, demand_dtype=demand_dtype,
+                                  prefetch_dtype=prefetch_dtype, copy_engines=copy_engines, timeline=timeline,
+                                  all_resident=all_resident)
+        outcome.engine = "simpy (reference)"
+        return outcome
     events = [] if timeline else None
     jobs: dict[int, Job] = {}  # obj -> its latest copy into the cache
     needs_dequant: dict[int, float] = {}
@@ -332,5 +338,5 @@ def run_timed(stream: RequestStream, costs: CostTables, planner: Planner, cache:
     return TimedOutcome(
         total_s=h, steps=steps, late_hits=tot_late, bytes_moved=sum(s.moved for s in copies),
         cancelled_copies=cancelled, compute_s=tot_compute, stall_s=tot_stall,
-        dispatch_s=tot_dispatch, events=events or [],
+        dispatch_s=tot_dispatch, events=events or [], engine="event-lean (python)",
     )

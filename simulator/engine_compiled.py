@@ -17,6 +17,7 @@ Used only when numba is installed and the setting qualifies
 
 from __future__ import annotations
 
+import gc
 from collections import OrderedDict
 
 import numpy as np
@@ -87,7 +88,7 @@ def _advance(t, sq, ev_t, ev_s, woken, cur, queue, qpos, qlen, job_end, job_done
 def _kernel(pass_start, req_start, req_obj, req_tokens, dense_gpu, dense_host, expert_gpu, n_objects, capacity,
             is_lru, n_engines, sync, step_host, copy_issue, expert_host, d_copy, d_deq):
     n_pass = len(pass_start) - 1
-    out = np.zeros((n_pass, 7))  # start, latency, compute, stall, dispatch, hits, misses
+    out = np.zeros((n_pass, 9))  # start, latency, compute, stall, dispatch, hits, late hits, misses, prefetches
     counts = np.zeros(6, np.int64)  # hits, misses, bypasses, evictions, peak, copies landed
     # the cache: a doubly linked list in lru/fifo order (head = the first victim candidate)
     prev = np.full(n_objects, -1, np.int64)
@@ -277,7 +278,7 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, dense_gpu, dense_host, e
         out[p, 3] = stall
         out[p, 4] = dispatch
         out[p, 5] = hits
-        out[p, 6] = misses
+        out[p, 7] = misses
         tot_c += comp
         tot_s += stall
         tot_d += dispatch
@@ -300,7 +301,7 @@ def run_compiled(stream: RequestStream, costs: CostTables, planner: Planner, cac
     """The timed run of an :func:`eligible` setting; the cache ends as the planner would leave it."""
     policy = cache.policies[0]
     out, counts, total, tot_c, tot_s, tot_d, final = _kernel(
-        np.asarray(stream.pass_ls_start, np.int64), np.asarray(stream.ls_req_start, np.int64),
+        np.asarray(stream.pass_ls_start, np.int64), np.asarray(stream.ls_req_start),
         np.asarray(stream.req_obj, np.int32), np.asarray(stream.req_tokens, np.int32),
         np.asarray(costs.dense_gpu, np.float64), np.asarray(costs.dense_host, np.float64),
         np.asarray(costs.expert_gpu, np.float64), stream.layout.n_objects, cache.capacity,
@@ -309,16 +310,33 @@ def run_compiled(stream: RequestStream, costs: CostTables, planner: Planner, cac
     c = cache.counts
     c.hits, c.misses, c.bypasses, c.evictions, c.peak_slots = (int(v) for v in counts[:5])
     _rebuild_cache(cache, final)
-    seqs = stream.pass_seqs.tolist()
-    decode = stream.pass_decode.tolist()
-    groups, step_of = stream.pass_group.tolist(), stream.pass_step.tolist()
-    first_tokens = stream.ls_tokens[stream.pass_ls_start[:-1]].tolist()
-    steps = [StepRecord(p, groups[p], step_of[p], decode[p], seqs[p] if decode[p] else first_tokens[p],
-                        r[0], r[1], r[2], r[3], r[4], int(r[5]), 0, int(r[6]), 0)
-             for p, r in enumerate(out.tolist())]
+    steps = step_records(stream, out)
     return TimedOutcome(total_s=float(total), steps=steps, late_hits=0,
                         bytes_moved=int(counts[5]) * costs.expert_bytes[demand_dtype], cancelled_copies=0,
-                        compute_s=float(tot_c), stall_s=float(tot_s), dispatch_s=float(tot_d), events=[])
+                        compute_s=float(tot_c), stall_s=float(tot_s), dispatch_s=float(tot_d), events=[],
+                        engine="compiled (on-demand)")
+
+
+def step_records(stream: RequestStream, out: np.ndarray) -> list[StepRecord]:
+    """One record per forward pass from a kernel's rows (start, latency, compute, stall, dispatch,
+    hits, late hits, misses, prefetches).
+
+    The cyclic garbage collector is paused while they are made: the records hold no cycles, and
+    its full collections walk every record made so far, which made the cost per record grow with
+    the run (hundreds of thousands of passes at millions of rows)."""
+    decode = stream.pass_decode
+    # a decode pass counts its sequences, a prefill pass the tokens of its first layer step
+    tokens = np.where(decode, stream.pass_seqs, stream.ls_tokens[stream.pass_ls_start[:-1]]).tolist()
+    seconds = out[:, :5].T.tolist()  # start, latency, compute, stall, dispatch
+    counts = out[:, 5:].astype(np.int64).T.tolist()  # hits, late hits, misses, prefetches
+    paused = gc.isenabled()
+    gc.disable()
+    try:  # column by column through map: half the cost of indexing rows in a comprehension
+        return list(map(StepRecord, range(len(out)), stream.pass_group.tolist(), stream.pass_step.tolist(),
+                        decode.tolist(), tokens, *seconds, *counts))
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _rebuild_cache(cache: ExpertCache, final: np.ndarray) -> None:
@@ -337,7 +355,7 @@ def warm_up() -> float:
     if numba is None:
         return 0.0
     start = time.perf_counter()
-    one = np.array([0, 1], np.int64)
-    _kernel(one, one, np.zeros(1, np.int32), np.ones(1, np.int32), np.zeros(1), np.zeros(1), np.zeros(2), 1, 1,
+    one, one32 = np.array([0, 1], np.int64), np.array([0, 1], np.int32)  # the stream's offset types
+    _kernel(one, one32, np.zeros(1, np.int32), np.ones(1, np.int32), np.zeros(1), np.zeros(1), np.zeros(2), 1, 1,
             True, 1, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     return time.perf_counter() - start

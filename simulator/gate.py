@@ -56,32 +56,51 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pregate.simulator.stream import as_list
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class PrefetchTiming:
     """The numbers the gate needs, precomputed by the code that builds the planner."""
 
     prefetch_copy_s: float  # one prefetch copy (dtype of prefetches)
     demand_copy_s: float  # one demand copy (dtype of demand misses)
     engines: int  # copies that run at once
-    step_s: list[float]  # [ls] seconds from ls's router result to ls+1's, without stalls
+    step_s: "list[float] | np.ndarray"  # [ls] seconds from ls's router result to ls+1's, without stalls
     max_distance: int = 3  # farthest target considered
 
 
-def timing_from_costs(stream, costs, copy_engines: int, demand_dtype: str, prefetch_dtype: str) -> PrefetchTiming:
+def timing_from_costs(stream, costs, copy_engines: int, demand_dtype: str, prefetch_dtype: str,
+                      chunk: int = 1 << 16) -> PrefetchTiming:
     """Per-layer-step seconds from the cost tables: this step's experts (GPU or host issue,
-    whichever is longer, per expert), then the next step's dense work, router read and planning."""
-    tokens = stream.req_tokens.astype(np.int64)
-    gpu = np.asarray(costs.expert_gpu)[tokens] if len(tokens) else np.zeros(0)
-    per_req = np.maximum(gpu, costs.expert_host)
+    whichever is longer, per expert), then the next step's dense work, router read and planning.
+
+    Computed a chunk of layer steps at a time into one float64 array (8 bytes per layer step):
+    a list of Python floats, and whole-stream temporaries, would cost several times the stream's
+    own arrays at millions of rows. The running sum of the experts' seconds carries across the
+    chunks in the same order of additions as one cumulative sum, so every value is the one the
+    whole-stream formula gives."""
     starts = stream.ls_req_start
-    csum = np.concatenate([[0.0], np.cumsum(per_req)])
-    experts = csum[starts[1:]] - csum[starts[:-1]]
-    dense = np.maximum(np.asarray(costs.dense_gpu), np.asarray(costs.dense_host)) + costs.router_sync + costs.layer_step
-    next_dense = np.append(dense[1:], 0.0) if len(dense) else dense
-    step = experts + next_dense
+    n_ls = len(starts) - 1
+    gpu_of = np.asarray(costs.expert_gpu, np.float64)
+    dense_gpu, dense_host = np.asarray(costs.dense_gpu), np.asarray(costs.dense_host)
+    step = np.empty(max(n_ls, 0), np.float64)
+    carry = 0.0  # cumulative seconds of every expert before the chunk
+    for a in range(0, n_ls, chunk):
+        b = min(a + chunk, n_ls)
+        lo, hi = int(starts[a]), int(starts[b])
+        per_req = np.maximum(gpu_of[stream.req_tokens[lo:hi]], costs.expert_host)
+        csum = np.cumsum(np.concatenate([[carry], per_req]))
+        rel = np.asarray(starts[a:b + 1], np.int64) - lo
+        experts = csum[rel[1:]] - csum[rel[:-1]]
+        carry = float(csum[-1])
+        # the next layer step's dense work (none after the last)
+        c = min(b + 1, n_ls)
+        dense = np.maximum(dense_gpu[a + 1:c], dense_host[a + 1:c]) + costs.router_sync + costs.layer_step
+        next_dense = np.append(dense, 0.0) if c == b else dense
+        step[a:b] = experts + next_dense
     return PrefetchTiming(float(costs.copy[prefetch_dtype]), float(costs.copy[demand_dtype]), max(1, int(copy_engines)),
-                          step.tolist())
+                          step)
 
 
 class CostGate:
@@ -91,6 +110,7 @@ class CostGate:
 
     def __init__(self, timing: PrefetchTiming):
         self.t = timing
+        self.step_s = as_list(timing.step_s)  # read like a list, a window at a time
         self.now = 0.0  # model time at which the current layer step's router result is known
         self.link = 0.0  # model time at which the copy queue clears
         self.tried: dict[tuple[int, int], int] = {}
@@ -167,7 +187,7 @@ class CostGate:
             self.steps_missed += 1
             start = self.link if self.link > self.now else self.now
             self.link = start + n_misses * self.t.demand_copy_s / self.t.engines
-        step = self.t.step_s[ls]
+        step = self.step_s[ls]
         self._next = max(self.now + step, self.link if n_misses else 0.0)
         self._idle = max(0.0, self._next - max(self.link, self.now))
 
@@ -177,7 +197,7 @@ class CostGate:
     def worth(self, ls: int, j: int, rank: int, has_victim: bool) -> bool:
         t = self.t
         c = self.confidence(j, rank)
-        t_target = self.now + sum(t.step_s[ls:ls + j])
+        t_target = self.now + sum(self.step_s[ls:ls + j])
         start = self.link if self.link > self.now else self.now
         arrival = start + t.prefetch_copy_s
         saving = t.demand_copy_s - max(0.0, arrival - t_target)

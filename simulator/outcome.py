@@ -38,3 +38,5 @@ class TimedOutcome:
     stall_s: float
     dispatch_s: float
     events: list = field(default_factory=list)  # timeline spans (name, track, start_s, dur_s)
+    # which engine produced it (all give identical results, so equality ignores it)
+    engine: str = field(default="", compare=False)

@@ -99,8 +99,8 @@ class RequestStream:
     ls_pass: np.ndarray
     ls_layer: np.ndarray  # global MoE layer
     ls_tokens: np.ndarray  # rows (tokens) through the layer
-    ls_ctx: np.ndarray  # sum over tokens of their context length (attention work)
-    ls_req_start: np.ndarray  # (S+1,) offsets into requests
+    ls_ctx: np.ndarray  # sum over tokens of their context length (attention work; int32 when it fits)
+    ls_req_start: np.ndarray  # (S+1,) offsets into requests (int32 when they fit)
     # per request
     req_obj: np.ndarray
     req_tokens: np.ndarray  # tokens routed to this expert in this layer step
@@ -145,7 +145,11 @@ class RequestStream:
         return int(np.diff(self.ls_req_start).max()) if self.n_layer_steps else 0
 
 
-CHUNK_ROWS = 1 << 18  # trace rows flattened at a time: the build's working memory follows this, not the trace
+# Trace rows flattened at a time: the build's working memory follows this, not the trace. Polars
+# holds about 1.2 kB per chunk row while flattening (measured at 1M Mixtral-like rows: peak 403 B/row
+# at 1 << 18, 327 at 1 << 17, for a build 1.4x as long); the last chunk's working set adds to the
+# whole stream's arrays, so at 1 << 17 it stays near a third of them at 4M rows.
+CHUNK_ROWS = 1 << 17
 
 
 class Window:
@@ -301,6 +305,27 @@ def _flatten(frame: pl.DataFrame, meta: TraceMeta, layout: Layout, batch_size: i
 OFFSET_FIELDS = {"pass_ls_start": "ls", "ls_req_start": "req", "ls_pass": "pass"}
 
 
+def _release_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    Why: a chunk's arrays are a few MB each, below glibc's mmap threshold once it has adapted,
+    so they live on the heap; freed after being joined they leave holes the allocator keeps,
+    and the process would hold the chunks' copy of the stream as well as the joined one."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
+
+
 def _join(parts: list[dict], meta: TraceMeta, layout: Layout, batch_size: int) -> RequestStream:
     """Concatenate chunks field by field (freeing each chunk's copy as it goes), renumbering
     the offsets, then link every request to the next request of its object."""
@@ -308,12 +333,18 @@ def _join(parts: list[dict], meta: TraceMeta, layout: Layout, batch_size: int) -
     n_ls = [len(p["ls_layer"]) for p in parts]
     n_req = [len(p["req_obj"]) for p in parts]
     base = {"pass": np.cumsum([0] + n_pass), "ls": np.cumsum([0] + n_ls), "req": np.cumsum([0] + n_req)}
+    # offsets into the requests and the attention sums are kept as int32 whenever they fit: 4 bytes a
+    # layer step each, a tenth of what a Mixtral-shaped stream keeps per trace row
+    narrow = {"ls_req_start": int(base["req"][-1]), "ls_ctx": max((int(p["ls_ctx"].max()) for p in parts
+                                                                  if len(p["ls_ctx"])), default=0)}
     out = {}
     for name in ("pass_group", "pass_step", "pass_decode", "pass_seqs", "pass_ls_start", "ls_pass", "ls_layer",
                  "ls_tokens", "ls_ctx", "ls_req_start", "req_obj", "req_tokens"):
         pieces = []
         for k, p in enumerate(parts):
             piece = p.pop(name)
+            if name in narrow and narrow[name] < np.iinfo(np.int32).max:
+                piece = piece.astype(np.int32)
             if name in OFFSET_FIELDS:
                 if name != "ls_pass":
                     piece = piece[:-1] if k < len(parts) - 1 else piece  # the next chunk's first offset
@@ -321,6 +352,8 @@ def _join(parts: list[dict], meta: TraceMeta, layout: Layout, batch_size: int) -
             pieces.append(piece)
         out[name] = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
         del pieces
+        if len(parts) > 1:
+            _release_freed_memory()
     ahead = _join_ahead([p.pop("ahead") for p in parts], n_ls)
     stream = RequestStream(meta=meta, layout=layout, batch_size=batch_size, req_next=next_uses(out["req_obj"]),
                            **out)

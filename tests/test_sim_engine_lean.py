@@ -87,3 +87,41 @@ def test_compiled_kernel_runs_and_equals_simpy(traces, policy):
         cache, planner, buffering, comp = sim._parts(settings)
         assert engine_compiled.eligible(planner, cache, False, buffering.all_resident)
         assert _run(sim, settings) == _run(sim, settings, reference=True)
+
+
+@pytest.mark.skipif(engine_compiled.numba is None, reason="numba is not installed")
+@pytest.mark.parametrize("policy", ["lru", "fifo"])
+def test_compiled_prefetch_kernel_runs_and_equals_simpy(traces, policy):
+    """layer_minus_1 into lru/fifo takes the compiled pre-gated kernel, gated and ungated, and equals
+    the SimPy reference and the Python engine in every field, the cache's counts and contents and the
+    gate's counters; the cases between them issue, promote, cancel and refuse prefetches."""
+    from pregate.simulator import engine_compiled_prefetch
+
+    seen = dict(prefetches=0, late=0, cancelled=0, refused=0, bypasses=0)
+    variants = [dict(cache=1), dict(cache=3, copy_engines=3, batch_size=2), dict(cache=5, prefetch_gate="off"),
+                dict(cache="50%", copy_engines=2, compression="int4"), dict(cache=7, buffering="double_buffer"),
+                dict(cache=6, max_prefetch=1, copy_engines=2), dict(cache="70%", compression="int8", prefetch_gate="off")]
+    for trace, kw in itertools.product(traces, variants):
+        settings = Settings(speculation="layer_minus_1", cache_policy=policy, **kw)
+        sim = Simulation(trace, settings)
+        runs = []
+        for how in (dict(), dict(compiled=False), dict(reference=True)):
+            cache, planner, buffering, comp = sim._parts(settings)
+            if not how:
+                assert engine_compiled_prefetch.eligible(planner, cache, False, buffering.all_resident)
+            engines = settings.copy_engines or int(sim.profile["pcie.copy_engines"])
+            outcome = run_timed(sim.stream, sim.costs, planner, cache, demand_dtype=comp.demand_dtype(sim.gpu_dtype),
+                                prefetch_dtype=comp.prefetch_dtype(sim.gpu_dtype), copy_engines=engines,
+                                all_resident=buffering.all_resident, **how)
+            gate = planner.gate
+            runs.append((outcome, cache.finish().as_dict(), dict(cache.state), list(cache.policies[0].order),
+                         (gate.issued, gate.refused, gate.steps, gate.steps_missed) if gate else None))
+        assert runs[0][0].engine.startswith("compiled") and runs[1][0].engine.startswith("event-lean")
+        assert runs[0] == runs[1] == runs[2], kw
+        outcome, counts, gate = runs[0][0], runs[0][1], runs[0][4]
+        seen["prefetches"] += counts["prefetches"]
+        seen["late"] += outcome.late_hits
+        seen["cancelled"] += outcome.cancelled_copies
+        seen["bypasses"] += counts["bypasses"]
+        seen["refused"] += gate[1] if gate else 0
+    assert all(seen.values()), seen  # every path of the kernel was exercised
