@@ -34,6 +34,7 @@ from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULAT
 from pregate.simulator.memory_fit import working_margin
 from pregate.simulator.policies.build import make_speculation
 from pregate.simulator.pricing import meta_label, price_stream, require_expert_size
+from pregate.simulator.hosts import with_host
 from pregate.simulator.profile import HardwareProfile, load_profile
 from pregate.simulator.runtime import RuntimeProfile, load_runtime
 from pregate.simulator.replay import FAST_POLICIES, ReplayCounts, replay_fast, replay_general
@@ -109,7 +110,7 @@ class Simulation:
         self.source = trace  # the trace itself (a path or Trace), for policies that train on it
         self.speculation_note = None
         require_expert_size(stream.meta)
-        self.profile = profile or load_profile(settings.profile)
+        self.profile = with_host(profile or load_profile(settings.profile), settings.host)
         self.runtime = runtime or load_runtime(settings.runtime, self.profile)
         self.costs = build_costs(stream, self.profile, self.runtime, settings.dtype, settings.host_tier)
         self.gpu_dtype = self.costs.gpu_dtype
@@ -177,7 +178,8 @@ class Simulation:
         cache, planner, buffering, comp = self._parts(settings)
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
         outcome = run_timed(
-            self.stream, self.costs.for_policy(settings.cache_policy), planner, cache,
+            self.stream, self.costs.for_policy(settings.cache_policy).for_host_copy(comp.demand_dtype(self.gpu_dtype)),
+            planner, cache,
             demand_dtype=comp.demand_dtype(self.gpu_dtype), prefetch_dtype=comp.prefetch_dtype(self.gpu_dtype),
             copy_engines=engines, timeline=timeline, all_resident=buffering.all_resident,
         )
@@ -221,6 +223,7 @@ class Simulation:
             "pricing": meta_label(stream.meta),
             "gpu_dtype": self.gpu_dtype,
             "profile": self.profile.name,
+            "host": self.profile.host_name,
             "runtime": self.runtime.name,
             "requests": stream.n_requests,
             "tokens": tokens,

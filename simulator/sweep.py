@@ -315,6 +315,14 @@ def plan_sweep(spec: SweepSpec) -> Plan:
             profiles[name] = load_profile(name)
         except SimulatorError as exc:
             raise SweepError(f"{where}: {exc}") from None
+    from pregate.simulator.hosts import load_host
+
+    for name in dict.fromkeys(axes["host"]):
+        if name:
+            try:
+                load_host(name)  # an unknown or malformed host kind fails before any work
+            except SimulatorError as exc:
+                raise SweepError(f"{where}: {exc}") from None
     profile_ids = {name: profile_identity(name) for name in profiles}
     from pregate.simulator.runtime import load_runtime
 
@@ -371,7 +379,7 @@ _MAX_STREAMS = 2
 
 
 def _group_key(trace_id: str, s: Settings) -> tuple:
-    return (trace_id, s.profile, s.runtime, s.batch_size, s.dtype, s.host_tier, s.price_as)
+    return (trace_id, s.profile, s.host, s.runtime, s.batch_size, s.dtype, s.host_tier, s.price_as)
 
 
 def _stream(trace_path: str, trace_id: str, batch_size: int):
