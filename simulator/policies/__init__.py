@@ -10,5 +10,6 @@ from pregate.simulator.policies.registry import BUFFERING, CACHING, COMPRESSION,
 from pregate.simulator.policies import buffering, caching, compression, speculation  # noqa: F401  (registers)
 from pregate.simulator.policies import caching_next_use, caching_s3fifo  # noqa: F401  (registers)
 from pregate.simulator.policies import learned  # noqa: F401,E402  (registers; needs speculation first)
+from pregate.simulator.policies import placement  # noqa: F401,E402  (registers; after buffering)
 
 __all__ = ["BUFFERING", "CACHING", "COMPRESSION", "SPECULATION", "Registry"]

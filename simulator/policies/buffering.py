@@ -1,7 +1,9 @@
 """Buffering schemes: where an expert lives while it computes, and what a miss does.
 
-A scheme shapes the cache the mechanism gets (its capacity) and whether a miss
-is copied to the GPU or computed on the CPU. It holds no state of its own.
+A scheme shapes the cache the mechanism gets (its capacity and the experts
+pinned in it before the first layer step) and whether a miss is copied to the
+GPU or computed on the CPU. The placements (static and hybrid CPU/GPU) are in
+:mod:`pregate.simulator.policies.placement`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,17 @@ class Buffering:
     name = "base"
     all_resident = False  # every expert lives on the GPU: no copies at all
     cpu_misses = False  # a missed expert is computed on the CPU instead of copied
+    admit_cpu_misses = False  # a miss computed on the CPU is also copied into the cache in the background
+    chooses_side = False  # each miss goes to the CPU or is copied, whichever finishes first (cost model)
+    needs_stream = False  # what it pins is counted on a trace's request stream
+    note = ""  # what the placement was computed from, when the reader must know
 
     def capacity(self, requested: int, total_experts: int, max_needed: int) -> int:
         return requested
+
+    def pinned(self, stream, capacity: int, seed: int) -> list[int]:
+        """Experts pinned on the GPU before the first layer step (never evicted, never copied again)."""
+        return []
 
 
 @BUFFERING.register("cache")
@@ -48,6 +58,8 @@ class DoubleBuffer(Buffering):
 @BUFFERING.register("cpu_compute")
 class CpuCompute(Buffering):
     """Fiddler-style: a missed expert runs on the CPU where its weights are, and only
-    the activations cross PCIe. Prefetches still copy experts to the GPU cache."""
+    the activations cross PCIe; it is also copied into the GPU cache in the background
+    (counted as bytes moved), so later requests hit. Prefetches still fill the cache."""
 
     cpu_misses = True
+    admit_cpu_misses = True
