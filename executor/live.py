@@ -41,7 +41,8 @@ class LivePlanner(Planner):
     """
 
     def __init__(self, layout: Layout, cache, speculation, cpu_misses: bool = False, max_prefetch: int = 0,
-                 future_for_cache: bool = False, ahead_distance: int = DEFAULT_AHEAD):
+                 future_for_cache: bool = False, ahead_distance: int = DEFAULT_AHEAD,
+                 admit_cpu_misses: bool = False):
         if future_for_cache or speculation.needs_future:
             name = speculation.name if speculation.needs_future else "belady"
             raise ExecutorError(f"policy '{name}' reads the future, which a live model does not have; "
@@ -50,6 +51,7 @@ class LivePlanner(Planner):
         self.cache = cache
         self.spec = speculation
         self.cpu_misses = cpu_misses
+        self.admit_cpu_misses = admit_cpu_misses
         self.max_prefetch = max_prefetch
         self.future_for_cache = False
         self.req_start, self.req_obj, self.req_tokens, self.req_next = [0], [], [], []

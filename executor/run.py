@@ -189,12 +189,6 @@ class TraceExecutor:
             runtime.end_pass()
 
 
-def execute_trace(trace, settings: Settings, device: str = "cpu", **kw) -> OffloadRuntime:
-    """One setting over one trace (see :class:`TraceExecutor` to run many)."""
-    seqs = kw.pop("seqs", None)
-    return TraceExecutor(trace, device, settings.dtype, seed=settings.seed, seqs=seqs).run(settings, **kw)
-
-
 # ---- models ------------------------------------------------------------------------------
 
 @dataclass
@@ -266,16 +260,6 @@ def load(model: str, random_init: bool, dtype: str, seed: int = 0, overrides: di
         except Exception:  # pragma: no cover - older transformers
             pass
     return loaded
-
-
-def resident_generate(model: str, *, random_init: bool, device: str = "cpu", dtype: str = "float32", seed: int = 0,
-                      ids: list[list[int]], batch_size: int = 1, max_new_tokens: int = 16,
-                      overrides: dict | None = None) -> list[list[int]]:
-    """The unmodified model, every weight on the device: the reference tokens."""
-    dev = Device(device)
-    loaded = load(model, random_init, dtype, seed, overrides)
-    loaded.model.to(dev.torch)
-    return generate(loaded, ids, batch_size, max_new_tokens, dev.torch)
 
 
 class OffloadedModel:

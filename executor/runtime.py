@@ -6,10 +6,12 @@ Hugging Face model, the small MoE, or the trace-driven synthetic model) asks
 simulator's own :class:`~pregate.simulator.planner.Planner` (which drives the
 same :class:`~pregate.simulator.cache.ExpertCache` and the same registered
 speculation and caching policy objects as the simulator's replay and timed
-run) for the plan of that layer step, and carries it out: evictions free
-slots, demand misses and then prefetches are copied on the copy stream,
-and the experts come back in the planner's order (hits first, then misses,
-then experts computed on the host for ``cpu_compute``).
+run) for the plan of that layer step, and carries it out: the plan's
+evictions free slots, demand misses, then background copies of CPU-run
+misses, then prefetches are copied on the copy stream, and the experts come
+back in the planner's order (hits first, then misses, then experts computed
+on the host). Pinned experts (static placements, and every expert for
+``resident``) are loaded into their slots once, before the first layer step.
 
 Because the planner's decisions depend only on what is in the cache, not on
 whether a copy has landed yet, the executor makes exactly the decisions of
@@ -20,7 +22,7 @@ where copies complete synchronously, there are no late hits.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,10 +30,11 @@ import torch
 from pregate.executor.device import Device, ExecutorError, now
 from pregate.executor.slots import SlotPool
 from pregate.executor.store import HostStore
-from pregate.simulator.api import prefetch_timing
-from pregate.simulator.cache import IN_FLIGHT, RESIDENT, ExpertCache
+from pregate.simulator.api import prefetch_timing, side_timing_for
+from pregate.simulator.assemble import make_cache, planner_options
+from pregate.simulator.cache import IN_FLIGHT
 from pregate.simulator.planner import Planner
-from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
+from pregate.simulator.policies import COMPRESSION, SPECULATION
 from pregate.simulator.policies.build import make_speculation
 from pregate.simulator.settings import Settings, check_per_layer
 
@@ -93,20 +96,23 @@ class Decision:
     misses: list[tuple[int, bool]] = field(default_factory=list)
     prefetches: list[int] = field(default_factory=list)
     evicted: list[int] = field(default_factory=list)
+    admits: list[int] = field(default_factory=list)
 
 
-def make_policies(settings: Settings, layout, capacity: int, planner_factory, source=None):
-    """Cache, speculation and planner exactly as the simulator builds them for ``settings``."""
-    spec_cls, cache_cls = SPECULATION.get(settings.speculation), CACHING.get(settings.cache_policy)
-    buffering = BUFFERING.get(settings.buffering)()
+def make_policies(settings: Settings, layout, capacity: int, planner_factory, source=None, stream=None):
+    """Cache, speculation and planner exactly as the simulator builds them for ``settings``
+    (``stream``: the trace's request stream, None for a live model)."""
+    spec_cls = SPECULATION.get(settings.speculation)
     check_per_layer(capacity, layout.n_layers, settings.per_layer, settings.cache)
-    cache = ExpertCache(layout, capacity, lambda: cache_cls(layout=layout, seed=settings.seed),
-                        per_layer=settings.per_layer)
+    cache, buffering = make_cache(layout, capacity, settings, stream)
+    if buffering.chooses_side and stream is None:
+        raise ExecutorError(f"buffering '{settings.buffering}' decides each miss from a trace's cost model, which a "
+                            "live model does not have; execute a trace (--trace), or use cpu_compute")
     spec = make_speculation(spec_cls, layout, settings, source)
-    planner = planner_factory(cache, spec, cpu_misses=buffering.cpu_misses, max_prefetch=settings.max_prefetch,
-                              future_for_cache=cache_cls.needs_future)
-    if getattr(planner, "stream", None) is not None:  # on a trace: the simulator's cost gate, same numbers
-        planner.use_timing(prefetch_timing(planner.stream, settings))
+    planner = planner_factory(cache, spec, **planner_options(settings, buffering))
+    if stream is not None:  # on a trace: the simulator's cost gate and side choice, same numbers
+        planner.use_timing(prefetch_timing(stream, settings))
+        planner.use_sides(side_timing_for(stream, settings))
     planner.reset_per_group = settings.reset_cache_per_sequence
     return cache, planner, buffering
 
@@ -127,19 +133,16 @@ class OffloadRuntime:
         self.prefetch_form = form_of(comp.prefetch_dtype(gpu_dtype), gpu_dtype)
         for form in {self.demand_form, self.prefetch_form} - {"full"}:
             store.add_form(form)
-        self.cache, self.planner, self.buffering = make_policies(settings, layout, capacity, planner_factory)
+        self.cache, self.planner, self.buffering = make_policies(
+            settings, layout, capacity, planner_factory, stream=getattr(planner_factory, "stream", None))
         self.resident = self.buffering.all_resident
         self._views: dict[int, dict[str, torch.Tensor]] = {}
-        n_slots = layout.n_objects if self.resident else capacity
-        self.pool = SlotPool(device, store, n_slots, torch_dtype(gpu_dtype), poison=poison)
-        if self.resident:
-            self.pool.load_all()
-        self.cache.evict_listener = self._evicted
+        self.pool = SlotPool(device, store, capacity, torch_dtype(gpu_dtype), poison=poison)
+        self.pool.load_pinned(sorted(self.cache.pinned))  # warm-up: not counted as moved bytes
         for slot in range(self.pool.n_slots):  # views made once here, not on a slot's first use in a step
             self._slot_views(slot)
         self.record = record
         self.decisions: list[Decision] = []
-        self._current: Decision | None = None
         self.steps: list[StepStat] = []
         self._pass: StepStat | None = None
         self._stall_events: list = []
@@ -148,12 +151,6 @@ class OffloadRuntime:
         self.late_hits = 0
         self.requests = 0
         self._finished = False
-
-    # ---- planner callbacks ---------------------------------------------------------
-    def _evicted(self, obj: int) -> None:
-        self.pool.release(obj)
-        if self._current is not None:
-            self._current.evicted.append(obj)
 
     # ---- one layer step -------------------------------------------------------------
     def layer(self, ls: int) -> list[Work]:
@@ -170,17 +167,9 @@ class OffloadRuntime:
         pool = self.pool
         pool.begin_layer()
         stat = self._pass
-        planner = self.planner
-        if self.resident:
-            lo, hi = planner.req_start[ls], planner.req_start[ls + 1]
-            self.requests += hi - lo
-            if stat is not None:
-                stat.hits += hi - lo
-            slot_of = pool.slot_of
-            return [Work(planner.req_obj[i], planner.req_tokens[i], slot_of[planner.req_obj[i]]) for i in range(lo, hi)]
-        if self.record:
-            self._current = Decision(ls)
-        plan = planner.plan(ls)
+        plan = self.planner.plan(ls)
+        for obj in plan.evicted:
+            pool.release(obj)
         works: list[Work] = []
         late = 0
         for obj, tokens in plan.hits:
@@ -195,9 +184,11 @@ class OffloadRuntime:
             works.append(Work(obj, tokens, slot))
         for obj, tokens in plan.cpu:
             works.append(Work(obj, tokens, -1))
+        for obj in plan.admits:  # computed on the host now, copied in for later layer steps
+            loads.append((obj, pool.assign(obj), self.demand_form))
         for obj in plan.prefetches:
             loads.append((obj, pool.assign(obj), self.prefetch_form))
-        pool.load_many(loads)  # demand misses first, then prefetches, in one visit to the copy stream
+        pool.load_many(loads)  # demand misses, admissions, then prefetches, in one visit to the copy stream
         self.late_hits += late
         self.requests += len(works)
         if stat is not None:
@@ -206,19 +197,18 @@ class OffloadRuntime:
             stat.misses += len(plan.misses) + len(plan.cpu)
             stat.prefetches += len(plan.prefetches)
         if self.record:
-            d = self._current
-            d.hits = [o for o, _ in plan.hits]
-            d.misses = [(o, c) for o, _, c in plan.misses] + [(o, False) for o, _ in plan.cpu]
-            d.prefetches = list(plan.prefetches)
-            self.decisions.append(d)
-            self._current = None
-        if not self.device.cuda:
-            state = self.cache.state
-            for obj in plan.prefetches:
-                state[obj] = RESIDENT
+            self.decisions.append(Decision(ls, [o for o, _ in plan.hits],
+                                           [(o, c) for o, _, c in plan.misses] + [(o, False) for o, _ in plan.cpu],
+                                           list(plan.prefetches), list(plan.evicted), list(plan.admits)))
+        if not self.device.cuda:  # copies on the CPU are synchronous: they have landed
+            landed = self.cache.landed
             for obj, _, cached in plan.misses:
                 if cached:
-                    state[obj] = RESIDENT
+                    landed(obj)
+            for obj in plan.admits:
+                landed(obj)
+            for obj in plan.prefetches:
+                landed(obj)
         return works
 
     def weights(self, work: Work) -> dict[str, torch.Tensor]:
@@ -274,7 +264,7 @@ class OffloadRuntime:
     # ---- results -------------------------------------------------------------------------
     def summary(self) -> dict:
         """The run's figures under the simulator's keys for the same quantities."""
-        if not self._finished and not self.resident:
+        if not self._finished:
             self.cache.finish()
             self._finished = True
         c = self.cache.counts
@@ -284,7 +274,6 @@ class OffloadRuntime:
         decode_s = float(lat.sum())
         total_s = float(sum(s.latency_s for s in self.steps))
         stall_s = float(sum(s.stall_s for s in self.steps))
-        total_hits = self.requests if self.resident else c.hits
         return {
             "device": self.device.description(),
             "requests": self.requests,
@@ -292,14 +281,14 @@ class OffloadRuntime:
             "steps": len(decode),
             "prefill_passes": sum(1 for s in self.steps if not s.decode),
             "cache_capacity_experts": self.pool.n_slots,
-            "hits": total_hits - self.late_hits,
+            "hits": c.hits - self.late_hits,
             "late_hits": self.late_hits,
-            "misses": 0 if self.resident else c.misses,
-            "bypasses": 0 if self.resident else c.bypasses,
-            "prefetches": 0 if self.resident else c.prefetches,
-            "prefetch_hits": 0 if self.resident else c.prefetch_hits,
-            "wasted_prefetches": 0 if self.resident else c.wasted_prefetches,
-            "evictions": 0 if self.resident else c.evictions,
+            "misses": c.misses,
+            "bypasses": c.bypasses,
+            "prefetches": c.prefetches,
+            "prefetch_hits": c.prefetch_hits,
+            "wasted_prefetches": c.wasted_prefetches,
+            "evictions": c.evictions,
             "bytes_moved": int(self.pool.bytes_moved),
             "total_s": total_s,
             "decode_s": decode_s,
@@ -323,23 +312,15 @@ class OffloadRuntime:
         return totals
 
     def close(self) -> None:
-        """Give the device slots back now (the figures stay readable).
-
-        The cache holds a callback into the runtime, a reference cycle that only
-        Python's full collections free; a validation that makes many runtimes
-        would otherwise keep all their slots on the device until one runs.
-        """
+        """Give the device slots back now (the figures stay readable): a validation that makes
+        many runtimes would otherwise keep their slots until the garbage collector runs."""
         self.summary()  # settle the counts while the cache is intact
-        self.cache.evict_listener = None
         self.pool.close()
         self._views = {}
 
     def step_latencies(self, decode_only: bool = True) -> list[float]:
         steps = [s for s in self.steps if s.decode] if decode_only else self.steps
         return [s.latency_s for s in (steps or self.steps)]
-
-    def decision_dicts(self) -> list[dict]:
-        return [asdict(d) for d in self.decisions]
 
 
 def trace_planner_factory(stream):
@@ -348,4 +329,5 @@ def trace_planner_factory(stream):
     def factory(cache, spec, **kw):
         return Planner(stream, cache, spec, **kw)
 
+    factory.stream = stream  # what the cache's pinned experts and the cost numbers are computed on
     return factory

@@ -123,9 +123,13 @@ class SlotPool:
                 self.copies += 1
         self.copy_seconds += now() - start
 
-    def load_all(self) -> None:
-        """Resident mode: every expert into its own slot, once (then nothing needs events)."""
-        self.load_many([(obj, self.assign(obj), "full") for obj in range(self.store.n_objects)])
+    def load_pinned(self, objs) -> None:
+        """Pinned experts (a static placement, or every expert for resident) into their own slots,
+        once, before the first layer step; warm-up, so the counters start from zero after it, and
+        nothing needs events (a pinned slot is never overwritten)."""
+        if not objs:
+            return
+        self.load_many([(obj, self.assign(obj), "full") for obj in objs])
         self.device.synchronize()
         self.ready_set = [False] * len(self.ready_set)
         self.bytes_moved = 0

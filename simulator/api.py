@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pregate.simulator.assemble import make_cache, planner_options
 from pregate.simulator.cache import ExpertCache
 from pregate.simulator.costs import build_costs
 from pregate.simulator.engine import StepRecord, TimedOutcome, run_timed
@@ -33,6 +34,7 @@ from pregate.simulator.planner import Planner
 from pregate.simulator.policies import BUFFERING, CACHING, COMPRESSION, SPECULATION
 from pregate.simulator.memory_fit import working_margin
 from pregate.simulator.policies.build import make_speculation
+from pregate.simulator.policies.placement import SideTiming, side_timing
 from pregate.simulator.pricing import meta_label, price_stream, require_expert_size
 from pregate.simulator.hosts import with_host
 from pregate.simulator.profile import HardwareProfile, load_profile
@@ -109,6 +111,7 @@ class Simulation:
         self.stream = stream
         self.source = trace  # the trace itself (a path or Trace), for policies that train on it
         self.speculation_note = None
+        self.placement_note = None
         require_expert_size(stream.meta)
         self.profile = with_host(profile or load_profile(settings.profile), settings.host)
         self.runtime = runtime or load_runtime(settings.runtime, self.profile)
@@ -126,15 +129,14 @@ class Simulation:
     def _parts(self, settings: Settings):
         spec_cls, cache_cls, buf_cls, comp_cls = resolve_policies(settings)
         layout = self.stream.layout
-        buffering = buf_cls()
-        cache = ExpertCache(layout, self.capacity(settings), lambda: cache_cls(layout=layout, seed=settings.seed),
-                            per_layer=settings.per_layer)
+        cache, buffering = make_cache(layout, self.capacity(settings), settings, self.stream)
+        self.placement_note = buffering.note or None
         spec = make_speculation(spec_cls, layout, settings, self.source)
         self.speculation_note = getattr(spec, "note", "") or None
         comp = comp_cls()
-        planner = Planner(self.stream, cache, spec, cpu_misses=buffering.cpu_misses,
-                          max_prefetch=settings.max_prefetch, future_for_cache=cache_cls.needs_future,
-                          timing=self.prefetch_timing(settings), reset_per_group=settings.reset_cache_per_sequence)
+        planner = Planner(self.stream, cache, spec, **planner_options(settings, buffering),
+                          timing=self.prefetch_timing(settings), reset_per_group=settings.reset_cache_per_sequence,
+                          sides=self.side_timing(settings))
         return cache, planner, buffering, comp
 
     def lower_bound(self, settings: Settings | None = None) -> float:
@@ -157,20 +159,24 @@ class Simulation:
         return timing_from_costs(self.stream, self.costs, engines, comp.demand_dtype(self.gpu_dtype),
                                  comp.prefetch_dtype(self.gpu_dtype))
 
+    def side_timing(self, settings: Settings) -> SideTiming | None:
+        """The cpu-or-fetch choice's inputs for ``settings`` (None when the buffering makes no choice)."""
+        if not BUFFERING.get(settings.buffering).chooses_side:
+            return None
+        comp = COMPRESSION.get(settings.compression)()
+        engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
+        return side_timing(self.stream, self.costs.for_policy(settings.cache_policy), engines,
+                           comp.demand_dtype(self.gpu_dtype))
+
     def replay(self, settings: Settings | None = None, fast: bool = True) -> ReplayCounts:
         settings = settings or self.settings
         spec_cls, cache_cls, buf_cls, comp_cls = resolve_policies(settings)
         demand_bytes = self.costs.expert_bytes[comp_cls().demand_dtype(self.gpu_dtype)]
-        if buf_cls.all_resident:
-            n = self.stream.n_requests
-            return ReplayCounts(n, n, 0, 0, 0, 0, 0, 0, self.stream.layout.n_objects, 0)
         if (fast and settings.speculation == "none" and settings.cache_policy in FAST_POLICIES
                 and not settings.per_layer and not buf_cls.cpu_misses and not settings.reset_cache_per_sequence):
             return replay_fast(self.stream, settings.cache_policy, self.capacity(settings), demand_bytes)
         cache, planner, buffering, comp = self._parts(settings)
         prefetch_bytes = self.costs.expert_bytes[comp.prefetch_dtype(self.gpu_dtype)]
-        if buffering.cpu_misses:
-            demand_bytes = 0
         return replay_general(self.stream, cache, planner, demand_bytes, prefetch_bytes)
 
     def timed(self, settings: Settings | None = None, timeline: bool = False) -> tuple[TimedOutcome, ExpertCache]:
@@ -183,8 +189,7 @@ class Simulation:
             demand_dtype=comp.demand_dtype(self.gpu_dtype), prefetch_dtype=comp.prefetch_dtype(self.gpu_dtype),
             copy_engines=engines, timeline=timeline, all_resident=buffering.all_resident,
         )
-        if not buffering.all_resident:
-            cache.finish()
+        cache.finish()
         return outcome, cache
 
     def run(self, settings: Settings | None = None, timeline: bool = False, bounds: bool = True) -> Result:
@@ -208,12 +213,10 @@ class Simulation:
         lat = np.array([s.latency_s for s in decode]) if decode else np.zeros(1)
         tokens = int(sum(s.tokens for s in decode))
         decode_time = float(lat.sum())
-        all_resident = BUFFERING.get(settings.buffering).all_resident
         c = cache.counts
-        total_hits = stream.n_requests if all_resident else c.hits
-        slots = stream.layout.n_objects if all_resident else c.peak_slots + (1 if c.bypasses else 0)
+        slots = c.peak_slots + (1 if c.bypasses else 0)
         peak_bytes = self.costs.dense_bytes + slots * self.expert_bytes
-        prefetches = 0 if all_resident else c.prefetches
+        prefetches = c.prefetches
         memory = float(self.profile["gpu.memory"])
         margin = working_margin(memory)
         extra = stream.meta.extra if isinstance(stream.meta.extra, dict) else {}
@@ -229,20 +232,20 @@ class Simulation:
             "tokens": tokens,
             "steps": len(decode),
             "prefill_passes": sum(1 for s in steps if not s.decode),
-            "cache_capacity_experts": stream.layout.n_objects if all_resident else cache.capacity,
-            "hits": total_hits - outcome.late_hits,
+            "cache_capacity_experts": cache.capacity,
+            "hits": c.hits - outcome.late_hits,
             "late_hits": outcome.late_hits,
-            "misses": 0 if all_resident else c.misses,
-            "bypasses": 0 if all_resident else c.bypasses,
+            "misses": c.misses,
+            "bypasses": c.bypasses,
             "prefetches": prefetches,
-            "prefetch_hits": 0 if all_resident else c.prefetch_hits,
-            "wasted_prefetches": 0 if all_resident else c.wasted_prefetches,
+            "prefetch_hits": c.prefetch_hits,
+            "wasted_prefetches": c.wasted_prefetches,
             "prefetch_precision": (c.prefetch_hits / prefetches) if prefetches else None,
-            "evictions": 0 if all_resident else c.evictions,
+            "evictions": c.evictions,
             "cancelled_copies": outcome.cancelled_copies,
             "bytes_moved": outcome.bytes_moved,
             "wasted_bytes": int(c.wasted_prefetches * self.costs.expert_bytes[
-                COMPRESSION.get(settings.compression)().prefetch_dtype(self.gpu_dtype)]) if not all_resident else 0,
+                COMPRESSION.get(settings.compression)().prefetch_dtype(self.gpu_dtype)]),
             "total_s": outcome.total_s,
             "decode_s": decode_time,
             "mean_step_latency_s": float(lat.mean()),
@@ -262,10 +265,11 @@ class Simulation:
             "expert_table": self.costs.used_table or None,
             "dense_table": self.costs.used_dense_table or None,
             "speculation_note": self.speculation_note,
-            **self._phase_summary(settings, steps, all_resident),
+            **({"placement_note": self.placement_note} if self.placement_note else {}),
+            **self._phase_summary(settings, steps),
         }
 
-    def _phase_summary(self, settings: Settings, steps: list[StepRecord], all_resident: bool) -> dict:
+    def _phase_summary(self, settings: Settings, steps: list[StepRecord]) -> dict:
         """Counts and times per phase, ``decode_*`` and ``prefill_*``: the totals above mix both.
 
         Why: tokens/s, step latencies and the bound ratios are decode-only, and
@@ -274,12 +278,15 @@ class Simulation:
         ``*_late_hits`` were in flight when needed, never mixed.
         ``*_bytes_issued`` are the copies issued in that phase (derived: demand
         misses x demand size + prefetches x prefetch size; a prefetch cancelled
-        later counts, so the two phases may add up to more than ``bytes_moved``).
+        later counts, so the two phases may add up to more than ``bytes_moved``). A buffering that
+        copies some of its CPU-run misses (``cpu_compute``, ``cpu-or-fetch``) mixes copied and CPU-run
+        misses in a step's count, so its ``*_bytes_issued`` is None (``bytes_moved`` is exact).
         """
         comp = COMPRESSION.get(settings.compression)()
-        cpu_misses = BUFFERING.get(settings.buffering).cpu_misses
-        demand = 0 if all_resident or cpu_misses else self.costs.expert_bytes[comp.demand_dtype(self.gpu_dtype)]
-        prefetch = 0 if all_resident else self.costs.expert_bytes[comp.prefetch_dtype(self.gpu_dtype)]
+        buffering = BUFFERING.get(settings.buffering)
+        mixed = buffering.admit_cpu_misses or buffering.chooses_side
+        demand = 0 if buffering.cpu_misses else self.costs.expert_bytes[comp.demand_dtype(self.gpu_dtype)]
+        prefetch = self.costs.expert_bytes[comp.prefetch_dtype(self.gpu_dtype)]
         out: dict = {}
         for phase, decode in (("decode", True), ("prefill", False)):
             part = [s for s in steps if s.decode == decode]
@@ -292,7 +299,7 @@ class Simulation:
                 f"{phase}_late_hits": late, f"{phase}_misses": misses, f"{phase}_prefetches": prefetches,
                 f"{phase}_hit_rate": hits / requests if requests else None,
                 f"{phase}_late_hit_rate": late / requests if requests else None,
-                f"{phase}_bytes_issued": int(misses * demand + prefetches * prefetch),
+                f"{phase}_bytes_issued": None if mixed else int(misses * demand + prefetches * prefetch),
                 f"{phase}_time_s": time_s, f"{phase}_stall_s": stall,
                 f"{phase}_compute_s": sum(s.compute_s for s in part),
                 f"{phase}_dispatch_s": sum(s.dispatch_s for s in part),
@@ -304,6 +311,11 @@ class Simulation:
 def prefetch_timing(stream: RequestStream, settings: Settings, profile: HardwareProfile | None = None):
     """The cost gate's inputs for a planner over ``stream`` (the executor on a trace uses the same)."""
     return Simulation(None, settings, profile=profile, stream=stream).prefetch_timing(settings)
+
+
+def side_timing_for(stream: RequestStream, settings: Settings, profile: HardwareProfile | None = None):
+    """The cpu-or-fetch choice's inputs for a planner over ``stream`` (the executor on a trace uses the same)."""
+    return Simulation(None, settings, profile=profile, stream=stream).side_timing(settings)
 
 
 def bound_settings(settings: Settings) -> tuple[Settings, Settings]:

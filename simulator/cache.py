@@ -10,6 +10,11 @@ It also keeps the logical counts both drivers must agree on: hits, misses,
 prefetches issued, used and wasted, evictions, and bypasses (a demand miss
 that found every slot protected streams the expert through a staging buffer
 without caching it, so capacity is never exceeded).
+
+Pinned experts (a static placement, or every expert for ``resident``) are
+placed before the first layer step: they are resident, take their slots out
+of the caching policy's partition, and are never evicted, so a cache that is
+all pinned moves nothing after warm-up.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ class CacheCounts:
     hits: int = 0  # the expert was resident or already in flight when requested
     misses: int = 0  # demand fetches (including bypasses)
     bypasses: int = 0  # misses served through a staging buffer, not cached
+    cpu: int = 0  # misses computed on the CPU (part of misses)
+    admissions: int = 0  # of those, copied into the cache in the background
     prefetches: int = 0  # prefetch copies issued
     prefetch_hits: int = 0  # prefetched experts that were later requested
     wasted_prefetches: int = 0  # prefetched experts evicted or left over unused
@@ -44,7 +51,7 @@ class ExpertCache:
     or one per MoE layer with ``per_layer``). ``capacity`` is in experts.
     """
 
-    def __init__(self, layout: Layout, capacity: int, policy_factory, per_layer: bool = False):
+    def __init__(self, layout: Layout, capacity: int, policy_factory, per_layer: bool = False, pinned=()):
         self.layout = layout
         self.per_layer = per_layer
         if per_layer:
@@ -54,16 +61,23 @@ class ExpertCache:
             self.capacities = [capacity]
         self.capacity = capacity
         self.policy_factory = policy_factory
+        self._obj_layer = layout.obj_layer
+        self.pinned = frozenset(pinned)
+        for obj in self.pinned:  # pinned slots are not the policy's to order
+            part = self._obj_layer[obj] if per_layer else 0
+            self.capacities[part] -= 1
+            if self.capacities[part] < 0:
+                raise ValueError(f"{len(self.pinned)} pinned experts do not fit a cache of {capacity}")
         self.policies = [policy_factory() for _ in self.capacities]
         for policy, cap in zip(self.policies, self.capacities):
             policy.set_capacity(cap)
         self.sizes = [0] * len(self.capacities)
-        self.state: dict[int, int] = {}
+        self.state: dict[int, int] = dict.fromkeys(sorted(self.pinned), RESIDENT)
         self.unused_prefetch: set[int] = set()
         self.protected: set[int] = set()
-        self.counts = CacheCounts()
-        self._obj_layer = layout.obj_layer
+        self.counts = CacheCounts(peak_slots=len(self.pinned))
         self.evict_listener = None  # the timed run cancels queued copies of evicted experts
+        self.evict_log: list[int] | None = None  # the current plan's evictions (set by the planner)
         self.last_victim: int | None = None  # what the latest make_room evicted (-1: a slot was free)
 
     def partition(self, obj: int) -> int:
@@ -77,12 +91,10 @@ class ExpertCache:
             policy.on_layer(layer, now)
 
     # ---- requests -----------------------------------------------------------
-    def lookup(self, obj: int) -> int:
-        """0 if absent, else RESIDENT or IN_FLIGHT."""
-        return self.state.get(obj, 0)
-
     def hit(self, obj: int, now: int, next_use: int) -> None:
         self.counts.hits += 1
+        if self.pinned and obj in self.pinned:
+            return
         if obj in self.unused_prefetch:
             self.unused_prefetch.discard(obj)
             self.counts.prefetch_hits += 1
@@ -113,6 +125,8 @@ class ExpertCache:
         self.sizes[part] -= 1
         self.policies[part].on_remove(obj)
         self.counts.evictions += 1
+        if self.evict_log is not None:
+            self.evict_log.append(obj)
         if self.evict_listener is not None:
             self.evict_listener(obj)
         if obj in self.unused_prefetch:
@@ -140,6 +154,18 @@ class ExpertCache:
         self.insert(obj, now, next_use, prefetch=False)
         return True
 
+    def cpu_miss(self, obj: int, now: int, next_use: int, admit: bool) -> bool:
+        """A miss computed on the CPU; with ``admit`` the expert is also copied into the cache in the
+        background if a slot can be freed. True when it was admitted (a copy to issue)."""
+        c = self.counts
+        c.misses += 1
+        c.cpu += 1
+        if not admit or self.make_room(obj) is None:
+            return False
+        self.insert(obj, now, next_use, prefetch=False)
+        c.admissions += 1
+        return True
+
     def prefetch(self, obj: int, now: int, next_use: int) -> bool:
         """Try to start a prefetch; False if the expert is already there or no slot can be freed."""
         if obj in self.state:
@@ -150,13 +176,15 @@ class ExpertCache:
         return True
 
     def shadow(self) -> "ExpertCache":
-        """An empty cache of the same size and policy (the prefetch gate's counterfactual)."""
-        return ExpertCache(self.layout, self.capacity, self.policy_factory, per_layer=self.per_layer)
+        """A fresh cache of the same size, policy and pins (the prefetch gate's counterfactual)."""
+        return ExpertCache(self.layout, self.capacity, self.policy_factory, per_layer=self.per_layer,
+                           pinned=self.pinned)
 
     def clear(self) -> None:
-        """Evict everything (counted as evictions; unused prefetches as wasted)."""
+        """Evict everything but the pinned experts (counted as evictions; unused prefetches as wasted)."""
         for obj in list(self.state):
-            self.evict(obj)
+            if obj not in self.pinned:
+                self.evict(obj)
 
     def landed(self, obj: int) -> None:
         """A copy finished: the expert is resident (if it was not evicted meanwhile)."""
@@ -173,7 +201,9 @@ class ExpertCache:
         """Invariants (used by the tests): sizes match states, capacity holds."""
         sizes = [0] * len(self.capacities)
         for obj in self.state:
-            sizes[self.partition(obj)] += 1
+            if obj not in self.pinned:
+                sizes[self.partition(obj)] += 1
+        assert all(self.state.get(obj) == RESIDENT for obj in self.pinned), "a pinned expert left the cache"
         assert sizes == self.sizes, (sizes, self.sizes)
         for size, cap in zip(self.sizes, self.capacities):
             assert size <= cap, (size, cap)

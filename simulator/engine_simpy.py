@@ -187,44 +187,42 @@ def run_timed_simpy(stream: RequestStream, costs: CostTables, planner: Planner, 
                 g = h
                 if h > env.now:
                     yield env.timeout(h - env.now)
-                if all_resident:
-                    lo, hi = planner.req_start[ls], planner.req_start[ls + 1]
-                    waiting = []
-                    ready = [(planner.req_obj[i], planner.req_tokens[i]) for i in range(lo, hi)]
-                    hits += hi - lo
-                else:
-                    plan = planner.plan(ls)
-                    ready, waiting = [], []
-                    for obj, tok in plan.hits:
-                        job = jobs.get(obj)
-                        if job is None:
-                            ready.append((obj, tok))
-                        else:
-                            late += 1
-                            if job.state == QUEUED and not job.demand:
-                                copies.promote(job)
-                            waiting.append((job, obj, tok, 0.0))
-                    hits += len(plan.hits)
-                    for obj, tok, cached in plan.misses:
-                        job = Job(env, obj, d_copy, d_bytes, demand_dtype, True)
-                        if cached:
-                            jobs[obj] = job
-                            copies.submit(job)
-                            waiting.append((job, obj, tok, 0.0))
-                        else:  # staging buffer: copied, used, dropped
-                            copies.submit(job)
-                            waiting.append((job, -1, tok, d_deq))
-                    for obj, tok in plan.cpu:
-                        job = Job(env, obj, expert_cpu[tok], 0, demand_dtype, True)
-                        cpu.submit(job)
-                        waiting.append((job, -2, tok, 0.0))
-                    misses += len(plan.misses) + len(plan.cpu)
-                    for obj in plan.prefetches:
-                        job = Job(env, obj, p_copy, p_bytes, prefetch_dtype, False)
+                plan = planner.plan(ls)
+                ready, waiting = [], []
+                for obj, tok in plan.hits:
+                    job = jobs.get(obj)
+                    if job is None:
+                        ready.append((obj, tok))
+                    else:
+                        late += 1
+                        if job.state == QUEUED and not job.demand:
+                            copies.promote(job)
+                        waiting.append((job, obj, tok, 0.0))
+                hits += len(plan.hits)
+                for obj, tok, cached in plan.misses:
+                    job = Job(env, obj, d_copy, d_bytes, demand_dtype, True)
+                    if cached:
                         jobs[obj] = job
                         copies.submit(job)
-                    prefetched += len(plan.prefetches)
-                    h += copy_issue * (len(plan.misses) + len(plan.prefetches))
+                        waiting.append((job, obj, tok, 0.0))
+                    else:  # staging buffer: copied, used, dropped
+                        copies.submit(job)
+                        waiting.append((job, -1, tok, d_deq))
+                for obj, tok in plan.cpu:
+                    job = Job(env, obj, expert_cpu[tok], 0, demand_dtype, True)
+                    cpu.submit(job)
+                    waiting.append((job, -2, tok, 0.0))
+                misses += len(plan.misses) + len(plan.cpu)
+                for obj in plan.admits:  # a CPU-run miss copied in behind the demand copies
+                    job = Job(env, obj, d_copy, d_bytes, demand_dtype, False)
+                    jobs[obj] = job
+                    copies.submit(job)
+                for obj in plan.prefetches:
+                    job = Job(env, obj, p_copy, p_bytes, prefetch_dtype, False)
+                    jobs[obj] = job
+                    copies.submit(job)
+                prefetched += len(plan.prefetches)
+                h += copy_issue * (len(plan.misses) + len(plan.admits) + len(plan.prefetches))
                 # experts: hits first, then those waiting for a copy (or the CPU)
                 for obj, tok in ready:
                     ge = expert_gpu[tok] + (needs_dequant.pop(obj, 0.0) if needs_dequant else 0.0)

@@ -17,6 +17,13 @@ Two rules hold for every speculation policy:
   :class:`~pregate.simulator.gate.PrefetchTiming`): a candidate is prefetched
   only when its expected saving exceeds its expected cost, on a model clock
   computed from precomputed numbers, so both drivers decide the same.
+
+With ``cpu_misses`` a miss is computed on the CPU (``plan.cpu``); with
+``admit_cpu_misses`` it is also copied into the cache in the background
+(``plan.admits``); with a :class:`~pregate.simulator.policies.placement.SideTiming`
+each miss goes to the CPU or is copied, whichever the model clock says
+finishes first, and a CPU-run miss is admitted only while the link is idle.
+The cache counts every decision itself; evictions are listed in ``plan.evicted``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from dataclasses import dataclass, field
 
 from pregate.simulator.cache import ExpertCache
 from pregate.simulator.gate import CostGate, PrefetchTiming
+from pregate.simulator.policies.placement import SideClock, SideTiming
 from pregate.simulator.policies.speculation import LayerView, SpeculationPolicy, require_ahead
 from pregate.simulator.stream import NEVER, RequestStream, as_list
 
@@ -35,8 +43,9 @@ class LayerPlan:
     hits: list[tuple[int, int]] = field(default_factory=list)  # (obj, tokens) found resident or in flight
     misses: list[tuple[int, int, bool]] = field(default_factory=list)  # (obj, tokens, cached) fetched on demand
     cpu: list[tuple[int, int]] = field(default_factory=list)  # (obj, tokens) computed on the CPU
+    admits: list[int] = field(default_factory=list)  # CPU-run misses also copied in, in the background
     prefetches: list[int] = field(default_factory=list)
-    evicted: list[int] = field(default_factory=list)
+    evicted: list[int] = field(default_factory=list)  # experts this layer step's decisions evicted, in order
 
 
 class Planner:
@@ -44,16 +53,21 @@ class Planner:
 
     gate: CostGate | None = None  # subclasses that build their own state (the live planner) run ungated
     shadow: ExpertCache | None = None
+    side: SideClock | None = None
     reset_per_group = False
+    admit_cpu_misses = False
 
     def __init__(self, stream: RequestStream, cache: ExpertCache, speculation: SpeculationPolicy,
                  cpu_misses: bool = False, max_prefetch: int = 0, future_for_cache: bool = False,
-                 timing: PrefetchTiming | None = None, reset_per_group: bool = False):
+                 timing: PrefetchTiming | None = None, reset_per_group: bool = False,
+                 admit_cpu_misses: bool = False, sides: SideTiming | None = None):
         self.stream = stream
         self.reset_per_group = reset_per_group
         self.cache = cache
         self.spec = speculation
         self.cpu_misses = cpu_misses
+        self.admit_cpu_misses = admit_cpu_misses
+        self.use_sides(sides)
         self.max_prefetch = max_prefetch
         self.future_for_cache = future_for_cache
         if speculation.needs_ahead:
@@ -74,6 +88,10 @@ class Planner:
         self.wants_prefetch = type(speculation).predict is not SpeculationPolicy.predict
         self.use_timing(timing)
 
+    def use_sides(self, sides: SideTiming | None) -> None:
+        """Choose per miss between the CPU and a copy on the cost model's clock (None: no choice)."""
+        self.side = SideClock(sides) if sides is not None else None
+
     def use_timing(self, timing: PrefetchTiming | None) -> None:
         """Gate every prefetch on its expected cost (None: issue whatever the policy names).
 
@@ -92,8 +110,8 @@ class Planner:
                 shadow.hit(obj, i, self.req_next[i])
             elif not self.cpu_misses:
                 shadow.miss(obj, i, self.req_next[i])
-            else:
-                shadow.counts.misses += 1
+            elif shadow.cpu_miss(obj, i, self.req_next[i], self.admit_cpu_misses):
+                shadow.landed(obj)
 
     def _future(self, ls: int):
         start, objs = self.req_start, self.req_obj
@@ -104,6 +122,8 @@ class Planner:
         lo, hi = self.req_start[ls], self.req_start[ls + 1]
         objs = self.req_obj[lo:hi]
         layer = self.ls_layer[ls]
+        plan = LayerPlan(ls)
+        cache.evict_log = plan.evicted
         if self.reset_per_group and ls:
             pas = self.ls_pass[ls]
             if self.ls_pass[ls - 1] != pas and self.pass_group[pas] != self.pass_group[pas - 1]:
@@ -111,16 +131,24 @@ class Planner:
                 if self.gate is not None:
                     self.shadow.clear()
         cache.begin_layer(layer, lo, objs)
-        plan = LayerPlan(ls)
         state = cache.state
+        side = self.side
         for i in range(lo, hi):
             obj = self.req_obj[i]
             if obj in state:
                 cache.hit(obj, i, self.req_next[i])
                 plan.hits.append((obj, self.req_tokens[i]))
             elif self.cpu_misses:
-                cache.counts.misses += 1
-                plan.cpu.append((obj, self.req_tokens[i]))
+                tokens = self.req_tokens[i]
+                if side is not None and not side.choose_cpu(tokens):  # a copy finishes first
+                    plan.misses.append((obj, tokens, cache.miss(obj, i, self.req_next[i])))
+                    continue
+                admit = self.admit_cpu_misses and (side is None or side.link_idle())
+                if cache.cpu_miss(obj, i, self.req_next[i], admit):
+                    plan.admits.append(obj)
+                    if side is not None:
+                        side.admitted()
+                plan.cpu.append((obj, tokens))
             else:
                 cached = cache.miss(obj, i, self.req_next[i])
                 plan.misses.append((obj, self.req_tokens[i], cached))
@@ -161,6 +189,9 @@ class Planner:
                         cache.protected.add(obj)  # not evicted by the rest of this round
         if gate is not None:
             gate.end(ls)
+        if side is not None:
+            side.end(ls)
+        cache.evict_log = None
         return plan
 
     def _gated(self, ls, layer, remaining, wanted, limit, after, plan) -> None:

@@ -17,7 +17,7 @@ import heapq
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from pregate.simulator.cache import RESIDENT, CacheCounts, ExpertCache
+from pregate.simulator.cache import CacheCounts, ExpertCache
 from pregate.simulator.planner import Planner
 from pregate.simulator.stream import RequestStream
 
@@ -43,15 +43,19 @@ def replay_general(stream: RequestStream, cache: ExpertCache, planner: Planner, 
                    prefetch_bytes: int) -> ReplayCounts:
     """Every policy: walk the planner over all layer steps and count."""
     moved = 0
+    landed = cache.landed
     for ls in range(stream.n_layer_steps):
         plan = planner.plan(ls)
-        moved += demand_bytes * len(plan.misses) + prefetch_bytes * len(plan.prefetches)
+        # background copies of CPU-run misses are copied in the demand dtype
+        moved += demand_bytes * (len(plan.misses) + len(plan.admits)) + prefetch_bytes * len(plan.prefetches)
         # Without timing, a copy lands before the next layer step.
         for obj, _, cached in plan.misses:
             if cached:
-                cache.state[obj] = RESIDENT
+                landed(obj)
+        for obj in plan.admits:
+            landed(obj)
         for obj in plan.prefetches:
-            cache.state[obj] = RESIDENT
+            landed(obj)
     counts = cache.finish()
     return _from_cache(stream, counts, moved)
 

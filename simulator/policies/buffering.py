@@ -23,8 +23,10 @@ class Buffering:
     def capacity(self, requested: int, total_experts: int, max_needed: int) -> int:
         return requested
 
-    def pinned(self, stream, capacity: int, seed: int) -> list[int]:
-        """Experts pinned on the GPU before the first layer step (never evicted, never copied again)."""
+    def pinned(self, layout, stream, capacity: int, seed: int) -> list[int]:
+        """Experts pinned on the GPU before the first layer step (never evicted, never copied again).
+
+        ``stream`` is the trace's request stream, or None for a live model."""
         return []
 
 
@@ -41,6 +43,9 @@ class Resident(Buffering):
 
     def capacity(self, requested, total_experts, max_needed):
         return total_experts
+
+    def pinned(self, layout, stream, capacity, seed):
+        return list(range(layout.n_objects))
 
 
 @BUFFERING.register("double_buffer")

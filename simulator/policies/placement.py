@@ -115,8 +115,8 @@ class StaticLayers(Placement):
     """The experts of the last capacity // experts_per_layer MoE layers of each stack pinned on
     the GPU, the first layers' experts run on the CPU (llama.cpp --n-cpu-moe N)."""
 
-    def pinned(self, stream, capacity: int, seed: int) -> list[int]:
-        return static_layer_objects(stream.layout, capacity)
+    def pinned(self, layout, stream, capacity: int, seed: int) -> list[int]:
+        return static_layer_objects(layout, capacity)
 
 
 @BUFFERING.register("static-hot")
@@ -126,7 +126,10 @@ class StaticHot(Placement):
 
     needs_stream = True
 
-    def pinned(self, stream, capacity: int, seed: int) -> list[int]:
+    def pinned(self, layout, stream, capacity: int, seed: int) -> list[int]:
+        if stream is None:
+            raise SimulatorError("static-hot counts expert use on a trace's training split, which a live model "
+                                 "does not have; execute a trace (--trace), or use static-layers")
         objs, self.note = hot_objects(stream, capacity, seed)
         return objs
 
