@@ -165,8 +165,9 @@ class Simulation:
             return None
         comp = COMPRESSION.get(settings.compression)()
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
-        return side_timing(self.stream, self.costs.for_policy(settings.cache_policy), engines,
-                           comp.demand_dtype(self.gpu_dtype))
+        demand = comp.demand_dtype(self.gpu_dtype)
+        return side_timing(self.stream, self.costs.for_policy(settings.cache_policy).for_host_copy(demand), engines,
+                           demand)
 
     def replay(self, settings: Settings | None = None, fast: bool = True) -> ReplayCounts:
         settings = settings or self.settings

@@ -68,7 +68,8 @@ def placement_family(buffering: str) -> str | None:
         return None
     if not cls.cpu_misses:
         return GPU_CACHE
-    return STATIC if hasattr(cls, "pinned") else HYBRID
+    # a static placement never copies a missed expert in; a hybrid's cache keeps filling
+    return HYBRID if (cls.admit_cpu_misses or cls.chooses_side) else STATIC
 
 
 def placements() -> dict[str, list[str]]:
@@ -436,13 +437,18 @@ def execute_command(model: str, source: Source, best: dict, batch_size: int) -> 
     parts = [f"pregate execute {where} --device cuda"]
     if best.get("buffering") and best["buffering"] != "cache":
         parts.append(f"--buffering {best['buffering']}")
-    if best.get("buffering") != "resident":
+    family = placement_family(best.get("buffering") or "cache")
+    if family == STATIC:  # pins its experts: speculation and caching have nothing to do
+        parts.append(f"--cache {best['cache_capacity_experts']}")
+    elif family is not None:
         parts.append(f"--speculation {best['speculation']} --cache-policy {best['cache_policy']} "
                      f"--cache {best['cache_capacity_experts']}")
         if best.get("compression") and best["compression"] != "none":
             parts.append(f"--compression {best['compression']}")
     if batch_size != 1:
         parts.append(f"--batch-size {batch_size}")
+    if best.get("buffering") == "static-hot" and not Path(model).exists():
+        parts.append("   # static-hot counts expert use on a trace: give --trace, or use static-layers with --model")
     return " ".join(parts)
 
 
