@@ -459,7 +459,7 @@ def point_row(point: Point, summary: dict) -> dict:
     row = {"key": point.key, "trace": point.trace, "trace_id": point.trace_id}
     row.update(point.settings.to_dict())
     for k, v in summary.items():
-        row[{"profile": "profile_name", "runtime": "runtime_name"}.get(k, k)] = v
+        row[{"profile": "profile_name", "runtime": "runtime_name", "host": "host_name"}.get(k, k)] = v
     requests = summary.get("requests") or 0
     row["hit_rate"] = (summary["hits"] + summary["late_hits"]) / requests if requests else None
     tps = summary.get("tokens_per_s")
