@@ -350,13 +350,14 @@ def plot_placements(best: pl.DataFrame, title: str = "") -> "plt.Figure":
     styles = ["-", "--", ":", "-."]
     labels = sorted(best["label"].unique().to_list())
     for i, label in enumerate(labels):
-        for j, host in enumerate(hosts or [""]):
+        for j, host in enumerate(["", *hosts]):
             part = best.filter((pl.col("label") == label) & (pl.col("host") == host)).sort("cache_capacity_experts")
             if part.is_empty():
                 continue
             gpu = host == ""
             ax.plot(part["cache_capacity_experts"], part["tokens_per_s"], marker="o", ms=4,
-                    color="black" if gpu else cmap(i % 10), ls="-" if gpu else styles[j % len(styles)], lw=2 if gpu else 1.3,
+                    color="black" if gpu else cmap(i % 10), ls="-" if gpu else styles[(j - 1) % len(styles)],
+                    lw=2 if gpu else 1.3,
                     label=label if gpu else f"{label} on {host}")
     ax.set_xlabel("experts on the GPU (cache size)")
     ax.set_ylabel("decode tokens/s")
