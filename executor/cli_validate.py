@@ -13,6 +13,7 @@ examples:
   pregate validate runs/sb8 runs/mx --profile gpu.toml --device cuda --policies none+lru,layer_minus_1+lru \\
       --cache 25%,50% --batch-size 1,16 -o out/validate
   pregate validate runs/tiny --profile cpu.toml --device cpu --quick
+  pregate validate runs/tiny --profile cpu.toml --device cpu --quick --placements static-layers,cpu-or-fetch
   pregate validate runs/sb8 --profile gpu.toml --runtime gpu.runtime.toml --device cuda
   pregate validate runs/sb8 --profile gpu.toml --device cuda --speculation none,layer_minus_1 --cache-policy lru,lfu
 
@@ -35,6 +36,10 @@ def add_arguments(p) -> None:
     p.add_argument("--cache-policy", default=None, metavar="V[,V...]",
                    help="caching policies, comma-separated (default with --speculation: lru)")
     p.add_argument("--cache", default=None, help="comma list of cache sizes (default: 25%%,50%%)")
+    p.add_argument("--placements", default=None, metavar="B[,B...]",
+                   help="CPU-or-GPU buffering schemes validated besides the cache, once per cache size with "
+                        "none+lru, or 'none' (default: cpu_compute,static-layers,static-hot,cpu-or-fetch; "
+                        "none with --quick)"),
     p.add_argument("--batch-size", default=None, help="comma list of batch sizes (default: 1,16)")
     p.add_argument("--groups", type=int, default=None, help="batches of sequences to run per batch size (default: all)")
     p.add_argument("--dtype", default="", help="dtype on the device (default: the trace's)")
@@ -106,6 +111,7 @@ def _run(args) -> int:
         result = validate(args.traces, args.profile, args.device, policies=policies, caches=caches,
                           batch_sizes=batches, dtype=args.dtype, groups=args.groups, warmup=args.warmup,
                           quick=args.quick, repeats=repeats, bar=bar, runtime_path=args.runtime,
+                          placements=args.placements,
                           log=(lambda m: None) if args.quiet else (lambda m: _log(bar, m)))
     files = write_outputs(result, args.out)
     s = result["summary"]

@@ -137,7 +137,7 @@ class OffloadRuntime:
             settings, layout, capacity, planner_factory, stream=getattr(planner_factory, "stream", None))
         self.resident = self.buffering.all_resident
         self._views: dict[int, dict[str, torch.Tensor]] = {}
-        self.pool = SlotPool(device, store, capacity, torch_dtype(gpu_dtype), poison=poison)
+        self.pool = SlotPool(device, store, self.cache.capacity, torch_dtype(gpu_dtype), poison=poison)
         self.pool.load_pinned(sorted(self.cache.pinned))  # warm-up: not counted as moved bytes
         for slot in range(self.pool.n_slots):  # views made once here, not on a slot's first use in a step
             self._slot_views(slot)

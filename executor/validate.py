@@ -34,14 +34,31 @@ from pregate.executor.device import ExecutorError
 from pregate.executor.run import TraceExecutor, check_fits
 from pregate.executor.stats import kendall_tau, ks_statistic, latency_stats
 from pregate.simulator.api import Simulation
-from pregate.simulator.policies import CACHING, SPECULATION
+from pregate.simulator.policies import BUFFERING, CACHING, SPECULATION
 from pregate.simulator.profile import load_profile
 from pregate.simulator.runtime import load_runtime
 from pregate.simulator.settings import Settings
 
 DEFAULT_POLICIES = ["none+lru", "layer_minus_1+lru", "none+lfu", "multi_layer+least-stale"]
 QUICK_POLICIES = ["none+lru", "layer_minus_1+lru"]
+# CPU-or-GPU placements, each run once per cache size with no speculation and lru (static ones use neither)
+DEFAULT_PLACEMENTS = ["cpu_compute", "static-layers", "static-hot", "cpu-or-fetch"]
 NO_AHEAD_FALLBACK = {"layer_minus_1": "transition", "multi_layer": "eam", "adaptive": "transition"}
+
+
+def parse_placements(text: str | list[str] | None, quick: bool) -> list[str]:
+    """Buffering schemes validated besides the cache: the default list, none with --quick or 'none'."""
+    if text is None:
+        return [] if quick else list(DEFAULT_PLACEMENTS)
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    if items == ["none"]:
+        return []
+    for name in items:
+        BUFFERING.get(name)
+        if name in ("cache", "resident"):
+            raise ExecutorError(f"--placements names buffering schemes besides the cache and the all-resident run, "
+                                f"which are always validated; drop '{name}'")
+    return list(dict.fromkeys(items))
 
 
 def parse_policies(text: str | list[str]) -> list[tuple[str, str]]:
@@ -79,17 +96,19 @@ def _rel(sim: float, meas: float) -> float:
 
 def validate(traces: list[str], profile_path: str, device: str = "cpu", *, policies=None, caches=None,
              batch_sizes=None, dtype: str = "", groups: int | None = None, warmup: int | None = None,
-             quick: bool = False, repeats: int = 1, log=print, runtime_path: str = "", bar=None) -> dict:
+             quick: bool = False, repeats: int = 1, log=print, runtime_path: str = "", bar=None,
+             placements=None) -> dict:
     profile = load_profile(profile_path)
     runtime_path = str(runtime_path or default_runtime(profile_path))
     runtime = load_runtime(runtime_path, profile)
     policies = parse_policies(policies or (QUICK_POLICIES if quick else DEFAULT_POLICIES))
     caches = caches or (["50%"] if quick else ["25%", "50%"])
+    placements = parse_placements(placements, quick)
     batch_sizes = batch_sizes or ([1] if quick else [1, 16])
     if groups is None and quick:
         groups = 2
     if bar is not None:  # a tqdm-like bar: one tick per executor run, the total known before the first
-        bar.total = _planned_runs(traces, policies, caches, batch_sizes, repeats)  # shown from the first tick
+        bar.total = _planned_runs(traces, policies, caches, batch_sizes, repeats, len(placements))  # shown from the first tick
     points, residents, skipped = [], [], []
     for trace in traces:
         ex = TraceExecutor(trace, device, dtype)
@@ -118,6 +137,7 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
             res_settings = base.replace(buffering="resident")
             todo = [res_settings] + [base.replace(speculation=spec, cache_policy=cache_policy, cache=cache)
                                      for spec, cache_policy in pairs for cache in caches]
+            todo += [base.replace(buffering=b, cache=cache) for b in placements for cache in caches]
             # one unmeasured run first: new kernel shapes load lazily and the GPU's clocks ramp
             # up under load; the first measured run would pay for both
             ex.run(res_settings, warmup=warmup, groups=groups).close()
@@ -141,8 +161,10 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
                             raise
                         failed.add(i)
                         skipped.append({"trace": name, "batch_size": batch, "speculation": st.speculation,
-                                        "cache_policy": st.cache_policy, "cache": st.cache, "reason": str(exc)})
-                        log(f"{name} b{batch} {st.speculation}+{st.cache_policy} cache {st.cache}: skipped ({exc})")
+                                        "cache_policy": st.cache_policy, "cache": st.cache,
+                                        "buffering": st.buffering, "reason": str(exc)})
+                        log(f"{name} b{batch} {st.speculation}+{st.cache_policy} {st.buffering} cache {st.cache}: "
+                            f"skipped ({exc})")
                         continue
                     mean = float(np.mean(rt.step_latencies()))
                     means.setdefault(i, []).append(mean)
@@ -168,7 +190,7 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
     return result
 
 
-def _planned_runs(traces, policies, caches, batch_sizes, repeats: int) -> int:
+def _planned_runs(traces, policies, caches, batch_sizes, repeats: int, placements: int = 0) -> int:
     """Executor runs validate will make (the progress bar's total): per trace and batch size, one warm-up
     and, per round, the all-resident run and every pair x cache size (pairs deduplicated as above)."""
     from pregate.traces import open_trace
@@ -177,7 +199,7 @@ def _planned_runs(traces, policies, caches, batch_sizes, repeats: int) -> int:
     for trace in traces:
         ahead = open_trace(trace).meta.ahead_distance
         pairs = policies if ahead else [(NO_AHEAD_FALLBACK.get(s, s), c) for s, c in policies]
-        total += len(batch_sizes) * (1 + max(1, repeats) * (1 + len(dict.fromkeys(pairs)) * len(caches)))
+        total += len(batch_sizes) * (1 + max(1, repeats) * (1 + (len(dict.fromkeys(pairs)) + placements) * len(caches)))
     return total
 
 
@@ -190,6 +212,7 @@ def _point(trace: str, st: Settings, rt, simulated, capacity: int) -> dict:
     return {
         "trace": trace, "batch_size": st.batch_size, "speculation": st.speculation, "cache_policy": st.cache_policy,
         "cache": st.cache if st.buffering != "resident" else "resident", "cache_experts": capacity,
+        "buffering": st.buffering,
         "steps": len(meas),
         "measured_mean_s": m["mean"], "measured_p50_s": m["p50"], "measured_p95_s": m["p95"],
         "simulated_mean_s": s["mean"], "simulated_p50_s": s["p50"], "simulated_p95_s": s["p95"],
@@ -216,7 +239,8 @@ def _point(trace: str, st: Settings, rt, simulated, capacity: int) -> dict:
 
 
 def _line(p: dict) -> str:
-    return (f"{p['trace']} b{p['batch_size']} {p['speculation']}+{p['cache_policy']} cache {p['cache']}: "
+    placed = f" {p['buffering']}" if p.get("buffering") not in (None, "cache", "resident") else ""
+    return (f"{p['trace']} b{p['batch_size']} {p['speculation']}+{p['cache_policy']}{placed} cache {p['cache']}: "
             f"measured {p['measured_mean_s'] * 1e3:.3f} ms, simulated {p['simulated_mean_s'] * 1e3:.3f} ms "
             f"({p['rel_error_mean']:+.1%}), KS {p['ks']:.2f}")
 

@@ -20,6 +20,8 @@ def make_cache(layout, capacity: int, settings, stream=None) -> tuple[ExpertCach
     cache_cls = CACHING.get(settings.cache_policy)
     buffering = BUFFERING.get(settings.buffering)()
     pinned = buffering.pinned(layout, stream, capacity, settings.seed)
+    if buffering.static:
+        capacity = len(pinned)  # slots left over by whole layers stay unused: nothing is copied after warm-up
     per_layer = settings.per_layer
     if pinned and per_layer:
         if not buffering.all_resident:

@@ -55,9 +55,12 @@ def add_arguments(p) -> None:
 
 
 def _phase_line(s: dict, phase: str) -> str:
+    issued = s[f"{phase}_bytes_issued"]
+    # None: a step's misses mix copied and CPU-run ones (cpu_compute, cpu-or-fetch); "moved" below is exact
+    issued = "n/a (see moved)" if issued is None else f"{issued / 1e6:.1f} MB"
     return (f"  {phase + ':':9}{s[f'{phase}_passes']} passes, {s[f'{phase}_requests']} requests: "
             f"hits {s[f'{phase}_hits']}  late hits {s[f'{phase}_late_hits']}  misses {s[f'{phase}_misses']}  "
-            f"prefetches {s[f'{phase}_prefetches']}  copies issued {s[f'{phase}_bytes_issued'] / 1e6:.1f} MB  "
+            f"prefetches {s[f'{phase}_prefetches']}  copies issued {issued}  "
             f"stall {s[f'{phase}_stall_s'] * 1e3:.3f} ms ({s[f'{phase}_stall_share']:.1%} of the phase)")
 
 
@@ -72,6 +75,8 @@ def format_summary(s: dict, phase: str = "decode") -> str:
         f"steps, {s['tokens']} tokens, "
         f"{s['requests']} expert requests, cache {s['cache_capacity_experts']} experts",
     ]
+    if s.get("placement_note"):
+        lines.append(f"  placement: {s['placement_note']}")
     if "decode_passes" in s:
         lines += [_phase_line(s, "decode"), _phase_line(s, "prefill")]
     lines.append(f"  all passes: hits {s['hits']}  late hits {s['late_hits']}  misses {s['misses']}  "

@@ -34,7 +34,9 @@ class Settings:
     cache_policy: str = _opt("lru", "caching policy: which GPU-resident expert to evict")
     cache: str = _opt("25%", "GPU expert cache size: a count (96), a fraction of all experts (25%) or bytes (2GB)")
     per_layer: bool = _opt(False, "split the cache evenly between MoE layers instead of one global cache")
-    buffering: str = _opt("cache", "buffering scheme: resident, double_buffer, cache or cpu_compute")
+    buffering: str = _opt("cache", "buffering scheme: cache, resident, double_buffer, cpu_compute (misses on the "
+                                   "CPU, copied in behind), static-layers (llama.cpp --n-cpu-moe), static-hot "
+                                   "(Fiddler) or cpu-or-fetch (each miss where it finishes first)")
     compression: str = _opt("none", "form of the host copies: none, int8, int4 or low-precision-on-miss")
     host_tier: str = _opt("pinned", "where host copies live: pinned, pageable or nvme", choices=("pinned", "pageable", "nvme"))
     batch_size: int = _opt(1, "sequences decoded together (one token of each per step); prompts run as prefill")

@@ -23,6 +23,7 @@ SETTINGS = [
     Settings(cache="10", speculation="multi_layer", cache_policy="lfu"),
     Settings(cache="9", speculation="adaptive", cache_policy="least-stale", per_layer=True),
     Settings(cache="6", speculation="transition", cache_policy="fifo", buffering="cpu_compute"),
+    Settings(cache="8", speculation="layer_minus_1", buffering="static-layers"),
     Settings(cache="4", speculation="eam", cache_policy="lfu-decay", batch_size=2),
     Settings(buffering="resident"),
 ]

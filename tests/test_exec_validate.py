@@ -61,7 +61,10 @@ def _replay_decisions(executor, settings):
     Settings(cache="10", speculation="oracle", cache_policy="belady"),
     Settings(cache="5", speculation="transition", buffering="cpu_compute"),
     Settings(cache="7", speculation="adaptive", cache_policy="pinned-hot", compression="low-precision-on-miss"),
-], ids=lambda s: f"{s.speculation}-{s.cache_policy}-{s.cache}-b{s.batch_size}")
+    Settings(cache="8", buffering="static-layers", speculation="layer_minus_1"),
+    Settings(cache="6", buffering="static-hot", batch_size=2),
+    Settings(cache="6", buffering="cpu-or-fetch", speculation="layer_minus_1", compression="int8"),
+], ids=lambda s: f"{s.speculation}-{s.cache_policy}-{s.cache}-{s.buffering}-b{s.batch_size}")
 def test_executor_makes_the_replays_decisions(executor, settings):
     runtime = executor.run(settings, record=True, poison=True, warmup=0)
     mine = [(d.ls, d.hits, d.misses, d.prefetches, d.evicted) for d in runtime.decisions]

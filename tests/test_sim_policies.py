@@ -24,6 +24,7 @@ def _check_run(sim, settings):
         assert obj not in cache.protected, f"evicted expert {obj} that the current layer uses"
 
     cache.evict_listener = evicted
+    cpu = 0
     for ls in range(sim.stream.n_layer_steps):
         plan = planner.plan(ls)
         cache.check()
@@ -35,8 +36,14 @@ def _check_run(sim, settings):
         for obj, _, cached in plan.misses:
             if cached:
                 cache.landed(obj)
+        for obj in plan.admits:
+            assert obj in {o for o, _ in plan.cpu}, "only a CPU-run miss is copied in behind"
+            cache.landed(obj)
+        cpu += len(plan.cpu)
+        assert cache.pinned <= cache.state.keys(), "a pinned expert left the cache"
     counts = cache.finish()
     assert counts.hits + counts.misses == sim.stream.n_requests
+    assert counts.cpu == cpu and counts.admissions <= counts.cpu <= counts.misses
     assert counts.prefetch_hits + counts.wasted_prefetches <= counts.prefetches
     assert counts.peak_slots <= cache.capacity
 
@@ -46,6 +53,15 @@ def _check_run(sim, settings):
 def test_speculation_and_caching_invariants(trace, spec, policy):
     for per_layer in (False, True):
         settings = Settings(speculation=spec, cache_policy=policy, cache="40%", per_layer=per_layer, batch_size=2)
+        _check_run(Simulation(trace, settings), settings)
+
+
+@pytest.mark.parametrize("buffering", BUFFERING.names())
+@pytest.mark.parametrize("spec", ["none", "layer_minus_1", "oracle"])
+def test_buffering_invariants(trace, buffering, spec):
+    """Every buffering scheme (the placements too) through the same invariants; a pinned cache is global."""
+    for per_layer in (False,) if BUFFERING.get(buffering).static else (False, True):
+        settings = Settings(speculation=spec, buffering=buffering, cache="40%", per_layer=per_layer, batch_size=2)
         _check_run(Simulation(trace, settings), settings)
 
 

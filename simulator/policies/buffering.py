@@ -17,6 +17,7 @@ class Buffering:
     cpu_misses = False  # a missed expert is computed on the CPU instead of copied
     admit_cpu_misses = False  # a miss computed on the CPU is also copied into the cache in the background
     chooses_side = False  # each miss goes to the CPU or is copied, whichever finishes first (cost model)
+    static = False  # the pinned experts are the whole cache: nothing is copied after warm-up
     needs_stream = False  # what it pins is counted on a trace's request stream
     note = ""  # what the placement was computed from, when the reader must know
 

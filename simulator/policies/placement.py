@@ -110,8 +110,14 @@ class Placement(Buffering):
     cpu_misses = True
 
 
+class StaticPlacement(Placement):
+    """Pinned experts only: the cache is what was placed, no slot is left to the caching policy."""
+
+    static = True
+
+
 @BUFFERING.register("static-layers")
-class StaticLayers(Placement):
+class StaticLayers(StaticPlacement):
     """The experts of the last capacity // experts_per_layer MoE layers of each stack pinned on
     the GPU, the first layers' experts run on the CPU (llama.cpp --n-cpu-moe N)."""
 
@@ -120,7 +126,7 @@ class StaticLayers(Placement):
 
 
 @BUFFERING.register("static-hot")
-class StaticHot(Placement):
+class StaticHot(StaticPlacement):
     """The capacity most used experts (tokens on a seeded training split of the sequences) pinned
     on the GPU, the rest run on the CPU (Fiddler's and KTransformers' placement)."""
 
