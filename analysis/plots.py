@@ -332,3 +332,37 @@ def plot_bands(ranked: pl.DataFrame, top: int = 15) -> "plt.Figure":
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def plot_placements(best: pl.DataFrame, title: str = "") -> "plt.Figure":
+    """Tokens/s against cache size: the best GPU expert cache (host-independent) and each CPU placement per host.
+
+    ``best`` has one row per (placement label, host, cache size): the columns
+    ``label``, ``host``, ``cache_capacity_experts``, ``tokens_per_s`` (what
+    :func:`pregate.analysis.report.placement_points` returns).
+    """
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if best.is_empty():
+        _note(ax, "no placement points in these results")
+        return fig
+    cmap = plt.get_cmap("tab10")
+    hosts = sorted(h for h in best["host"].unique().to_list() if h)
+    styles = ["-", "--", ":", "-."]
+    labels = sorted(best["label"].unique().to_list())
+    for i, label in enumerate(labels):
+        for j, host in enumerate(["", *hosts]):
+            part = best.filter((pl.col("label") == label) & (pl.col("host") == host)).sort("cache_capacity_experts")
+            if part.is_empty():
+                continue
+            gpu = host == ""
+            ax.plot(part["cache_capacity_experts"], part["tokens_per_s"], marker="o", ms=4,
+                    color="black" if gpu else cmap(i % 10), ls="-" if gpu else styles[(j - 1) % len(styles)],
+                    lw=2 if gpu else 1.3,
+                    label=label if gpu else f"{label} on {host}")
+    ax.set_xlabel("experts on the GPU (cache size)")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title or "where each placement wins, by cache size and host", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return fig

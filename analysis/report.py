@@ -327,12 +327,89 @@ def measured_section(pairs: pl.DataFrame) -> Section:
                                    plots.png(plots.plot_sim_vs_measured(pairs)))])
 
 
+def placement_points(part: pl.DataFrame) -> pl.DataFrame:
+    """The best point per (placement, host, cache size) of one comparable part, points that fit only.
+
+    A GPU expert cache does no CPU work, so its points hold on every host:
+    they get host "" and the label of their family; each CPU placement keeps
+    its host and is labelled by its buffering scheme.
+    """
+    from pregate.simulator.families import GPU_CACHE, placement_family
+
+    part = part.filter(~pl.col("over_memory") & pl.col("tokens_per_s").is_not_null())
+    fam = [placement_family(b) for b in part["buffering"].to_list()]
+    host = part["host"].fill_null("") if "host" in part.columns else pl.Series([""] * part.height)
+    part = part.with_columns(
+        pl.Series("family", [f or "" for f in fam], dtype=pl.String),
+        pl.Series("label", [GPU_CACHE if f == GPU_CACHE else b for f, b in zip(fam, part["buffering"].to_list())],
+                  dtype=pl.String),
+        pl.Series("host", [("" if f == GPU_CACHE else h) for f, h in zip(fam, host.to_list())], dtype=pl.String),
+    ).filter(pl.col("family") != "")
+    return (part.sort(["tokens_per_s", "key"], descending=[True, False])
+            .unique(["label", "host", "cache_capacity_experts"], keep="first", maintain_order=True)
+            .select("family", "label", "host", "cache_capacity_experts", "tokens_per_s", "policy"))
+
+
+def placement_table(best: pl.DataFrame) -> pl.DataFrame | None:
+    """Per cache size, per host: which placement is fastest, its tokens/s, and how much it leads the best of
+    another family. None when the part has no CPU placement."""
+    from pregate.simulator.families import SHORT
+
+    hosts = sorted(h for h in best["host"].unique().to_list() if h)
+    if not hosts:
+        return None
+    rows = []
+    for cap in sorted(best["cache_capacity_experts"].unique().to_list()):
+        at = best.filter(pl.col("cache_capacity_experts") == cap)
+        row = {"experts on the GPU": cap}
+        for host in hosts:
+            here = at.filter(pl.col("host").is_in(["", host])).sort("tokens_per_s", descending=True)
+            if here.is_empty():
+                row[f"winner on {host}"] = "n/a"
+                continue
+            top = here.row(0, named=True)
+            others = here.filter(pl.col("family") != top["family"])
+            lead = f", {top['tokens_per_s'] / others['tokens_per_s'][0]:.2f}x the best {SHORT[others['family'][0]]}" \
+                if not others.is_empty() and others["tokens_per_s"][0] else ""
+            row[f"winner on {host}"] = f"{top['label']} ({SHORT[top['family']]}): {top['tokens_per_s']:.1f} tok/s{lead}"
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def placement_sections(frame: pl.DataFrame, include_over_memory: bool = False) -> list[Section]:
+    """Where each placement wins, by cache size and host kind: a table and a plot per comparable part."""
+    from pregate.analysis import plots
+
+    if "buffering" not in frame.columns:
+        return []
+    out = []
+    for i, (name, part) in enumerate(groups(frame)):
+        best = placement_points(part)
+        table = placement_table(best) if not best.is_empty() else None
+        if table is None:
+            continue
+        out.append(Section(
+            f"Where each placement wins: {name}",
+            "A GPU expert cache with prefetch copies missed experts in; a static CPU placement pins some experts "
+            "on the GPU and computes the rest on the CPU where their weights live (static-layers: whole layers, "
+            "llama.cpp's --n-cpu-moe; static-hot: the most used experts); a hybrid keeps a cache and computes a "
+            "miss on the CPU when that is sooner (cpu-or-fetch) or always (cpu_compute). The GPU cache does no CPU "
+            "work, so its numbers hold on every host; the placements are priced on each host kind (simulator "
+            "README, host kinds table). Only points that fit the GPU's memory count.",
+            tables=[("fastest placement per cache size and host", table)],
+            figures=[Figure(f"placements-{i}", f"placements: {name}", "decode tokens/s against experts on the GPU: "
+                            "the best GPU expert cache (black) and each CPU placement per host kind",
+                            plots.png(plots.plot_placements(best, title=name)))]))
+    return out
+
+
 def build_sections(frame: pl.DataFrame, traces: list[str | Path] | None = None,
                    measured: pl.DataFrame | None = None,
                    include_over_memory: bool = False) -> tuple[list[Section], list[str]]:
     """All sections, and notes about what could not be shown."""
     notes = []
     sections = results_sections(frame, include_over_memory)
+    sections += placement_sections(frame, include_over_memory)
     if traces is None:
         traces = list(dict.fromkeys(frame["trace"].to_list()))
     for i, path in enumerate(traces[:MAX_TRACES]):

@@ -360,36 +360,53 @@ def executor_overheads(device: Device, dtype: str, timer: Timer, quick: bool) ->
     }
 
 
-def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = None, dtype: str = "",
-              log=print, traces: list | None = None) -> tuple[str, dict]:
-    """Measure the device; returns the profile's TOML text and the details for the JSON.
+@dataclasses.dataclass
+class Run:
+    """What every measurement needs: the device, the dtype, the timer, how hard to try, and the source text."""
 
-    ``traces`` (trace metadata) add a dense-block table for each trace's model shape.
-    """
-    device = Device(device_name)
-    dev = device.torch
-    dtype = dtype or ("bfloat16" if device.cuda else "float32")
-    tdtype = torch_dtype(dtype)
-    env = environment(device)
-    timer = Timer(device)
-    where = f"{env['device']}, {env['date']}"
-    source = f"measured by pregate calibrate on {where}"
-    small = quick and not device.cuda
-    reps = 3 if quick else 20
-    details: dict = {"environment": env, "quick": quick, "dtype": dtype}
-    values: dict[str, tuple[float, str, str]] = {}  # key -> (value, unit, what)
+    device: Device
+    dtype: str
+    timer: "Timer"
+    quick: bool
+    source: str  # "measured by pregate calibrate on DEVICE, DATE": the provenance of every value
+    log: object = print
 
-    # ---- copies --------------------------------------------------------------------
-    log("copies: host to device by size, pinned and pageable")
-    sizes = [2**18, 2**20, 2**22] if small else ([2**16, 2**18, 2**20, 2**22, 2**24, 2**26] if quick
-                                                else [2**16, 2**18, 2**20, 2**22, 2**23, 2**24, 2**26, 2**28])
+    @property
+    def dev(self):
+        return self.device.torch
+
+    @property
+    def tdtype(self):
+        return torch_dtype(self.dtype)
+
+    @property
+    def small(self) -> bool:
+        return self.quick and not self.device.cuda
+
+    @property
+    def reps(self) -> int:
+        return 3 if self.quick else 20
+
+
+# Each measurement returns (values, details): values maps a profile key to (value, unit, what was timed),
+# written with the run's source ("measured by pregate calibrate on DEVICE, DATE: what"); details go to the JSON.
+Values = dict[str, tuple[float, str, str]]
+
+
+def measure_copies(run: Run) -> tuple[Values, dict]:
+    """Host-to-device copies by size, pinned and pageable, fitted to ``latency + bytes / bandwidth``."""
+    run.log("copies: host to device by size, pinned and pageable")
+    device, timer, reps = run.device, run.timer, run.reps
+    values: Values = {}
+    sizes = [2**18, 2**20, 2**22] if run.small else ([2**16, 2**18, 2**20, 2**22, 2**24, 2**26] if run.quick
+                                                    else [2**16, 2**18, 2**20, 2**22, 2**23, 2**24, 2**26, 2**28])
     copy_table = {"bytes": sizes}
     for kind, pin in (("pinned", device.cuda), ("pageable", False)):
         times = []
         for size in sizes:
             src = torch.empty(size, dtype=torch.uint8, pin_memory=pin)
             src.fill_(1)
-            dst = torch.empty(size, dtype=torch.uint8, device=dev)
+            dst = torch.empty(size, dtype=torch.uint8, device=run.dev)
             r = max(2, min(reps, int(2**26 // size) + 2))
             times.append(timer.per_call(lambda: dst.copy_(src, non_blocking=pin), r, stream=device.copy))
         copy_table[f"{kind}_seconds"] = times
@@ -399,28 +416,34 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
                                                        "fitted to latency + bytes/bandwidth")
         if kind == "pinned":
             values["pcie.copy_latency"] = (lat, "s", "fixed cost per copy from the same fit (pinned)")
-    details["copies"] = copy_table
-    details["copies_from_a_large_store"] = store_copies(device, timer, quick)
+    return values, {"copies": copy_table, "copies_from_a_large_store": store_copies(device, timer, run.quick)}
 
-    # ---- matmul peaks, memory bandwidth ----------------------------------------------------
-    log("matmul rate per dtype, memory bandwidth")
-    n = 256 if small else (2048 if quick else 8192) if device.cuda else (512 if quick else 1024)
+
+def measure_device_rates(run: Run) -> tuple[Values, dict]:
+    """Peak matmul rate per dtype, device memory bandwidth, device memory."""
+    run.log("matmul rate per dtype, memory bandwidth")
+    device, dev, timer, reps = run.device, run.dev, run.timer, run.reps
+    values: Values = {}
+    n = 256 if run.small else (2048 if run.quick else 8192) if device.cuda else (512 if run.quick else 1024)
     for name, key in (("float32", "gpu.fp32_flops"), ("bfloat16", "gpu.bf16_flops"), ("float16", "gpu.fp16_flops")):
         a = torch.randn(n, n, device=dev).to(torch_dtype(name))
         b = torch.randn(n, n, device=dev).to(torch_dtype(name))
         t = timer.per_call(lambda: a @ b, max(2, reps // 2))
         values[key] = (2 * n**3 / t, "FLOP/s", f"{name} matmul {n}x{n}x{n}")
-    size = 2**24 if small else (2**27 if quick else 2**29) if device.cuda else (2**26 if quick else 2**28)
+    size = 2**24 if run.small else (2**27 if run.quick else 2**29) if device.cuda else (2**26 if run.quick else 2**28)
     a = torch.empty(size, dtype=torch.uint8, device=dev)
     b = torch.empty_like(a)
     t = timer.per_call(lambda: b.copy_(a), max(2, reps // 2))
     values["gpu.hbm_bandwidth"] = (2 * size / t, "B/s", f"device-to-device copy of {size} B (read + write)")
     values["gpu.memory"] = (float(device.memory_bytes()), "B", "total memory of the device")
+    return values, {}
 
-    # ---- kernels: launch gap, host dispatch, router read-back -------------------------------
-    log("kernel launch, host dispatch per kernel, router read-back")
-    tiny = torch.zeros(16, device=dev)
-    if device.cuda:
+
+def measure_kernel_launch(run: Run) -> tuple[Values, dict]:
+    """GPU time per tiny kernel queued back to back (on the CPU: time per tiny operation)."""
+    run.log("kernel launch, host dispatch per kernel, router read-back")
+    tiny = torch.zeros(16, device=run.dev)
+    if run.device.cuda:
         k = 500
         torch.cuda.synchronize()
         torch.cuda._sleep(50_000_000)  # back up the queue so the kernels run back to back
@@ -433,14 +456,20 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
         launch = e0.elapsed_time(e1) / 1e3 / k
         launch_what = "GPU time per tiny kernel queued back to back"
     else:
-        launch = timer.per_call(lambda: tiny.add_(1.0), 200)
+        launch = run.timer.per_call(lambda: tiny.add_(1.0), 200)
         launch_what = "time per tiny operation (no GPU: host and device are the same)"
-    values["gpu.kernel_launch"] = (max(launch, 1e-8), "s", launch_what)
+    return {"gpu.kernel_launch": (max(launch, 1e-8), "s", launch_what)}, {}
 
+
+def measure_dense_and_router(run: Run, shape: str, traces: list | None) -> tuple[Values, dict]:
+    """Host dispatch per kernel and the router's read-back on the executor's synthetic block; the dense
+    block's time by token count (and one table per trace's model shape, with its issue in the run loop)."""
     from pregate.executor.synthetic import SyntheticModel
     from pregate.executor.shapes import shape_meta
 
-    d0, f0, g0 = parse_shape((shapes or DEFAULT_SHAPES[device.name])[0])
+    device, dtype, timer, quick, reps, source = run.device, run.dtype, run.timer, run.quick, run.reps, run.source
+    values: Values = {}
+    d0, f0, _ = parse_shape(shape)
     meta = shape_meta("tiny")
     meta.d_model, meta.d_ff = d0, f0
     meta.dense_bytes_per_layer = 4 * d0 * d0 * 4 + 2 * d0 * (4 * d0) * 4  # attention + a 4x FFN, float32 bytes
@@ -448,7 +477,7 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
     meta.extra = {"blocks": 1}
     for s in meta.stacks.values():
         s.block_indices = []
-    model = SyntheticModel(meta, dev, tdtype, 256, 256)
+    model = SyntheticModel(meta, run.dev, run.tdtype, 256, 256)
     x1 = model.start(1)
     blocks = model.blocks
     host_block = timer.host_per_call(lambda: model.dense(0, x1, True, 64), 20 if quick else 100)
@@ -463,30 +492,31 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
     dense_tables = dense_block_tables(meta, device, dtype, dense_counts, reps, timer, source)
     timed = {(t["d_model"], t["block_params"]) for t in dense_tables}
     for trace_meta in traces or []:
-        shape = (int(trace_meta.d_model), block_params(trace_meta))
-        if shape in timed:  # two traces of one model shape (say, 8 and 64 experts) share a dense block
+        key = (int(trace_meta.d_model), block_params(trace_meta))
+        if key in timed:  # two traces of one model shape (say, 8 and 64 experts) share a dense block
             continue
-        timed.add(shape)
-        log(f"dense block of {trace_meta.model_id} (d_model {trace_meta.d_model}) by token count, and its issue "
-            "inside the run loop")
+        timed.add(key)
+        run.log(f"dense block of {trace_meta.model_id} (d_model {trace_meta.d_model}) by token count, and its issue "
+                "inside the run loop")
         tables = dense_block_tables(trace_meta, device, dtype, dense_counts, reps, timer, source)
         issue = dense_issue_in_loop(trace_meta, device, dtype, quick)
         for table in tables:
             table["issue_seconds"] = issue
         dense_tables += tables
-    details["dense_tables"] = dense_tables
     dense_table = {"d_model": d0, "blocks": blocks, "host_seconds_1_token": host_block}
-    for T in ([1, 16] if small else [1, 16, 128]):
+    for T in ([1, 16] if run.small else [1, 16, 128]):
         x = model.start(T)
         dense_table[f"decode_{T}_tokens_ctx64_s"] = timer.per_call(lambda: model.dense(0, x, True, 64 * T), reps)
     xp = model.start(min(128, model.x0.shape[0]))
     dense_table["prefill_128_tokens_s"] = timer.per_call(lambda: model.dense(0, xp, False, 0), reps)
-    details["dense_block"] = dense_table
+    return values, {"dense_tables": dense_tables, "dense_block": dense_table}
 
-    # ---- the executor's own host time ------------------------------------------------------
-    log("executor host time: per layer step, per copy, per expert")
-    overheads = executor_overheads(device, dtype, timer, quick)
-    details["executor_overheads"] = overheads
+
+def measure_executor_host(run: Run) -> tuple[Values, dict]:
+    """The executor's own host time per layer step, copy and expert (fitted over runs of a tiny model)."""
+    run.log("executor host time: per layer step, per copy, per expert")
+    overheads = executor_overheads(run.device, run.dtype, run.timer, run.quick)
+    values: Values = {}
     for key, what in (("block_issue", "issuing one dense block"),
                       ("router_sync", "the router's kernels and the read-back of its choice"),
                       ("layer_step", "the planner's part of a layer step (the cache, the policies, the slot "
@@ -498,91 +528,145 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
         values[f"host.{key}"] = (max(overheads[key], 1e-8), "s",
                                  f"{what}: host time inside the executor's run loop, fitted over runs of a tiny "
                                  "model shape")
+    return values, {"executor_overheads": overheads}
 
-    # ---- host (cpu_compute) ------------------------------------------------------------------
-    log("host matmul rate and memory bandwidth")
-    nc = 256 if quick else 1024
-    a, b = torch.randn(nc, nc), torch.randn(nc, nc)
+
+def measure_host_cpu(run: Run, shape: str) -> tuple[Values, dict]:
+    """The present host's rates for experts computed on the CPU (the ``[cpu]`` section, what ``--host
+    PROFILE.toml`` reads): streaming read bandwidth, matmul FLOP/s at an expert's shape (fp32 and bf16),
+    the threads they ran on, and the host's time to run one tiny expert (its dispatch)."""
+    run.log("host: streaming read bandwidth, matmul rate at an expert shape, threads")
+    quick, reps = run.quick, run.reps
     host_timer = Timer(Device("cpu"))
-    t = host_timer.per_call(lambda: a @ b, max(2, reps // 2))
-    values["cpu.flops"] = (2 * nc**3 / t, "FLOP/s", f"host float32 matmul {nc}x{nc}x{nc}")
-    hs = 2**24 if quick else 2**27
-    a, b = torch.empty(hs, dtype=torch.uint8), torch.empty(hs, dtype=torch.uint8)
-    t = host_timer.per_call(lambda: b.copy_(a), max(2, reps // 2))
-    values["cpu.memory_bandwidth"] = (2 * hs / t, "B/s", f"host copy of {hs} B (read + write)")
+    threads = torch.get_num_threads()
+    # a streaming read: a sum over a buffer far larger than the caches reads every byte once
+    hs = 2**24 if quick else 2**28
+    buf = torch.ones(hs // 4, dtype=torch.float32)
+    t = host_timer.per_call(lambda: buf.sum(), max(2, reps // 2))
+    values: Values = {"cpu.memory_bandwidth": (hs / t, "B/s", f"streaming read: sum of a {hs} B float32 buffer, "
+                                                              f"{threads} threads")}
+    d, f, gated = parse_shape(shape)
+    tokens = 64 if quick else 256
+    d, f = (min(d, 1024), min(f, 4096)) if quick else (d, f)
+    rates = {}
+    for name, key in (("float32", "cpu.flops"), ("bfloat16", "cpu.bf16_flops")):
+        x = torch.randn(tokens, d).to(torch_dtype(name))
+        w = torch.randn(d, f).to(torch_dtype(name))
+        t = host_timer.per_call(lambda: x @ w, 3)
+        rates[name] = 2 * tokens * d * f / t
+        values[key] = (rates[name], "FLOP/s", f"{name} matmul at an expert shape ({tokens} tokens x {d} x {f}), "
+                                              f"{threads} threads")
+    values["cpu.threads"] = (float(threads), "count", "torch.get_num_threads() during these measurements")
+    spec = _spec(64, 128, gated)
+    slot = torch.randn(spec.numel) * 0.02
+    weights = spec.views(slot)
+    x1 = torch.randn(1, 64)
+    t = host_timer.per_call(lambda: spec.compute(x1, weights), 50 if quick else 500)
+    values["cpu.dispatch"] = (max(t, 1e-8), "s", "one expert of 64x128 at one token on the host: its operations' "
+                                                 "fixed cost")
+    return values, {"host_cpu": {"threads": threads, "matmul_flops": rates, "read_bytes": hs}}
 
-    # ---- dequantisation ----------------------------------------------------------------------
-    log("dequantisation rate (int8, int4)")
+
+def measure_dequant(run: Run, shape: str) -> tuple[Values, dict]:
+    """Dequantisation output rate (int8, int4; the slower is kept)."""
+    run.log("dequantisation rate (int8, int4)")
     from pregate.executor import quant
 
-    numel = 2**18 if small else (2**20 if quick else _spec(d0, f0, g0).numel)
+    d0, f0, g0 = parse_shape(shape)
+    numel = 2**18 if run.small else (2**20 if run.quick else _spec(d0, f0, g0).numel)
     flat = torch.randn(numel)
-    out = torch.empty(numel, dtype=tdtype, device=dev)
+    out = torch.empty(numel, dtype=run.tdtype, device=run.dev)
     deq = {}
     for form in quant.FORMS:
-        buf = quant.quantize(flat, form).to(dev)
-        t = timer.per_call(lambda: quant.dequantize_into(buf, out, form), reps)
-        deq[form] = numel * tdtype.itemsize / t
-    details["dequant_Bps"] = deq
-    values["dequant.bandwidth"] = (min(deq.values()), "B/s", f"dequantised {dtype} bytes written per second "
-                                   f"({numel} weights; slower of int8 {deq['int8']:.3g} and int4 {deq['int4']:.3g} B/s)")
+        buf = quant.quantize(flat, form).to(run.dev)
+        t = run.timer.per_call(lambda: quant.dequantize_into(buf, out, form), run.reps)
+        deq[form] = numel * run.tdtype.itemsize / t
+    values = {"dequant.bandwidth": (min(deq.values()), "B/s", f"dequantised {run.dtype} bytes written per second "
+                                    f"({numel} weights; slower of int8 {deq['int8']:.3g} and int4 {deq['int4']:.3g} B/s)")}
+    return values, {"dequant_Bps": deq}
 
-    # ---- copy/compute overlap ------------------------------------------------------------------
-    if device.cuda:
-        log("copy on the side stream during compute")
-        m = 4096
-        a = torch.randn(m, m, device=dev, dtype=tdtype)
-        src = torch.empty(2**26, dtype=torch.uint8, pin_memory=True)
-        dst = torch.empty(2**26, dtype=torch.uint8, device=dev)
-        loop = 20
 
-        def compute():
-            for _ in range(loop):
-                a @ a
+def measure_overlap(run: Run) -> tuple[Values, dict]:
+    """How much a copy on the side stream slows a concurrent matmul loop (no profile key: the JSON only)."""
+    if not run.device.cuda:
+        return {}, {"copy_compute_overlap": {"note": "not measured on the cpu: copies are synchronous"}}
+    run.log("copy on the side stream during compute")
+    dev, device = run.dev, run.device
+    m = 4096
+    a = torch.randn(m, m, device=dev, dtype=run.tdtype)
+    src = torch.empty(2**26, dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty(2**26, dtype=torch.uint8, device=dev)
+    loop = 20
 
-        alone = timer.per_call(compute, 3)
-        torch.cuda.synchronize()
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        with torch.cuda.stream(device.copy):
-            for _ in range(4):
-                dst.copy_(src, non_blocking=True)
-        compute()
-        e1.record()
-        torch.cuda.synchronize()
-        together = e0.elapsed_time(e1) / 1e3
-        details["copy_compute_overlap"] = {"matmul_loop_alone_s": alone, "with_256MB_of_copies_s": together,
-                                           "slowdown": together / alone}
-    else:
-        details["copy_compute_overlap"] = {"note": "not measured on the cpu: copies are synchronous"}
+    def compute():
+        for _ in range(loop):
+            a @ a
 
-    # ---- expert tables -------------------------------------------------------------------------
-    tables = []
-    for text in shapes or DEFAULT_SHAPES[device.name]:
-        d, f, gated = parse_shape(text)
-        spec = _spec(d, f, gated)
-        log(f"expert FFN {d}x{f}{' gated' if gated else ''} ({dtype}) by token count")
-        counts = [1, 4, 16, 64] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
-        slot = torch.randn(spec.numel, device=dev).to(tdtype) * 0.02
-        w = spec.views(slot)
-        x = torch.randn(max(counts), d, device=dev).to(tdtype)
-        idx = torch.arange(max(counts), device=dev)
-        gate = torch.full((max(counts), 1), 0.5, device=dev, dtype=tdtype)
-        outb = torch.zeros_like(x)
-        secs = []
-        for c in counts:
-            i = idx[:c]
+    alone = run.timer.per_call(compute, 3)
+    torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    with torch.cuda.stream(device.copy):
+        for _ in range(4):
+            dst.copy_(src, non_blocking=True)
+    compute()
+    e1.record()
+    torch.cuda.synchronize()
+    together = e0.elapsed_time(e1) / 1e3
+    return {}, {"copy_compute_overlap": {"matmul_loop_alone_s": alone, "with_256MB_of_copies_s": together,
+                                         "slowdown": together / alone}}
 
-            def one():
-                y = spec.compute(x.index_select(0, i), w)
-                outb.index_add_(0, i, y * gate[:c])
 
-            secs.append(timer.gpu_per_call(one, reps if c <= 64 else max(3, reps // 4)))
-        secs = list(np.maximum.accumulate(secs))  # more tokens never cost less
-        tables.append({"d_model": d, "d_ff": f, "dtype": dtype, "tokens": counts, "seconds": secs,
-                       "source": f"{source}: the executor's expert function ({'gated' if gated else 'two matmuls'}), "
-                                 "gather to scatter-add, "
-                                 + ("GPU time (issued ahead of the GPU)" if device.cuda else "back to back")})
+def measure_expert_table(run: Run, text: str) -> dict:
+    """The executor's expert function (gather to scatter-add) by token count for one shape: an expert table."""
+    dev, dtype, tdtype, reps = run.dev, run.dtype, run.tdtype, run.reps
+    d, f, gated = parse_shape(text)
+    spec = _spec(d, f, gated)
+    run.log(f"expert FFN {d}x{f}{' gated' if gated else ''} ({dtype}) by token count")
+    counts = [1, 4, 16, 64] if run.quick else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    slot = torch.randn(spec.numel, device=dev).to(tdtype) * 0.02
+    w = spec.views(slot)
+    x = torch.randn(max(counts), d, device=dev).to(tdtype)
+    idx = torch.arange(max(counts), device=dev)
+    gate = torch.full((max(counts), 1), 0.5, device=dev, dtype=tdtype)
+    outb = torch.zeros_like(x)
+    secs = []
+    for c in counts:
+        i = idx[:c]
+
+        def one():
+            y = spec.compute(x.index_select(0, i), w)
+            outb.index_add_(0, i, y * gate[:c])
+
+        secs.append(run.timer.gpu_per_call(one, reps if c <= 64 else max(3, reps // 4)))
+    secs = list(np.maximum.accumulate(secs))  # more tokens never cost less
+    return {"d_model": d, "d_ff": f, "dtype": dtype, "tokens": counts, "seconds": secs,
+            "source": f"{run.source}: the executor's expert function ({'gated' if gated else 'two matmuls'}), "
+                      "gather to scatter-add, "
+                      + ("GPU time (issued ahead of the GPU)" if run.device.cuda else "back to back")}
+
+
+def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = None, dtype: str = "",
+              log=print, traces: list | None = None) -> tuple[str, dict]:
+    """Measure the device; returns the profile's TOML text and the details for the JSON.
+
+    Each measurement is its own function returning its keys with provenance;
+    ``traces`` (trace metadata) add a dense-block table for each trace's model shape.
+    """
+    device = Device(device_name)
+    dtype = dtype or ("bfloat16" if device.cuda else "float32")
+    env = environment(device)
+    source = f"measured by pregate calibrate on {env['device']}, {env['date']}"
+    run = Run(device, dtype, Timer(device), quick, source, log)
+    shapes = shapes or DEFAULT_SHAPES[device.name]
+    details: dict = {"environment": env, "quick": quick, "dtype": dtype}
+    values: Values = {}
+    for measured, more in (measure_copies(run), measure_device_rates(run), measure_kernel_launch(run),
+                           measure_dense_and_router(run, shapes[0], traces), measure_executor_host(run),
+                           measure_host_cpu(run, shapes[-1]), measure_dequant(run, shapes[0]), measure_overlap(run)):
+        values.update(measured)
+        details.update(more)
+    tables = [measure_expert_table(run, text) for text in shapes]
     details["expert_tables"] = tables
     details["values"] = {k: {"value": v, "unit": u, "source": f"{source}: {what}"} for k, (v, u, what) in values.items()}
     return render_profile(env, values, source, tables, details), details

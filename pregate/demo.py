@@ -7,7 +7,13 @@ text by pregate's own trained small models:
 * the Switch-topology sample (6 MoE layers x 8 experts, top-1) priced as
   switch-base-8, with bf16 and with fp32 experts;
 * the Mixtral-topology sample (32 MoE layers x 8 experts, top-2) priced as
-  mixtral-8x7b, with bf16 host copies and with int4 host copies.
+  mixtral-8x7b, with bf16 host copies and with int4 host copies;
+* the same Mixtral bf16 part with the experts that are not on the GPU computed
+  on the CPU (static-layers: llama.cpp's --n-cpu-moe; static-hot: the most used
+  experts pinned; cpu-or-fetch: a cache whose misses run on the CPU when that is
+  sooner), on a dual-channel DDR4 desktop and an eight-channel server host, with
+  pregate's eager runtime; the report tables where each placement wins by cache
+  size and host kind.
 
 For each part it sweeps speculation x caching x cache sizes that fit a 24 GB
 card (dense weights + cache + working margin), prints a few lines (which
@@ -38,6 +44,11 @@ CACHING = ["lru", "least-stale"]
 # (what CUDA graphs or fused kernels approach): the same question under both
 RUNTIMES = ["pregate-eager", "gpu-bound"]
 PROFILE = "rtx3090"
+# the placements that run experts on the CPU, on two host kinds (one runtime: the demo must stay short)
+PLACEMENT_HOSTS = ["ddr4-3200-2ch", "server-ddr5-8ch"]
+PLACEMENT_RUNTIME = "pregate-eager"
+STATIC_PLACEMENTS = ["static-layers", "static-hot"]  # pin their experts: speculation and caching do nothing
+HYBRID_PLACEMENTS = ["cpu-or-fetch"]  # a cache: prefetched with Pre-gated MoE's next-layer rule
 MIN_SPREAD = 1.5  # best and worst of a part should differ at least this much, or the demo says why not
 SWITCH_SAMPLE = "pregate-moe-tiny"
 MIXTRAL_SAMPLE = "pregate-moe-mixtral-topo"
@@ -58,15 +69,23 @@ class Part:
     dense_bytes: int = 0
     total_experts: int = 0
     all_fit: bool = False
+    host: str = ""  # a host kind: this part runs the CPU placements on it
+    runtimes: tuple[str, ...] = tuple(RUNTIMES)
 
-    def grid(self, speculation: list[str]) -> dict:
-        return {"profile": [PROFILE], "runtime": RUNTIMES, "speculation": speculation, "cache_policy": CACHING,
-                "cache": list(self.cache_sizes), "price_as": [self.price_as], "dtype": [self.dtype],
-                "compression": [self.compression]}
+    def grids(self, speculation: list[str]) -> list[dict]:
+        common = {"profile": [PROFILE], "runtime": list(self.runtimes), "cache": list(self.cache_sizes),
+                  "price_as": [self.price_as], "dtype": [self.dtype], "compression": [self.compression]}
+        if not self.host:
+            return [{**common, "speculation": speculation, "cache_policy": CACHING}]
+        return [{**common, "host": [self.host], "buffering": STATIC_PLACEMENTS, "speculation": ["none"],
+                 "cache_policy": ["lru"]},
+                {**common, "host": [self.host], "buffering": HYBRID_PLACEMENTS,
+                 "speculation": [s for s in speculation if s != "none"][:1] or ["none"], "cache_policy": ["lru"]}]
 
     def matches(self, row: dict, runtime: str) -> bool:
         return (row["price_as"] == self.price_as and row["dtype"] == self.dtype and row["runtime"] == runtime
-                and row["compression"] == self.compression and row["trace"] == self.trace)
+                and row["compression"] == self.compression and row["trace"] == self.trace
+                and (row.get("host") or "") == self.host)
 
 
 def add_arguments(parser) -> None:
@@ -112,6 +131,8 @@ def default_parts(out) -> list[Part]:
         Part("mixtral-8x7b, bf16 host copies", mixtral, "mixtral-8x7b", "bfloat16", synthetic=m_syn),
         Part("mixtral-8x7b, int4 host copies (dequantised to bf16 on the GPU)", mixtral, "mixtral-8x7b", "bfloat16",
              compression="int4", synthetic=m_syn),
+        *(Part(f"mixtral-8x7b, bf16: CPU placements on a {host} host", mixtral, "mixtral-8x7b", "bfloat16",
+               synthetic=m_syn, host=host, runtimes=(PLACEMENT_RUNTIME,)) for host in PLACEMENT_HOSTS),
     ]
 
 
@@ -158,6 +179,15 @@ def answer(part: Part, by_runtime: dict, include_over_memory: bool = False) -> l
         best, worst = eligible.row(0, named=True), eligible.row(-1, named=True)
         n = best["cache_capacity_experts"]
         factor = best["tokens_per_s"] / worst["tokens_per_s"] if worst["tokens_per_s"] else float("inf")
+        if part.host:  # placements: the GPU-cache references do not bound them
+            lines.append(
+                f"  {runtime} runtime: run {best['policy']} with {n} of {part.total_experts} experts on the GPU "
+                f"({_gb(n * part.expert_bytes)}), the rest computed on the CPU: {best['tokens_per_s']:.1f} tokens/s; "
+                f"slowest placement here, {worst['policy']} with {worst['cache_capacity_experts']}: "
+                f"{worst['tokens_per_s']:.1f} tokens/s ({factor:.2f}x slower); the GPU-cache references (all-resident "
+                f"{best['bound_resident_tokens_per_s']:.1f}, perfect prediction {best['bound_oracle_tokens_per_s']:.1f} "
+                "tokens/s) do not bound a placement that computes on the CPU")
+            continue
         lines.append(
             f"  {runtime} runtime: run {best['policy']} with {n} of {part.total_experts} experts cached "
             f"({_gb(n * part.expert_bytes)}): {best['tokens_per_s']:.1f} tokens/s, {best['ratio_to_resident']:.2f}x "
@@ -169,6 +199,23 @@ def answer(part: Part, by_runtime: dict, include_over_memory: bool = False) -> l
             lines.append(f"    best and worst differ by less than {MIN_SPREAD}x because even the worst point waits for "
                          f"copies only {worst['stall_share']:.0%} of its time: at this size a copy of one expert "
                          f"({part.expert_bytes / 1e6:.1f} MB) is cheap next to the compute and dispatch of a step")
+    return lines
+
+
+def placement_answer(frame) -> list[str]:
+    """Where each placement wins, by cache size and host kind, as answer lines (empty without placements)."""
+    from pregate.analysis.report import groups, placement_points, placement_table
+
+    lines = []
+    for name, part in groups(frame):
+        best = placement_points(part)
+        table = placement_table(best) if not best.is_empty() else None
+        if table is None:
+            continue
+        lines.append(f"Where each placement wins ({name}): GPU expert cache vs experts computed on the CPU")
+        for row in table.iter_rows(named=True):
+            cells = "; ".join(f"{k[len('winner on '):]}: {v}" for k, v in row.items() if k.startswith("winner on "))
+            lines.append(f"  {row['experts on the GPU']} experts on the GPU: {cells}")
     return lines
 
 
@@ -214,7 +261,8 @@ def run(args) -> int:
         size_caches(part, profile)
         meta = open_trace(part.trace).meta
         speculation = SPECULATION if meta.ahead_distance else ["none", "transition"]
-        plans.append(plan_sweep(SweepSpec(traces=[part.trace], grid=part.grid(speculation), source="pregate demo")))
+        for grid in part.grids(speculation):
+            plans.append(plan_sweep(SweepSpec(traces=[part.trace], grid=grid, source="pregate demo")))
     plan = Plan(spec=plans[0].spec, points=[p for pl_ in plans for p in pl_.points],
                 profiles={k: v for pl_ in plans for k, v in pl_.profiles.items()},
                 trace_files={k: v for pl_ in plans for k, v in pl_.trace_files.items()})
@@ -230,14 +278,17 @@ def run(args) -> int:
     keys = [p.key for p in plan.points]
     frame = read_results(results).filter(pl.col("key").is_in(keys))
     answers, tables = [], []
-    rows = frame.select("price_as", "dtype", "compression", "trace", "runtime").to_dicts()
+    rows = frame.select("price_as", "dtype", "compression", "trace", "runtime", "host").to_dicts()
     for part in parts:
         by_runtime = {}
-        for runtime in RUNTIMES:
+        for runtime in part.runtimes:
             mask = pl.Series([part.matches(r, runtime) for r in rows])
             by_runtime[runtime] = rank(frame.filter(mask), include_over_memory=args.include_over_memory)
             tables.append((f"{part.title}, {runtime} runtime", by_runtime[runtime]))
         answers.append(answer(part, by_runtime, args.include_over_memory))
+    wins = placement_answer(frame)
+    if wins:
+        answers.append(wins)
     print("\nThe answer:")
     for lines in answers:
         print("\n".join(lines))

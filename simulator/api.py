@@ -36,6 +36,7 @@ from pregate.simulator.memory_fit import working_margin
 from pregate.simulator.policies.build import make_speculation
 from pregate.simulator.policies.placement import SideTiming, side_timing
 from pregate.simulator.pricing import meta_label, price_stream, require_expert_size
+from pregate.simulator.hosts import with_host
 from pregate.simulator.profile import HardwareProfile, load_profile
 from pregate.simulator.runtime import RuntimeProfile, load_runtime
 from pregate.simulator.replay import ReplayCounts, replay_fast, replay_general
@@ -113,7 +114,7 @@ class Simulation:
         self.speculation_note = None
         self.placement_note = None
         require_expert_size(stream.meta)
-        self.profile = profile or load_profile(settings.profile)
+        self.profile = with_host(profile or load_profile(settings.profile), settings.host)
         self.runtime = runtime or load_runtime(settings.runtime, self.profile)
         self.costs = build_costs(stream, self.profile, self.runtime, settings.dtype, settings.host_tier)
         self.gpu_dtype = self.costs.gpu_dtype
@@ -165,8 +166,9 @@ class Simulation:
             return None
         comp = COMPRESSION.get(settings.compression)()
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
-        return side_timing(self.stream, self.costs.for_policy(settings.cache_policy), engines,
-                           comp.demand_dtype(self.gpu_dtype))
+        demand = comp.demand_dtype(self.gpu_dtype)
+        return side_timing(self.stream, self.costs.for_policy(settings.cache_policy).for_host_copy(demand), engines,
+                           demand)
 
     def replay(self, settings: Settings | None = None, fast: bool = True) -> ReplayCounts:
         settings = settings or self.settings
@@ -185,7 +187,8 @@ class Simulation:
         cache, planner, buffering, comp = self._parts(settings)
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
         outcome = run_timed(
-            self.stream, self.costs.for_policy(settings.cache_policy), planner, cache,
+            self.stream, self.costs.for_policy(settings.cache_policy).for_host_copy(comp.demand_dtype(self.gpu_dtype)),
+            planner, cache,
             demand_dtype=comp.demand_dtype(self.gpu_dtype), prefetch_dtype=comp.prefetch_dtype(self.gpu_dtype),
             copy_engines=engines, timeline=timeline, all_resident=buffering.all_resident,
         )
@@ -226,6 +229,7 @@ class Simulation:
             "pricing": meta_label(stream.meta),
             "gpu_dtype": self.gpu_dtype,
             "profile": self.profile.name,
+            "host": self.profile.host_name,
             "runtime": self.runtime.name,
             # the shared figures, with the simulator's own among them where they always stood
             # (a sweep's stored columns keep their order, so old results still concatenate)

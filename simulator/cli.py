@@ -18,6 +18,7 @@ examples:
   pregate simulate runs/mx --batch-size 8 --cache 96 --per-layer --compression int8 --json out.json
   pregate simulate runs/sb8 --profile my-gpu.toml --steps-out steps.parquet --timeline tl.json
   pregate simulate runs/sb8 --profile rtx3090 --runtime gpu-bound --uncertainty corners
+  pregate simulate runs/mx --buffering cpu_compute --host ddr4-3200-2ch   # misses on a DDR4 desktop's CPU
   pregate simulate runs/sb8 --uncertainty 32 --seed 1        # 32 seeded samples of the ranges
   pregate simulate runs/sb8 --replay-only --cache-policy belady      # counts only, fast
   pregate simulate runs/mx --speculation transition --cache-policy next-use --prefetch-gate off
@@ -67,7 +68,8 @@ def format_summary(s: dict, phase: str = "decode") -> str:
         return "n/a" if x is None else f"{x * 1e3:.3f} ms"
 
     lines = [
-        f"{s['pricing']}, on {s['profile']} ({s.get('runtime', '')} runtime, {s['gpu_dtype']}): {s['steps']} decode "
+        f"{s['pricing']}, on {s['profile']} with host {s.get('host', '')} ({s.get('runtime', '')} runtime, "
+        f"{s['gpu_dtype']}): {s['steps']} decode "
         f"steps, {s['tokens']} tokens, "
         f"{s['requests']} expert requests, cache {s['cache_capacity_experts']} experts",
     ]

@@ -1,11 +1,17 @@
 """``pregate recommend``: what to run for a model on a GPU, and how close it is to the best possible."""
 
-HELP = "recommend speculation, caching, cache size and compression for a model on a GPU"
+HELP = "recommend a GPU expert cache, a static CPU placement or a hybrid, with its settings, for a model on a GPU and host"
 DESCRIPTION = """Answer "what should I run on my GPU, and why?": the best speculation, caching
 policy, cache size and compression that fit the GPU's memory, the expected
 tokens/s, and the gap to two references (all experts resident; perfect
 prediction: oracle prefetch with Belady eviction) and to the proven lower
-bound on step time.
+bound on step time. It says whether a GPU expert cache with prefetch, a static
+CPU placement (experts pinned on the GPU, the rest computed on the CPU) or a
+hybrid (a cache whose misses may run on the CPU) is best for the model, GPU,
+memory and host (--host), by how much, and with --uncertainty how sure; it
+prints the 'pregate execute' line of the winner and, for the best static
+layer placement, the llama.cpp flags that place the same experts on the CPU
+(an equivalence of placement, not a prediction of llama.cpp's speed).
 
 The expert cache gets the GPU memory (the profile's, or --vram) minus the
 dense weights minus a working margin (default 0.5 GB + 8% of the memory).
@@ -20,6 +26,7 @@ the routing is synthetic. Without --model, the shipped sample trace is used.
 
 examples:
   pregate recommend --model mixtral-8x7b --profile rtx3090
+  pregate recommend --model mixtral-8x7b --profile rtx3090 --host ddr4-3200-2ch   # cache, CPU placement or hybrid?
   pregate recommend --model mixtral-8x7b --profile rtx3090 --runtime gpu-bound
   pregate recommend --model mixtral-8x7b --profile rtx3090 --uncertainty corners
   pregate recommend --model runs/sb8 --profile t4 --batch-size 8
@@ -36,6 +43,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", metavar="M", help="trace folder or known model shape (default: the shipped sample trace)")
     parser.add_argument("--profile", "--gpu", dest="profile", default="rtx3090",
                         help="hardware profile: built-in name, TOML file or auto (default: rtx3090; --gpu is an alias)")
+    from dataclasses import fields
+
+    from pregate.simulator.settings import Settings as _Settings
+
+    host_help = next(f.metadata["help"] for f in fields(_Settings) if f.name == "host")
+    parser.add_argument("--host", default="", help=host_help.replace("%", "%%"))
     parser.add_argument("--runtime", default="", help="runtime profile: pregate-eager (default), gpu-bound or a TOML file")
     parser.add_argument("--uncertainty", default="", help="price every point across its profiles' ranges: corners or "
                         "a number of seeded samples; says whether the winner stays the winner, and which value "
@@ -84,7 +97,8 @@ def run(args) -> int:
     rec = recommend(model, args.profile, vram_gb=args.vram, batch_size=args.batch_size, margin_gb=args.margin,
                     workers=args.workers, results=args.results, progress=not args.quiet,
                     runtime=args.runtime, uncertainty=args.uncertainty,
-                    price_as=spec_from_flags(args.price_as, args.model_config), policy_args=args.policy_args or ())
+                    price_as=spec_from_flags(args.price_as, args.model_config), policy_args=args.policy_args or (),
+                    host=args.host)
     if not json_to_stdout(args):
         print(format_recommendation(rec))
     emit_json(args, json.dumps(rec.to_dict(), indent=2, sort_keys=True))

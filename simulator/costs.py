@@ -54,8 +54,23 @@ from pregate.simulator.runtime import RuntimeProfile
 from pregate.simulator.stream import RequestStream
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-PEAK_KEY = {"float32": "gpu.fp32_flops", "bfloat16": "gpu.bf16_flops", "float16": "gpu.fp16_flops"}
+# Weights kept quantised on the GPU too (llama.cpp's way: kernels dequantise inside the matmul):
+# bytes per weight of the group-quantised forms, one fp16 scale per 64 weights (traces/schema.py).
+QUANT_WEIGHT_BYTES = {"int8": 1 + 2 / 64, "int4": 0.5 + 2 / 64}
+GPU_DTYPES = (*DTYPE_BYTES, *QUANT_WEIGHT_BYTES)
+PEAK_KEY = {"float32": "gpu.fp32_flops", "bfloat16": "gpu.bf16_flops", "float16": "gpu.fp16_flops",
+            "int8": "gpu.bf16_flops", "int4": "gpu.bf16_flops"}
 QUANT_FORMS = ("int8", "int4")
+
+
+def weight_bytes(dtype: str) -> float:
+    """Bytes per weight on the GPU in ``dtype`` (scales included for the quantised forms)."""
+    return float(DTYPE_BYTES.get(dtype) or QUANT_WEIGHT_BYTES[dtype])
+
+
+def activation_bytes(dtype: str) -> int:
+    """Bytes per activation value: fp32 with fp32 weights, else 16-bit (quantised weights compute in fp16)."""
+    return 4 if dtype == "float32" else 2
 
 
 def dense_ffn_params(d_model: int, block_params: float) -> float:
@@ -101,7 +116,7 @@ class CostTables:
     expert_gpu: list[float]  # [n tokens] -> GPU seconds for one expert
     expert_host: float  # host dispatch seconds for one expert's kernels
     expert_host_resident: float  # the same with every expert resident (no slot events)
-    expert_cpu: list[float]  # [n tokens] -> CPU seconds for one expert, with activation copies
+    expert_cpu: list[float]  # [n tokens] -> CPU seconds for one expert, with activation copies (host copy dtype)
     dense_gpu: np.ndarray  # [layer step] -> GPU seconds of dense work and router (an array: one per trace row)
     dense_host: np.ndarray  # [layer step] -> host seconds to dispatch it
     router_sync: float
@@ -116,6 +131,15 @@ class CostTables:
     planner: dict = field(default_factory=dict)  # caching policy -> (layer_step, copy_issue) where it has its own
     runtime: str = ""  # name of the runtime profile
     sync_copy: float = 0.0  # host seconds per copy when copies block the host (the CPU device)
+    expert_cpu_by_dtype: dict = field(default_factory=dict)  # dtype of the host copy -> expert_cpu for it
+    host: str = ""  # the host kind the CPU terms were priced with
+
+    def for_host_copy(self, dtype: str) -> "CostTables":
+        """These tables with the CPU expert cost of host copies in ``dtype`` (what the CPU reads)."""
+        table = self.expert_cpu_by_dtype.get(dtype)
+        if table is None or table is self.expert_cpu:
+            return self
+        return dataclasses.replace(self, expert_cpu=table)
 
     def for_policy(self, cache_policy: str) -> "CostTables":
         """These tables with the planner's cost of ``cache_policy``'s family (the runtime's, if it has one)."""
@@ -134,76 +158,131 @@ def _host_total(runtime: RuntimeProfile, total_key: str, fixed_key: str, kernels
     return runtime[fixed_key] + kernels * runtime["host.per_kernel"]
 
 
-def build_costs(stream: RequestStream, profile: HardwareProfile, runtime: RuntimeProfile, gpu_dtype: str = "",
-                host_tier: str = "pinned") -> CostTables:
-    meta = stream.meta
-    gpu_dtype = gpu_dtype or meta.dtype
-    if gpu_dtype not in DTYPE_BYTES:
-        raise SimulatorError(f"GPU dtype '{gpu_dtype}' is not one of {', '.join(DTYPE_BYTES)}")
+# ---------------------------------------------------------------------------- one function per cost term
+
+def expert_bytes_by_dtype(meta, gpu_dtype: str) -> dict[str, int]:
+    """Bytes of one expert per storage dtype: the trace's figures, plus the GPU dtype from the parameter count."""
     bytes_of = {d: int(b) for d, b in meta.bytes_per_expert.items()}
-    bytes_of.setdefault(gpu_dtype, meta.expert_params * DTYPE_BYTES[gpu_dtype])
-    e_bytes = bytes_of[gpu_dtype]
-    peak = profile[PEAK_KEY[gpu_dtype]]
-    hbm = profile["gpu.hbm_bandwidth"]
-    launch = profile["gpu.kernel_launch"]
-    gated = "gated" in (meta.activation or "") or "glu" in (meta.activation or "").lower()
-    kernels = int(runtime["kernels.gated_expert" if gated else "kernels.expert"])
-    # the host's issue of one expert (with its slot events) and of one resident expert
+    bytes_of.setdefault(gpu_dtype, int(meta.expert_params * weight_bytes(gpu_dtype)))
+    return bytes_of
+
+
+def expert_kernels(runtime: RuntimeProfile, activation: str) -> int:
+    """Kernels one expert launches: a gated (GLU) expert has one more matmul than a plain one."""
+    gated = "gated" in (activation or "") or "glu" in (activation or "").lower()
+    return int(runtime["kernels.gated_expert" if gated else "kernels.expert"])
+
+
+def expert_issue_seconds(runtime: RuntimeProfile, kernels: int) -> tuple[float, float]:
+    """(host seconds to issue one offloaded expert, the same for a resident one).
+
+    Resident experts skip the slot events and the planner: never dearer than
+    offloaded ones (two noisy fits could say otherwise, and the all-resident
+    bound must stay a bound).
+    """
     expert_host = _host_total(runtime, "host.expert_issue", "host.per_expert", kernels)
     if "host.resident_expert_issue" in runtime.entries or "host.expert_issue" not in runtime.entries:
-        expert_host_resident = _host_total(runtime, "host.resident_expert_issue", "host.per_resident_expert", kernels)
+        resident = _host_total(runtime, "host.resident_expert_issue", "host.per_resident_expert", kernels)
     else:
-        expert_host_resident = expert_host
-    max_tokens = int(stream.req_tokens.max()) if stream.n_requests else 1
-    n = np.arange(max_tokens + 1, dtype=np.float64)
-    table = profile.expert_table(meta.d_model, meta.d_ff)
-    used = ""
+        resident = expert_host
+    return expert_host, min(resident, expert_host)
+
+
+def expert_gpu_seconds(n: np.ndarray, profile: HardwareProfile, params: int, d_model: int, d_ff: int,
+                       e_bytes: int, gpu_dtype: str, kernels: int) -> tuple[np.ndarray, str]:
+    """(GPU seconds of one expert by token count, the measured table's source or "").
+
+    A measured table for the shape wins (calibrate times it on the GPU alone);
+    else the roofline ``max(2 n params / peak, (weights + activations in and
+    out) / HBM)`` plus one launch gap per kernel. No tokens cost nothing.
+    """
+    table = profile.expert_table(d_model, d_ff)
     if table is not None:
-        # calibrate times the table on the GPU alone; the host's issue is the runtime's
-        expert_gpu = interpolate(n, table.tokens, table.seconds)
-        used = table.source
+        out, used = interpolate(n, table.tokens, table.seconds), table.source
     else:
-        act_bytes = 2.0 * n * meta.d_model * DTYPE_BYTES[gpu_dtype]
-        expert_gpu = np.maximum(2.0 * n * meta.expert_params / peak, (e_bytes + act_bytes) / hbm) + kernels * launch
-    # Resident experts skip the slot events and the planner: never dearer than offloaded ones
-    # (two noisy fits could say otherwise, and the all-resident bound must stay a bound).
-    expert_host_resident = min(expert_host_resident, expert_host)
-    expert_gpu[0] = 0.0
-    # CPU compute in the trace's own dtype (host copies), activations both ways.
-    host_bytes = bytes_of.get(meta.dtype, e_bytes)
-    act_copy = 2 * (profile["pcie.copy_latency"] + n * meta.d_model * 4 / profile["pcie.pinned_bandwidth"])
-    expert_cpu = np.maximum(2.0 * n * meta.expert_params / profile["cpu.flops"],
-                            host_bytes / profile["cpu.memory_bandwidth"]) + act_copy
-    # dense work per layer step
-    total_moe = stream.layout.n_layers
+        act = 2.0 * n * d_model * activation_bytes(gpu_dtype)
+        peak, hbm = profile[PEAK_KEY[gpu_dtype]], profile["gpu.hbm_bandwidth"]
+        out = np.maximum(2.0 * n * params / peak, (e_bytes + act) / hbm) + kernels * profile["gpu.kernel_launch"]
+        used = ""
+    out[0] = 0.0
+    return out, used
+
+
+def cpu_flops(profile: HardwareProfile, host_dtype: str) -> float:
+    """The host's matmul rate for weights in ``host_dtype``: fp32, or the reduced-precision rate if known."""
+    if host_dtype == "float32":
+        return profile["cpu.flops"]
+    return profile.get("cpu.bf16_flops") or profile["cpu.flops"]
+
+
+def activation_copy_seconds(n: np.ndarray, profile: HardwareProfile, d_model: int) -> np.ndarray:
+    """Moving n tokens' fp32 activations to the host and the expert's output back: two pinned copies."""
+    return 2 * (profile["pcie.copy_latency"] + n * d_model * 4 / profile["pcie.pinned_bandwidth"])
+
+
+def expert_cpu_seconds(n: np.ndarray, profile: HardwareProfile, params: int, d_model: int, host_bytes: int,
+                       host_dtype: str) -> np.ndarray:
+    """CPU seconds of one expert by token count, where its weights live (Fiddler, llama.cpp's CPU experts).
+
+    ``max(host_bytes / memory bandwidth, 2 n params / FLOP rate)``: the weights
+    are streamed from memory once per layer step whatever the token count, and
+    the matmul runs on every thread of the pool (the rates are the host's with
+    ``cpu.threads`` threads, so the pool is one server that runs one expert at
+    a time); plus the activations both ways over PCIe and the host's dispatch
+    to the pool (``cpu.dispatch``). No tokens cost nothing.
+    """
+    roofline = np.maximum(host_bytes / profile["cpu.memory_bandwidth"], 2.0 * n * params / cpu_flops(profile, host_dtype))
+    out = roofline + activation_copy_seconds(n, profile, d_model) + (profile.get("cpu.dispatch") or 0.0)
+    return out
+
+
+def expert_cpu_by_dtype(n: np.ndarray, profile: HardwareProfile, meta, bytes_of: dict[str, int]) -> dict:
+    """:func:`expert_cpu_seconds` for a host copy in each dtype the trace has bytes for."""
+    return {d: expert_cpu_seconds(n, profile, meta.expert_params, meta.d_model, size, d).tolist()
+            for d, size in bytes_of.items()}
+
+
+def blocks_per_moe_layer(meta, n_moe_layers: int) -> tuple[float, int]:
+    """(dense blocks per MoE layer step, dense blocks in all): every block is priced at an MoE layer step."""
     blocks = int(meta.extra.get("blocks", 0) or 0) if isinstance(meta.extra, dict) else 0
     if meta.stacks and all(s.block_indices for s in meta.stacks.values()):
         # blocks spanned by MoE layers: the last block index + 1 per stack
         blocks = sum(max(s.block_indices) + 1 for s in meta.stacks.values())
-    blocks_per_layer = max(1.0, blocks / total_moe) if blocks else 1.0
-    trace_bytes = DTYPE_BYTES.get(meta.dtype, 4)
-    dense_params = meta.dense_bytes_per_layer / trace_bytes
-    dense_bytes_gpu = dense_params * DTYPE_BYTES[gpu_dtype]
+    per_layer = max(1.0, blocks / n_moe_layers) if blocks else 1.0
+    return per_layer, (blocks if blocks else n_moe_layers)
+
+
+def attention_seconds(context: np.ndarray, profile: HardwareProfile, d_model: int, gpu_dtype: str) -> np.ndarray:
+    """Attention over ``context`` earlier tokens: the roofline of reading K and V and the dot products."""
+    peak, hbm = profile[PEAK_KEY[gpu_dtype]], profile["gpu.hbm_bandwidth"]
+    return np.maximum(4.0 * context * d_model / peak, 2.0 * context * d_model * activation_bytes(gpu_dtype) / hbm)
+
+
+def dense_issue_seconds(runtime: RuntimeProfile, d_model: int, dense_params: float):
+    """(host seconds to issue one dense block, the runtime's measured issue for this shape or None)."""
+    measured = runtime.block_issue(d_model, dense_params)
+    if measured is not None:
+        return measured.seconds, measured
+    kernels = dense_block_kernels(runtime, d_model, dense_params)
+    return _host_total(runtime, "host.block_issue", "host.per_block", kernels), None
+
+
+def dense_gpu_seconds(stream: RequestStream, profile: HardwareProfile, runtime: RuntimeProfile, dense_params: float,
+                      gpu_dtype: str, blocks_per_layer: float) -> tuple[np.ndarray, str]:
+    """(GPU seconds of the dense work of each layer step, the measured tables' sources or "").
+
+    Measured tables of this block (same width and dtype, size within 5%) win;
+    a measured time includes the host's dispatch. With tables at two contexts
+    the cost per sequence's context is the line through them; with one,
+    context beyond it costs the roofline's extra attention. Else the roofline
+    over the dense weights and the tokens, plus attention over the context,
+    plus one launch gap per kernel of the block.
+    """
+    meta = stream.meta
     tokens = stream.ls_tokens.astype(np.float64)
     ctx = stream.ls_ctx.astype(np.float64)
-    weights = np.maximum(2.0 * tokens * dense_params / peak, dense_bytes_gpu / hbm)
-
-    def attention(context):
-        return np.maximum(4.0 * context * meta.d_model / peak, 2.0 * context * meta.d_model * DTYPE_BYTES[gpu_dtype] / hbm)
-
-    block_kernels = dense_block_kernels(runtime, meta.d_model, dense_params)
-    measured_issue = runtime.block_issue(meta.d_model, dense_params)
-    if measured_issue is not None:
-        block_host = measured_issue.seconds
-    else:
-        block_host = _host_total(runtime, "host.block_issue", "host.per_block", block_kernels)
-    dense_host = np.full(len(tokens), blocks_per_layer * block_host)
     dense_tables = profile.dense_table(meta.d_model, dense_params, gpu_dtype)
-    used_dense = ""
     if dense_tables:
-        # A measured time includes the host's dispatch. With tables at two contexts the
-        # cost per sequence's context is the line through them; with one, context
-        # beyond it costs the roofline's extra attention.
         short = dense_tables[0]
         measured = interpolate(tokens, short.tokens, short.seconds)
         per_seq_ctx = ctx / np.maximum(tokens, 1.0)
@@ -212,13 +291,20 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, runtime: Runtim
             slope = (interpolate(tokens, long.tokens, long.seconds) - measured) / (long.context - short.context)
             dense_one = np.maximum(measured + slope * (per_seq_ctx - short.context), 0.5 * measured)
         else:
-            dense_one = measured + np.maximum(attention(ctx) - attention(tokens * short.context), 0.0)
-        dense_gpu = blocks_per_layer * dense_one
-        used_dense = "; ".join(dict.fromkeys(t.source for t in dense_tables))
-    else:
-        # the roofline plus one launch gap per kernel the runtime launches for the block
-        dense_gpu = blocks_per_layer * (weights + attention(ctx) + block_kernels * launch)
-    # copies by dtype of the host copy
+            dense_one = measured + np.maximum(attention_seconds(ctx, profile, meta.d_model, gpu_dtype)
+                                              - attention_seconds(tokens * short.context, profile, meta.d_model,
+                                                                  gpu_dtype), 0.0)
+        return blocks_per_layer * dense_one, "; ".join(dict.fromkeys(t.source for t in dense_tables))
+    peak, hbm = profile[PEAK_KEY[gpu_dtype]], profile["gpu.hbm_bandwidth"]
+    weights = np.maximum(2.0 * tokens * dense_params / peak, dense_params * weight_bytes(gpu_dtype) / hbm)
+    kernels = dense_block_kernels(runtime, meta.d_model, dense_params)
+    launch = profile["gpu.kernel_launch"]
+    return blocks_per_layer * (weights + attention_seconds(ctx, profile, meta.d_model, gpu_dtype) + kernels * launch), ""
+
+
+def copy_seconds(bytes_of: dict[str, int], profile: HardwareProfile, host_tier: str) -> dict[str, float]:
+    """Seconds for one expert copy by dtype of the host copy: ``latency + bytes / bandwidth`` of the tier
+    (NVMe is staged through pinned memory: both legs)."""
     latency = profile["pcie.copy_latency"]
     copy = {}
     for dtype, size in bytes_of.items():
@@ -234,15 +320,53 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, runtime: Runtim
         else:
             raise SimulatorError(f"unknown host tier '{host_tier}' (valid: pinned, pageable, nvme)")
         copy[dtype] = seconds
-    # dequantising (or casting) a host copy into the GPU dtype; a cast runs at the int8 rate
+    return copy
+
+
+def dequant_seconds(bytes_of: dict[str, int], runtime: RuntimeProfile, profile: HardwareProfile, gpu_dtype: str,
+                    e_bytes: int) -> dict[str, float]:
+    """GPU seconds to dequantise (or cast) a host copy of each dtype into the GPU dtype: output bytes / the
+    runtime's rate for the form, plus one launch; a cast runs at the int8 rate; the GPU dtype itself costs 0."""
     rates = {form: dequant_rate(runtime, profile, form) for form in QUANT_FORMS}
-    dequant = {d: (0.0 if d == gpu_dtype else e_bytes / rates.get(d, rates["int8"]) + launch) for d in bytes_of}
+    launch = profile["gpu.kernel_launch"]
+    return {d: (0.0 if d == gpu_dtype else e_bytes / rates.get(d, rates["int8"]) + launch) for d in bytes_of}
+
+
+def planner_seconds(runtime: RuntimeProfile) -> dict:
+    """Caching policy -> (layer_step, copy_issue) where the runtime measured its own planner cost."""
     planner = {}
     for key in runtime.entries:
         if key.startswith("planner."):
             policy = key[len("planner."):].rsplit("_", 2)[0]
             planner[policy] = runtime.planner(policy)
-    n_blocks_total = blocks if blocks else total_moe
+    return planner
+
+
+def build_costs(stream: RequestStream, profile: HardwareProfile, runtime: RuntimeProfile, gpu_dtype: str = "",
+                host_tier: str = "pinned") -> CostTables:
+    """Every cost term for this stream, profile and runtime, as lookup tables (see the module docstring)."""
+    meta = stream.meta
+    gpu_dtype = gpu_dtype or meta.dtype
+    if gpu_dtype not in GPU_DTYPES:
+        raise SimulatorError(f"GPU dtype '{gpu_dtype}' is not one of {', '.join(GPU_DTYPES)}")
+    bytes_of = expert_bytes_by_dtype(meta, gpu_dtype)
+    e_bytes = bytes_of[gpu_dtype]
+    kernels = expert_kernels(runtime, meta.activation)
+    expert_host, expert_host_resident = expert_issue_seconds(runtime, kernels)
+    max_tokens = int(stream.req_tokens.max()) if stream.n_requests else 1
+    n = np.arange(max_tokens + 1, dtype=np.float64)
+    expert_gpu, used = expert_gpu_seconds(n, profile, meta.expert_params, meta.d_model, meta.d_ff, e_bytes,
+                                          gpu_dtype, kernels)
+    # CPU compute reads the host copy: in the GPU dtype unless a compression form names another
+    cpu_by_dtype = expert_cpu_by_dtype(n, profile, meta, bytes_of)
+    # dense work per layer step
+    blocks_per_layer, n_blocks_total = blocks_per_moe_layer(meta, stream.layout.n_layers)
+    dense_params = meta.dense_bytes_per_layer / DTYPE_BYTES.get(meta.dtype, 4)
+    block_host, measured_issue = dense_issue_seconds(runtime, meta.d_model, dense_params)
+    dense_host = np.full(len(stream.ls_tokens), blocks_per_layer * block_host)
+    dense_gpu, used_dense = dense_gpu_seconds(stream, profile, runtime, dense_params, gpu_dtype, blocks_per_layer)
+    copy = copy_seconds(bytes_of, profile, host_tier)
+    dequant = dequant_seconds(bytes_of, runtime, profile, gpu_dtype, e_bytes)
     sync_copy = 0.0
     if runtime.host_is_device:
         # One thread does both: a block costs the loop's measured time for its shape if there is one
@@ -252,7 +376,7 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, runtime: Runtim
             dense_gpu = np.maximum(dense_gpu, dense_host)
         else:
             dense_gpu = dense_gpu + dense_host
-        dense_host = np.zeros(len(tokens))
+        dense_host = np.zeros(len(stream.ls_tokens))
         expert_gpu = expert_gpu + expert_host
         expert_gpu[0] = 0.0
         expert_host = expert_host_resident = 0.0
@@ -268,15 +392,17 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, runtime: Runtim
         resident_layer_step=min(runtime["host.resident_layer_step"], runtime["host.layer_step"]),
         copy_issue=runtime["host.copy_issue"] + sync_copy,
         sync_copy=sync_copy,
-        expert_cpu=expert_cpu.tolist(),
+        expert_cpu=cpu_by_dtype[gpu_dtype],
+        expert_cpu_by_dtype=cpu_by_dtype,
         dense_gpu=np.asarray(dense_gpu, dtype=np.float64),
         dense_host=np.asarray(dense_host, dtype=np.float64),
         router_sync=runtime["host.router_sync"],
         copy=copy,
         dequant=dequant,
-        dense_bytes=int(dense_bytes_gpu * n_blocks_total),
+        dense_bytes=int(dense_params * weight_bytes(gpu_dtype) * n_blocks_total),
         used_table=used,
         used_dense_table=used_dense,
-        planner=planner,
+        planner=planner_seconds(runtime),
         runtime=runtime.name,
+        host=profile.host_name,
     )

@@ -43,9 +43,13 @@ FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
         "copy_latency": ("s", True),
         "copy_engines": ("count", True),
     },
+    # the host CPU: a profile's own estimate, or a host kind's values (simulator/hosts.py, --host)
     "cpu": {
-        "flops": ("FLOP/s", True),
-        "memory_bandwidth": ("B/s", True),
+        "flops": ("FLOP/s", True),  # fp32 matmul rate, all threads
+        "memory_bandwidth": ("B/s", True),  # streaming read
+        "bf16_flops": ("FLOP/s", False),  # reduced-precision (bf16, int8, int4) expert matmul; default: flops
+        "threads": ("count", False),  # compute threads the rates above are measured or estimated with
+        "dispatch": ("s", False),  # host time to hand one expert to the thread pool; default: 0
     },
     # optional as a whole: without it --host-tier nvme is refused in one line
     "nvme": {
@@ -122,6 +126,12 @@ class HardwareProfile:
     entries: dict[str, Value] = field(default_factory=dict)  # "section.key" -> the value with kind and range
     legacy: dict[str, Value] = field(default_factory=dict)  # schema /1: its host and dequant values
     schema: str = SCHEMA
+    host: str = ""  # the host kind whose [cpu] values replaced the profile's own ("" = the profile's own)
+
+    @property
+    def host_name(self) -> str:
+        """What results name as the host: the host kind, or the profile's own [cpu] estimate."""
+        return self.host or f"{self.name} [cpu]"
 
     def __getitem__(self, key: str) -> float:
         try:

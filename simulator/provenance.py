@@ -79,7 +79,9 @@ def parse_value(where: str, key: str, raw, unit: str, *, allow_zero: bool = Fals
         raise ProfileError(f"{where}: '{key}' needs a source (datasheet, measurement, formula or reasoning)")
     value = _number(where, key, "value", raw["value"], allow_zero)
     if legacy:
-        kind = "derived" if unit == "count" else kind_from_source(source)  # a count is a fact of the setup
+        kind = kind_from_source(source)
+        if unit == "count" and kind == "estimate":
+            kind = "derived"  # a count is a fact of the setup
         if kind == "estimate":
             lo, hi = LEGACY_ESTIMATE_RANGE
             return Value(value, unit, kind, source, value * lo, value * hi)

@@ -53,6 +53,8 @@ def practical_cachings() -> list[str]:
 
 
 COMPRESSIONS = ["none", "int8", "int4", "low-precision-on-miss"]
+
+from pregate.simulator.families import FAMILIES, GPU_CACHE, HYBRID, STATIC, placement_family, placements  # noqa: E402,F401
 TOP_COMBOS = 3
 TIE = 0.005
 
@@ -224,6 +226,10 @@ class Recommendation:
     runtime: str = ""  # the runtime profile the answer is priced for (empty: the default)
     uncertainty: dict | None = None  # with --uncertainty: the winner's band and whether it stays the winner
     ties: int = 0  # other settings within TIE of the best's tokens/s; the least memory among them was chosen
+    host: str = ""  # the host kind the CPU side is priced with
+    families: list[dict] = field(default_factory=list)  # the best of each placement family, vs the winner
+    execute: str = ""  # the pregate execute command line of the winner
+    llamacpp: dict | None = None  # llama.cpp flags placing the experts as the best static-layers point does
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -264,7 +270,7 @@ def _slim(row: dict | None) -> dict | None:
 def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None, batch_size: int = 1,
               margin_gb: float | None = None, workers: int | None = None, results: str | Path | None = None,
               progress: bool = False, runtime: str = "", uncertainty: str = "",
-              price_as: str = "", policy_args=()) -> Recommendation:
+              price_as: str = "", policy_args=(), host: str = "") -> Recommendation:
     import polars as pl
 
     from pregate.simulator.profile import detect_profile, load_profile
@@ -278,6 +284,9 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
     from pregate.simulator.runtime import load_runtime
 
     runtime_name = load_runtime(runtime, load_profile(gpu)).name  # an unknown GPU or runtime fails before any work
+    from pregate.simulator.hosts import with_host
+
+    host_name = with_host(load_profile(gpu), host).host_name  # an unknown host kind too
     with tempfile.TemporaryDirectory(prefix="pregate-recommend-") as tmp:
         tmp = Path(tmp)
         source = model_source(model, batch_size, tmp, price_as)
@@ -296,7 +305,7 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
         specs = practical_speculations(has_ahead)
         from pregate.simulator.uncertainty import parse_mode
 
-        base = {"profile": [gpu], "runtime": [runtime], "batch_size": [batch_size],
+        base = {"profile": [gpu], "host": [host], "runtime": [runtime], "batch_size": [batch_size],
                 "uncertainty": [parse_mode(uncertainty)], "price_as": [source.price_as]}
         memory = {"vram_bytes": mem.vram, "dense_bytes": mem.dense, "margin_bytes": mem.margin,
                   "expert_bytes": mem.expert_bytes, "total_experts": mem.total_experts,
@@ -307,7 +316,8 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
             frame = read_results(out).filter(pl.col("key").is_in([p.key for p in plan.points]))
             best = _slim(_pick(frame))
             return Recommendation(source.model_id, gpu, batch_size, source.synthetic, source.note, memory, best, best,
-                                  points=frame.height, all_resident=True, runtime=runtime_name, pricing=pricing)
+                                  points=frame.height, all_resident=True, runtime=runtime_name, pricing=pricing,
+                                  host=host_name, execute=execute_command(model, source, best, batch_size))
         cap = mem.cache_experts
         from pregate.simulator.policies.params import split_assignment
 
@@ -330,6 +340,18 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
                                               q: v for q, v in params.items() if q.rsplit(".", 1)[0] in (spec, caching)}))
             run_sweep(stage2, out, workers=workers, progress=progress)
             keys |= {p.key for p in stage2.points}
+        # the placements that run experts on the CPU, at the same sizes, without compression: static ones
+        # manage no slot (speculation and caching do not matter), hybrids under the best pairs found
+        spec, caching = combos[0]
+        kinds = placements()
+        for names, pairs in ((kinds[STATIC], [("none", "lru")]), (kinds[HYBRID], combos[:1])):
+            if not names:
+                continue
+            stage3 = plan_sweep(SweepSpec([trace], {**base, "buffering": names, "speculation": [p[0] for p in pairs],
+                                                    "cache_policy": [p[1] for p in pairs],
+                                                    "cache": [str(s) for s in sizes]}, source="recommend"))
+            run_sweep(stage3, out, workers=workers, progress=progress)
+            keys |= {p.key for p in stage3.points}
         frame = read_results(out).filter(pl.col("key").is_in(list(keys)))
         best = _pick(frame)
         plain = _pick(frame.filter(pl.col("compression") == "none"))
@@ -339,9 +361,75 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
                   .unique(["speculation", "cache_policy"], maintain_order=True).head(3))
         verdict = (_verdict(frame, best, source.trace, gpu, runtime, batch_size, uncertainty, source.price_as)
                    if uncertainty else None)
+        from pregate.simulator.llamacpp import llamacpp_placement
+        from pregate.traces import open_trace as _open
+
+        layers = frame.filter(pl.col("buffering") == "static-layers")
+        best_layers = _pick(layers) if layers.height else None
+        flags = llamacpp_placement(_open(source.trace).meta, int(best_layers["cache_capacity_experts"])) \
+            if best_layers else None
         return Recommendation(source.model_id, gpu, batch_size, source.synthetic, source.note, memory, _slim(best),
                               _slim(plain), [_slim(r) for r in others.iter_rows(named=True)], points=frame.height,
-                              runtime=runtime_name, uncertainty=verdict, ties=_ties(frame), pricing=pricing)
+                              runtime=runtime_name, uncertainty=verdict, ties=_ties(frame), pricing=pricing,
+                              host=host_name, families=family_answers(frame, best),
+                              execute=execute_command(model, source, best, batch_size),
+                              llamacpp=None if flags is None else {**flags.to_dict(), "tokens_per_s":
+                                                                   best_layers["tokens_per_s"]})
+
+
+def family_answers(frame, best: dict) -> list[dict]:
+    """The best point of each placement family, how much slower than the winner, and how sure.
+
+    How sure: with ``--uncertainty``, every point was priced in the same
+    scenarios (corners or seeded samples), so the comparison is paired: the
+    winner "holds" against a family when it is at least as fast in every one.
+    """
+    import json
+
+    import polars as pl
+
+    rows = []
+    mine = json.loads(best["uncertainty_tokens_per_s"]) if best.get("uncertainty_tokens_per_s") else None
+    fam = frame.with_columns(pl.col("buffering").map_elements(lambda b: placement_family(b) or "",
+                                                              return_dtype=pl.String).alias("family"))
+    for family in FAMILIES:
+        top = _pick(fam.filter(pl.col("family") == family))
+        if top is None:
+            continue
+        row = {"family": family, "buffering": top["buffering"], "speculation": top["speculation"],
+               "cache_policy": top["cache_policy"], "cache_capacity_experts": top["cache_capacity_experts"],
+               "compression": top["compression"], "tokens_per_s": top["tokens_per_s"],
+               "winner_speedup": best["tokens_per_s"] / top["tokens_per_s"] if top["tokens_per_s"] else None,
+               "tokens_per_s_low": top.get("tokens_per_s_low"), "tokens_per_s_high": top.get("tokens_per_s_high"),
+               "winner_holds": None}
+        if mine is not None and top.get("uncertainty_tokens_per_s") and top["key"] != best["key"]:
+            theirs = json.loads(top["uncertainty_tokens_per_s"])
+            row["winner_holds"] = sum(m >= t for m, t in zip(mine, theirs))
+            row["scenarios"] = len(mine)
+        rows.append(row)
+    return rows
+
+
+def execute_command(model: str, source: Source, best: dict, batch_size: int) -> str:
+    """The ``pregate execute`` line that runs the winner: on the trace's synthetic model for a trace, else
+    on the model itself (a Hugging Face id or a local checkpoint of it)."""
+    where = f"--trace {source.trace}" if Path(model).exists() else f"--model {source.model_id}"
+    parts = [f"pregate execute {where} --device cuda"]
+    if best.get("buffering") and best["buffering"] != "cache":
+        parts.append(f"--buffering {best['buffering']}")
+    family = placement_family(best.get("buffering") or "cache")
+    if family == STATIC:  # pins its experts: speculation and caching have nothing to do
+        parts.append(f"--cache {best['cache_capacity_experts']}")
+    elif family is not None:
+        parts.append(f"--speculation {best['speculation']} --cache-policy {best['cache_policy']} "
+                     f"--cache {best['cache_capacity_experts']}")
+        if best.get("compression") and best["compression"] != "none":
+            parts.append(f"--compression {best['compression']}")
+    if batch_size != 1:
+        parts.append(f"--batch-size {batch_size}")
+    if best.get("buffering") == "static-hot" and not Path(model).exists():
+        parts.append("   # static-hot counts expert use on a trace: give --trace, or use static-layers with --model")
+    return " ".join(parts)
 
 
 def _settings_of(row: dict, base):
@@ -401,7 +489,7 @@ def _gb(x: float) -> str:
 
 def format_recommendation(r: Recommendation) -> str:
     m = r.memory
-    lines = [f"{r.model} on {r.gpu} ({_gb(m['vram_bytes'])}), batch {r.batch_size}"
+    lines = [f"{r.model} on {r.gpu} ({_gb(m['vram_bytes'])}), host {r.host or r.gpu + ' [cpu]'}, batch {r.batch_size}"
              + (f", runtime {r.runtime}" if r.runtime else "")]
     if r.synthetic:
         lines.append(f"  {r.pricing}")
@@ -415,14 +503,34 @@ def format_recommendation(r: Recommendation) -> str:
     b = r.best
     if r.all_resident:
         lines.append(f"  run: every expert resident on the GPU (no offloading needed): {b['tokens_per_s']:.1f} tokens/s")
+        if r.execute:
+            lines.append(f"  command: {r.execute}")
         return "\n".join(lines)
 
     def describe(x: dict) -> str:
         comp = "" if x["compression"] == "none" else f", compression {x['compression']}"
-        return (f"speculation {x['speculation']}, caching {x['cache_policy']}, cache {x['cache_capacity_experts']} "
-                f"experts ({_gb(x['cache_capacity_experts'] * m['expert_bytes'])}){comp}")
+        size = f"{x['cache_capacity_experts']} experts ({_gb(x['cache_capacity_experts'] * m['expert_bytes'])})"
+        family = placement_family(x.get("buffering") or "cache")
+        if family == STATIC:
+            return f"{x['buffering']} placement: {size} pinned on the GPU, the rest computed on the CPU{comp}"
+        how = f"{x['buffering']} (misses may run on the CPU), " if family == HYBRID else ""
+        return f"{how}speculation {x['speculation']}, caching {x['cache_policy']}, cache {size}{comp}"
 
+    if r.families:
+        winner = placement_family(b.get("buffering") or "cache")
+        lines.append(f"  answer: a {winner} is best here")
+        for f in r.families:
+            if f["family"] == winner:
+                continue
+            sure = ""
+            if f.get("winner_holds") is not None:
+                sure = (f"; holds in all {f['scenarios']} pricings of the band" if f["winner_holds"] == f["scenarios"]
+                        else f"; NOT certain: holds in {f['winner_holds']} of {f['scenarios']} pricings of the band")
+            lines.append(f"    {f['winner_speedup']:.2f}x faster than the best {f['family']} "
+                         f"({f['buffering']}, {f['tokens_per_s']:.1f} tokens/s){sure}")
     lines.append(f"  run: {describe(b)}")
+    if r.execute:
+        lines.append(f"  command: {r.execute}")
     if r.ties:
         lines.append(f"  tie: {r.ties} other setting(s) within {TIE:.1%} of these tokens/s; the one using the least "
                      "GPU memory is shown")
@@ -457,6 +565,12 @@ def format_recommendation(r: Recommendation) -> str:
                                              f"{d.get('high', 0):.3g})")
             lines.append(f"  ranking: NOT certain: {c['speculation']} + {c['cache_policy']} (cache {c['cache']}, "
                          f"{c['compression']}) is faster somewhere in the band; {how}")
+    if r.llamacpp:
+        f = r.llamacpp
+        flags = f["n_cpu_moe"] + " (or " + f["override"] + ")" if f["n_cpu_moe"] else f["override"]
+        lines.append(f"  llama.cpp: the best static-layers placement ({f['cpu_layers']} MoE layers' experts on the CPU, "
+                     f"{f['gpu_layers']} on the GPU; {f['tokens_per_s']:.1f} tokens/s in pregate) is {flags}")
+        lines.append(f"    {f['note']}")
     if r.runner_up:
         alt = "; ".join(f"{x['speculation']} + {x['cache_policy']} {x['tokens_per_s']:.1f}" for x in r.runner_up)
         lines.append(f"  next best (tokens/s): {alt}")

@@ -27,6 +27,9 @@ class Settings:
 
     profile: str = _opt("rtx3090", "hardware profile: a built-in name (rtx3090, rtx4090, rtx3060-12gb, t4, "
                                    "a100-80gb-pcie, h100-pcie, h200), a TOML file, or auto (the visible CUDA device)")
+    host: str = _opt("", "host kind: what the CPU side can do (memory bandwidth, FLOP/s, threads) for experts "
+                         "computed on the CPU: ddr4-3200-2ch, ddr5-5600-2ch, server-ddr5-8ch, a host kind file, or "
+                         "a calibrated profile file (its measured [cpu]); default: the profile's own [cpu] estimate")
     runtime: str = _opt("", "runtime profile: what the runtime costs on the host: pregate-eager (pregate's executor, "
                             "eager PyTorch), gpu-bound (no host cost: what CUDA graphs or fused kernels approach), "
                             "or a TOML file; default: a calibrated profile file's own host costs, else pregate-eager")

@@ -157,6 +157,14 @@ def plan_sweep(spec: SweepSpec) -> Plan:
             profiles[name] = load_profile(name)
         except SimulatorError as exc:
             raise SweepError(f"{where}: {exc}") from None
+    from pregate.simulator.hosts import load_host
+
+    for name in dict.fromkeys(axes["host"]):
+        if name:
+            try:
+                load_host(name)  # an unknown or malformed host kind fails before any work
+            except SimulatorError as exc:
+                raise SweepError(f"{where}: {exc}") from None
     profile_ids = {name: profile_identity(name) for name in profiles}
     from pregate.simulator.runtime import load_runtime
 

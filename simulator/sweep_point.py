@@ -28,7 +28,7 @@ _MAX_STREAMS = 2
 
 
 def _group_key(trace_id: str, s: Settings) -> tuple:
-    return (trace_id, s.profile, s.runtime, s.batch_size, s.dtype, s.host_tier, s.price_as)
+    return (trace_id, s.profile, s.host, s.runtime, s.batch_size, s.dtype, s.host_tier, s.price_as)
 
 
 def _stream(trace_path: str, trace_id: str, batch_size: int):
@@ -42,7 +42,7 @@ def _stream(trace_path: str, trace_id: str, batch_size: int):
         if len(_STREAMS) >= _MAX_STREAMS:
             old = next(iter(_STREAMS))
             _STREAMS.pop(old)
-            for k in [k for k in _SIMS if (k[0], k[3]) == old]:  # group key: trace, profile, runtime, batch, ...
+            for k in [k for k in _SIMS if (k[0], k[4]) == old]:  # group key: trace, profile, host, runtime, batch, ...
                 _drop_sim(k)
         stream = build_stream(open_trace(trace_path), batch_size=batch_size)
         _STREAMS[key] = stream
@@ -110,7 +110,7 @@ def point_row(point: Point, summary: dict) -> dict:
     if "policy_args" in row:  # one text column, whatever parameters a point sets
         row["policy_args"] = json.dumps(row["policy_args"], sort_keys=True)
     for k, v in summary.items():
-        row[{"profile": "profile_name", "runtime": "runtime_name"}.get(k, k)] = v
+        row[{"profile": "profile_name", "runtime": "runtime_name", "host": "host_name"}.get(k, k)] = v
     requests = summary.get("requests") or 0
     row["hit_rate"] = (summary["hits"] + summary["late_hits"]) / requests if requests else None
     tps = summary.get("tokens_per_s")

@@ -40,20 +40,28 @@ def test_demo_prints_an_answer_for_every_part(tmp_path, capsys, monkeypatch, sma
     for title in ("switch-base-8, bf16 experts", "switch-base-8, fp32 experts", "mixtral-8x7b, bf16 host copies",
                   "mixtral-8x7b, int4 host copies"):
         assert title in answer
-    assert answer.count("priced as switch-base-8") == 2 and answer.count("priced as mixtral-8x7b") == 2
-    for runtime in demo.RUNTIMES:
-        assert answer.count(f"  {runtime} runtime: run ") == 4
+    assert answer.count("priced as switch-base-8") == 2
+    # two GPU-cache parts, two placement parts (one per host kind) and the table of where each placement wins
+    assert answer.count("priced as mixtral-8x7b") == 5
+    for host in demo.PLACEMENT_HOSTS:
+        assert f"mixtral-8x7b, bf16: CPU placements on a {host} host" in answer
+    assert answer.count(f"  {demo.PLACEMENT_RUNTIME} runtime: run ") == 4 + len(demo.PLACEMENT_HOSTS)
+    assert answer.count("  gpu-bound runtime: run ") == 4
     assert answer.count("the all-resident step latency") == 8 and answer.count("the perfect-prediction reference") == 8
-    # every best-worst pair differs by at least 1.5x, or the next line says why not
+    wins = answer.split("Where each placement wins")[1].splitlines()[1:]
+    sizes = [line for line in wins if " experts on the GPU: " in line]
+    assert len(sizes) >= 2 and all(f"{host}: " in line for line in sizes for host in demo.PLACEMENT_HOSTS)
+    # every best-worst pair of a GPU-cache part differs by at least 1.5x, or the next line says why not
     lines = answer.splitlines()
     for i, line in enumerate(lines):
-        if " runtime: run " in line:
+        if " runtime: run " in line and "computed on the CPU" not in line:
             factor = float(line.rsplit(", ", 1)[1].split("x slower")[0])
             assert factor >= demo.MIN_SPREAD or "differ by less than" in lines[i + 1]
     assert "OVER MEMORY" not in answer  # the demo's cache sizes fit 24 GB
     html = (out / "report.html").read_text()
     assert html.index("The answer") < html.index("Ranking") < html.index("<figure")
-    assert html.count('class="answer"') == 4 and "gpu-bound runtime" in html
+    assert html.count('class="answer"') == 4 + len(demo.PLACEMENT_HOSTS) + 1 and "gpu-bound runtime" in html
+    assert "Where each placement wins" in html and "fastest placement per cache size and host" in html
     # a rerun reuses every point
     assert main(["demo", "-o", str(out), "--workers", "1", "--quiet"]) == 0
     assert "reused" in capsys.readouterr().out

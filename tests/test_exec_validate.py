@@ -126,6 +126,14 @@ def test_calibrate_writes_a_profile_the_simulator_loads(profile, trace):
     assert "measured by pregate calibrate on" in text
     details = json.loads(profile.with_suffix(".calibration.json").read_text())
     assert details["environment"]["torch"] == torch.__version__
+    # the present host's rates, measured, and usable as --host with another GPU's profile
+    for key in ("cpu.memory_bandwidth", "cpu.flops", "cpu.bf16_flops", "cpu.threads", "cpu.dispatch"):
+        assert p.entries[key].kind == "measured" and p[key] > 0, key
+    assert p["cpu.threads"] == details["host_cpu"]["threads"]
+    from pregate.simulator.hosts import with_host
+
+    priced = with_host(load_profile("rtx3090"), str(profile))
+    assert priced["cpu.memory_bandwidth"] == p["cpu.memory_bandwidth"] and priced.host_name.endswith("[cpu]")
 
 
 def test_validate_quick_end_to_end(trace, profile, tmp_path):

@@ -55,7 +55,7 @@ def test_sweep_matches_individual_simulate_calls(trace, tmp_path, capsys):
             if key == "settings":
                 assert {k: row[k] for k in value} == value
             else:
-                assert row[{"profile": "profile_name", "runtime": "runtime_name"}.get(key, key)] == value, key
+                assert row[{"profile": "profile_name", "runtime": "runtime_name", "host": "host_name"}.get(key, key)] == value, key
     capsys.readouterr()
     # a rerun does nothing
     again = sw.run_sweep(_spec(trace), out, workers=1, progress=False)
