@@ -19,6 +19,17 @@ from pregate.tracer.smallmoe import train as train_module
 from pregate.tracer.smallmoe.train import TrainSettings, train
 from pregate.traces import validate_trace
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Train on one torch thread: on a shared, loaded CPU two threads spin against other jobs and the same
+    30 micro steps took 24-55 s instead of 3 s (the tiny preset: 165-262 s instead of 15 s), measured side by
+    side in one process. Results do not depend on it: determinism is checked within one setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 WORDS = "alpha beta gamma delta router expert token layer cache prefetch".split()
 
 
