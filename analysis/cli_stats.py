@@ -48,7 +48,8 @@ def run(args) -> int:
 
     from pregate.traces.cliargs import emit_json, json_to_stdout
 
-    stats = routing_stats(open_trace(args.trace), seed=args.seed)
+    trace = open_trace(args.trace)
+    stats = routing_stats(trace, seed=args.seed)
     emit_json(args, json.dumps(stats, indent=2))
     if json_to_stdout(args):
         return 0
@@ -61,7 +62,12 @@ def run(args) -> int:
     for block in stats["tokens"]:
         _print_token_stats(block)
     if not stats["lookahead"]:
-        print("\nno 'ahead' column in this trace: lookahead accuracy needs a trace recorded by 'pregate trace'")
+        if trace.meta.ahead_distance:
+            layers = max(st.moe_layers for st in trace.meta.stacks.values())
+            print(f"\nno lookahead accuracy: the trace has {layers} MoE layer(s) per stack, so no layer l+j "
+                  "exists for 'ahead' to be checked against (it needs at least 2)")
+        else:
+            print("\nno 'ahead' column in this trace: lookahead accuracy needs a trace recorded by 'pregate trace'")
         return 0
     recall_key = next(k for k in stats["lookahead"][0] if k.startswith("recall_at_"))
     n = recall_key.rsplit("_", 1)[1]
@@ -89,7 +95,8 @@ def _print_token_stats(b: dict) -> None:
     lru_seq = {r["layer"]: r for r in b["lru_per_sequence"]}
 
     def cell(value, width=7, digits=3):
-        return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+        # None or NaN: nothing to measure (a 1-layer trace has no layer-to-layer transition)
+        return f"{'-':>{width}}" if value is None or value != value else f"{value:>{width}.{digits}f}"
 
     for layer in sorted(set(trans) | set(overlap) | set(lru)):
         t = trans.get(layer, {})

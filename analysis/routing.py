@@ -59,6 +59,8 @@ def lookahead_accuracy(trace: Trace) -> pl.DataFrame:
 
     recall@n (n = max(2, top-k)) is the share of the experts the later layer
     chose that are among the first n predicted. Baselines use the same rows.
+    A distance no layer pair of the trace spans (j >= the MoE layers of every
+    stack) has no row: the table is shorter, never a row of empty numbers.
     """
     meta = trace.meta
     if meta.ahead_distance == 0:
@@ -110,6 +112,8 @@ def lookahead_accuracy(trace: Trace) -> pl.DataFrame:
             .collect()
         )
         row = joined.row(0, named=True)
+        if not row["rows"]:
+            continue  # no layer l+j in any stack (fewer MoE layers than j+1): nothing to score at this distance
         best_baseline = max(row["chance_top1"], row["most_frequent_top1"])
         row["ratio_to_best_baseline"] = row["top1_accuracy"] / best_baseline if best_baseline else None
         out.append({"distance": j, **row})

@@ -47,6 +47,13 @@ def _run(args) -> int:
         return 0
 
     check_device(args.device)
+    from pathlib import Path
+
+    from pregate.executor.device import ExecutorError
+
+    out = Path(args.out)
+    if out.suffix != ".toml" or out.is_dir():  # refused before minutes of measuring, not after
+        raise ExecutorError(f"-o {out}: give the profile's file name, ending in .toml (e.g. my-gpu.toml)")
     shapes = list(args.expert_shape)
     for text in shapes:
         parse_shape(text)

@@ -95,6 +95,10 @@ def _run(args) -> int:
     from pregate.simulator.runtime import load_runtime
 
     check_device(args.device)
+    from pathlib import Path
+
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():  # before the runs, not after
+        raise ExecutorError(f"-o {args.out} is a file: the validation goes to a folder; give a new or existing folder")
     load_runtime(args.runtime or default_runtime(args.profile), load_profile(args.profile))  # fail before running
     try:
         batches = [int(b) for b in args.batch_size.split(",")] if args.batch_size else None

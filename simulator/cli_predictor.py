@@ -43,6 +43,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import json
+    import os
     import time
 
     from pregate.simulator.errors import SimulatorError
@@ -55,6 +56,8 @@ def run(args) -> int:
             raise SimulatorError("predictor train needs -o FILE (where to save it)")
         if args.batch_size < 1 or args.steps < 1:
             raise SimulatorError("--batch-size and --steps must be at least 1")
+        if os.path.isdir(args.out):  # refused before the training, not after it
+            raise SimulatorError(f"-o {args.out} is a folder: give the predictor's file name (e.g. P.npz)")
         start = time.perf_counter()
         data = stack_data(trace, with_ahead=True)
         model = train(trace, seed=args.seed, batch_size=args.batch_size, use_ahead=not args.no_ahead,

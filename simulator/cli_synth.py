@@ -23,7 +23,8 @@ examples:
 def add_arguments(parser) -> None:
     from pregate.simulator.synthetic import PRESETS
 
-    parser.add_argument("-o", "--out", required=True, help="trace folder to write (replaced if it exists)")
+    parser.add_argument("-o", "--out", required=True, help="trace folder to write (a new or empty folder, "
+                                                           "or an existing trace with --overwrite)")
     parser.add_argument("--like", choices=sorted(PRESETS), help="a real model's shape and routing statistics")
     parser.add_argument("--shape", help="LAYERSxEXPERTSxTOPK, e.g. 32x8x2 (instead of --like)")
     parser.add_argument("--layers", type=int, help="MoE layers (with --experts and --top-k, instead of --shape)")
@@ -36,6 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ahead-accuracy", help="add an 'ahead' column with this accuracy (0..1, or one per "
                                                  "distance j=1..3, comma separated)")
     parser.add_argument("--seed", type=int, default=0, help="seed; same arguments and seed give identical traces")
+    parser.add_argument("--overwrite", action="store_true", help="replace the trace already in --out")
     from pregate.traces.cliargs import add_quiet
 
     add_quiet(parser)
@@ -74,6 +76,7 @@ def _shape(args):
 
 def run(args) -> int:
     import time
+    from pathlib import Path
 
     from pregate.simulator.synthetic import Knobs, generate, like_trace, synthetic_meta
     from pregate.traces import open_trace
@@ -86,6 +89,11 @@ def run(args) -> int:
             raise TraceError(f"--{name} must be at least 1, got {value}")
     if args.prompt_tokens < 0:
         raise TraceError("--prompt-tokens must not be negative")
+    out = Path(args.out)
+    if out.is_file():
+        raise TraceError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise TraceError(f"{out} is not empty; pass --overwrite to replace what it holds, or choose another -o")
     start = time.perf_counter()
     if args.like:
         if args.shape or args.layers or args.experts or args.top_k:

@@ -66,7 +66,7 @@ def eligible(planner: Planner, cache: ExpertCache, timeline: bool, all_resident:
     gated (a fresh gate) or not."""
     gate, shadow = planner.gate, planner.shadow
     return (numba is not None and not timeline and not all_resident and type(planner) is Planner
-            and type(planner.spec) is LayerMinusOne and planner.wants_prefetch
+            and type(planner.spec) is LayerMinusOne and planner.wants_prefetch and planner.protect_named
             and not planner.cpu_misses and not cache.per_layer and not cache.state
             and not planner.reset_per_group and not planner.future_for_cache
             and cache.counts == CacheCounts() and type(cache.policies[0]) in (LRU, FIFO)

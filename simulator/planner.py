@@ -56,6 +56,9 @@ class Planner:
     side: SideClock | None = None
     reset_per_group = False
     admit_cpu_misses = False
+    # False: the rule before protection existed (only a just-prefetched expert is protected), to
+    # re-price records made by executors that followed it
+    protect_named = True
 
     def __init__(self, stream: RequestStream, cache: ExpertCache, speculation: SpeculationPolicy,
                  cpu_misses: bool = False, max_prefetch: int = 0, future_for_cache: bool = False,
@@ -181,7 +184,8 @@ class Planner:
                     if obj in state:
                         # already resident (or in flight): it is wanted for a later layer of this
                         # round, so no later prefetch of the same round may evict it
-                        cache.protected.add(obj)
+                        if self.protect_named:
+                            cache.protected.add(obj)
                         continue
                     nxt = self.stream.next_use(obj, after) if self.future_for_cache else NEVER
                     if cache.prefetch(obj, after, nxt):
@@ -209,7 +213,8 @@ class Planner:
             rank = ranks.get(j, 0)
             ranks[j] = rank + 1
             if obj in state:
-                cache.protected.add(obj)  # named for a later layer: kept for the rest of the round
+                if self.protect_named:
+                    cache.protected.add(obj)  # named for a later layer: kept for the rest of the round
                 continue
             # scored only when not resident: those are the ones a prefetch would copy, and they
             # are right less often than the popular experts the cache already holds

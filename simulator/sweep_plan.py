@@ -195,6 +195,12 @@ def plan_sweep(spec: SweepSpec) -> Plan:
                 require_expert_size(trace.meta, f"trace {path}")
             except SimulatorError as exc:
                 raise SweepError(f"{where}: {exc}") from None
+        experts = sum(st.moe_layers * st.experts for st in trace.meta.stacks.values())
+        for value in axes["cache"]:
+            try:
+                parse_cache_size(value, experts, 1)  # a count above the trace's experts fails before any work
+            except SimulatorError as exc:
+                raise SweepError(f"{where}: trace {path}: {exc}") from None
         tid = trace_identity(path)
         trace_files[tid] = list(trace.files)
         for s in settings_list:

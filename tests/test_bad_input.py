@@ -132,3 +132,24 @@ def test_trace_resume_quiet_redoes_a_corrupt_part(tmp_path, capsys):
     err = capsys.readouterr().err
     assert parts[1].name in err and "recording it again" in err
     assert pq.read_table(parts[1]).equals(good)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_trace_stats_on_fewer_layers_than_the_lookahead(layers, tmp_path, capsys):
+    """ahead reaches 3 layers on: a shallower trace gets a shorter table (or a line saying why there is none)."""
+    from pregate.analysis.routing import lookahead_accuracy
+    from pregate.traces import open_trace
+
+    path = make_trace(tmp_path / "t", seqs=2, prompt_len=2, new_tokens=4, layers=layers, experts=8, top_k=2,
+                      seed=3, ahead=3)
+    table = lookahead_accuracy(open_trace(path))
+    assert table.height == layers - 1
+    if layers > 1:
+        assert table["distance"].to_list() == list(range(1, layers)) and min(table["rows"]) > 0
+    assert main(["trace-stats", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out
+    if layers == 1:
+        assert "no lookahead accuracy" in out and "1 MoE layer" in out
+    else:
+        assert f"\n   {layers - 1} " in out and f"\n   {layers} " not in out

@@ -1,4 +1,9 @@
-"""pregate's own small MoE: it learns, saves and loads exactly, resumes, and traces."""
+"""pregate's own small MoE: it learns, saves and loads exactly, resumes, and traces.
+
+Training tests run the ``micro`` preset, which trains in seconds: they need a
+trained model, not a good one. The one test of a real preset (``tiny``, the
+README's) is marked slow.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,17 @@ from pregate.tracer.smallmoe import train as train_module
 from pregate.tracer.smallmoe.train import TrainSettings, train
 from pregate.traces import validate_trace
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Train on one torch thread: on a shared, loaded CPU two threads spin against other jobs and the same
+    30 micro steps took 24-55 s instead of 3 s (the tiny preset: 165-262 s instead of 15 s), measured side by
+    side in one process. Results do not depend on it: determinism is checked within one setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 WORDS = "alpha beta gamma delta router expert token layer cache prefetch".split()
 
 
@@ -28,7 +44,7 @@ def corpus(tmp_path_factory):
 
 
 def quick(corpus, out, **kw):
-    settings = dict(preset="tiny", out=out, corpus=[str(corpus)], steps=30, batch_size=4, seq_len=32, lr=3e-3,
+    settings = dict(preset="micro", out=out, corpus=[str(corpus)], steps=30, batch_size=4, seq_len=32, lr=3e-3,
                     warmup=5, eval_every=10, eval_windows=8, checkpoint_every=10, progress=False)
     settings.update(kw)
     return TrainSettings(**settings)
@@ -91,12 +107,13 @@ def test_generate_with_cache_matches_full_forward():
     assert out[0, 3:].tolist() == ids[0].tolist()
 
 
-def test_train_command_then_trace_the_model(corpus, tmp_path, capsys):
+def _train_and_trace(corpus, tmp_path, capsys, preset: str):
     out = tmp_path / "m"
-    assert main(["train", "--preset", "tiny", "--corpus", str(corpus), "--out", str(out), "--steps", "12",
+    assert main(["train", "--preset", preset, "--corpus", str(corpus), "--out", str(out), "--steps", "12",
                  "--batch-size", "4", "--seq-len", "32", "--quiet"]) == 0
     assert "held-out loss" in capsys.readouterr().out
-    assert json.loads((out / "config.json").read_text())["model_type"] == "pregate_moe"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "pregate_moe" and config["extra"]["preset"] == preset
     trace_dir = tmp_path / "t"
     prompts = tmp_path / "p.txt"
     prompts.write_text("alpha beta gamma\nexpert token layer cache\n")
@@ -105,18 +122,33 @@ def test_train_command_then_trace_the_model(corpus, tmp_path, capsys):
     trace = validate_trace(trace_dir)
     assert trace.meta.family == "pregate_moe"
     assert trace.meta.tokenizer != "utf8-bytes+3"  # the model's own BPE tokenizer was used
-    assert trace.meta.stacks["decoder"].moe_layers == 6
+    return trace
+
+
+def test_train_command_then_trace_the_model(corpus, tmp_path, capsys):
+    trace = _train_and_trace(corpus, tmp_path, capsys, "micro")
+    decoder = trace.meta.stacks["decoder"]
+    assert (decoder.moe_layers, decoder.experts, decoder.top_k) == (2, 4, 1)  # the micro preset's shape
+
+
+@pytest.mark.slow
+def test_the_readme_preset_trains_and_traces(corpus, tmp_path, capsys):
+    """The tiny preset the README trains: switch-base's decoder topology (6 MoE layers x 8 experts, top-1)."""
+    decoder = _train_and_trace(corpus, tmp_path, capsys, "tiny").meta.stacks["decoder"]
+    assert (decoder.moe_layers, decoder.experts, decoder.top_k) == (6, 8, 1)
 
 
 def test_training_refuses_a_used_folder_and_a_tiny_corpus(corpus, tmp_path, capsys):
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "x").write_text("x")
-    assert main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "used"), "--quiet"]) == 2
+    assert main(["train", "--preset", "micro", "--corpus", str(corpus), "--out", str(tmp_path / "used"),
+                 "--quiet"]) == 2
     assert "--resume" in capsys.readouterr().err
     small = tmp_path / "small"
     small.mkdir()
     (small / "a.txt").write_text("hello")
-    assert main(["train", "--corpus", str(small), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert main(["train", "--preset", "micro", "--corpus", str(small), "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 2
     assert "at least two readable" in capsys.readouterr().err
 
 

@@ -7,7 +7,8 @@ library's own modules (present on every machine, nothing to download). A
 byte-level BPE tokenizer is trained on the same text. One file in ten (by name
 hash) is held out for validation loss and for tracing.
 
-Presets: 'tiny' (3.8M parameters, 6 MoE layers x 8 experts, top-1: switch-base's
+Presets: 'micro' (2 MoE layers x 4 experts at width 32: trains in seconds; for
+tests, not results), 'tiny' (3.8M parameters, 6 MoE layers x 8 experts, top-1: switch-base's
 decoder topology; trains on two CPU cores in minutes), 'tiny-64' (the same with
 64 experts per layer: switch-base-64's decoder topology), 'mixtral-topo' (4.9M
 parameters, 32 MoE layers x 8 experts, top-2: Mixtral-8x7B's routing topology
@@ -31,7 +32,7 @@ def add_arguments(p) -> None:
     from pregate.tracer.smallmoe.settings import TrainSettings
 
     d = TrainSettings()
-    p.add_argument("--preset", default=d.preset, help="model size: tiny, tiny-64, mixtral-topo or small-140m (default: tiny)")
+    p.add_argument("--preset", default=d.preset, help="model size: micro, tiny, tiny-64, mixtral-topo or small-140m (default: tiny)")
     p.add_argument("--corpus", nargs="*", default=[], help="text files or folders (default: the Python standard library)")
     p.add_argument("-o", "--out", required=True, help="output folder for the model, tokenizer and log")
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default: {d.steps})")

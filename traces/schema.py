@@ -156,10 +156,6 @@ class TraceMeta:
         """Experts per ``ahead`` entry in ``stack``: the stored width, or the stack's top-k."""
         return self.ahead_width or self.stacks[stack].top_k
 
-    def ahead_len(self, stack: str, layer: int) -> int:
-        """How many later layers the ``ahead`` entry of (stack, layer) covers."""
-        return max(0, min(self.ahead_distance, self.stacks[stack].moe_layers - 1 - layer))
-
     # ---- serialisation -----------------------------------------------------
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

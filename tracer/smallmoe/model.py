@@ -80,6 +80,12 @@ class SmallMoEConfig:
 
 
 PRESETS: dict[str, SmallMoEConfig] = {
+    # For tests: a model that trains in seconds on one CPU core and still has every part the
+    # others have (MoE blocks with a router, a dense block, top-1 routing); not for results.
+    "micro": SmallMoEConfig(
+        vocab_size=384, d_model=32, n_layers=4, n_heads=2, d_ff=32, num_experts=4, top_k=1, moe_every=2,
+        dense_d_ff=64, max_seq_len=64,
+    ),
     # Trains on two CPU cores in minutes to clearly non-random routing.
     "tiny": SmallMoEConfig(),
     # Mixtral-8x7B's routing topology (32 MoE layers x 8 experts, top-2) at a width that

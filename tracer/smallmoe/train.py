@@ -85,6 +85,13 @@ def train(settings: TrainSettings) -> dict:
     """Train (or resume) and save the model; returns the loss log."""
     if settings.preset not in PRESETS:
         raise PregateError(f"unknown preset '{settings.preset}' (choose from {', '.join(PRESETS)})")
+    for name, least in (("steps", 1), ("batch_size", 1), ("seq_len", 2), ("eval_every", 1), ("eval_windows", 1),
+                        ("checkpoint_every", 1)):
+        if getattr(settings, name) < least:  # checked before the corpus is read and the tokenizer trained
+            flag = f"--{name.replace('_', '-')}" if name in ("steps", "batch_size", "seq_len") else name
+            raise PregateError(f"{flag} must be at least {least}, got {getattr(settings, name)}")
+    if not settings.lr > 0:
+        raise PregateError(f"--lr must be positive, got {settings.lr}")
     out = Path(settings.out)
     ckpt_path = out / CHECKPOINT
     if settings.resume and (out / LOG).is_file() and not ckpt_path.is_file():
