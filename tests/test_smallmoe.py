@@ -164,3 +164,21 @@ def test_split_is_by_name_and_never_empty(tmp_path):
         held = [d.name for d in docs if d.held_out]
         assert 1 <= len(held) < n
         assert all(d.name.startswith(f"c{n}/") for d in docs)  # names do not depend on where the corpus lies
+
+
+def test_preset_training_defaults_give_way_to_what_the_caller_names():
+    from pregate.tracer.smallmoe.settings import PRESET_TRAINING, preset_settings
+
+    own = preset_settings("mixtral-topo", steps=None, batch_size=None)
+    assert (own.steps, own.batch_size, own.threads) == (200, 8, 1) == tuple(
+        PRESET_TRAINING["mixtral-topo"][k] for k in ("steps", "batch_size", "threads"))
+    named = preset_settings("mixtral-topo", steps=7, threads=2)
+    assert (named.steps, named.batch_size, named.threads) == (7, 8, 2)
+    tiny = preset_settings("tiny", steps=None)
+    assert (tiny.steps, tiny.batch_size, tiny.threads) == (TrainSettings().steps, TrainSettings().batch_size, 0)
+
+
+def test_train_refuses_a_negative_thread_count(corpus, tmp_path, capsys):
+    assert main(["train", "--corpus", str(corpus), "--out", str(tmp_path / "m"), "--threads", "-1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads" in err and "Traceback" not in err

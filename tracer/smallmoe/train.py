@@ -99,6 +99,10 @@ def train(settings: TrainSettings) -> dict:
     if out.exists() and any(out.iterdir()) and not settings.resume:
         raise PregateError(f"{out} is not empty; pass --resume to continue that training or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    if settings.threads < 0:
+        raise PregateError(f"--threads must be 0 (torch's default) or more, not {settings.threads}")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
 
     docs = read_corpus(settings.corpus)
