@@ -167,8 +167,7 @@ class Simulation:
         comp = COMPRESSION.get(settings.compression)()
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
         demand = comp.demand_dtype(self.gpu_dtype)
-        return side_timing(self.stream, self.costs.for_policy(settings.cache_policy).for_host_copy(demand), engines,
-                           demand)
+        return side_timing(self.stream, self.costs.for_policy(settings.cache_policy), engines, demand)
 
     def replay(self, settings: Settings | None = None, fast: bool = True) -> ReplayCounts:
         settings = settings or self.settings
@@ -187,8 +186,7 @@ class Simulation:
         cache, planner, buffering, comp = self._parts(settings)
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
         outcome = run_timed(
-            self.stream, self.costs.for_policy(settings.cache_policy).for_host_copy(comp.demand_dtype(self.gpu_dtype)),
-            planner, cache,
+            self.stream, self.costs.for_policy(settings.cache_policy), planner, cache,
             demand_dtype=comp.demand_dtype(self.gpu_dtype), prefetch_dtype=comp.prefetch_dtype(self.gpu_dtype),
             copy_engines=engines, timeline=timeline, all_resident=buffering.all_resident,
         )

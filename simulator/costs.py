@@ -136,8 +136,9 @@ class CostTables:
 
     def for_host_copy(self, dtype: str) -> "CostTables":
         """These tables with the CPU expert cost of host copies in ``dtype`` (what the CPU reads)."""
+        # expert_cpu is the GPU dtype's (a host copy without compression), as set or replaced by the caller
         table = self.expert_cpu_by_dtype.get(dtype)
-        if table is None or table is self.expert_cpu:
+        if dtype == self.gpu_dtype or table is None:
             return self
         return dataclasses.replace(self, expert_cpu=table)
 

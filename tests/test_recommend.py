@@ -31,7 +31,7 @@ def test_trace_answer_is_readable(tmp_path, capsys):
                  "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC" not in out and f"routing recorded in {trace}" in out
-    for words in ("run: speculation", "tokens/s", "references: all experts resident", "perfect prediction",
+    for words in ("answer: a ", "run: ", "command: pregate execute", "tokens/s", "references: all experts resident", "perfect prediction",
                   "lower bound"):
         assert words in out
 
