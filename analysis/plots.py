@@ -122,7 +122,7 @@ def plot_latency_breakdown(results: pl.DataFrame, top: int = 12, include_over_me
                                        ranked["policy"], ranked["cache"], ranked["over_memory"])]
     y = np.arange(ranked.height)[::-1]
     left = np.zeros(ranked.height)
-    for col, color, name in (("compute_s", "#4c72b0", "compute"), ("stall_s", "#dd8452", "stall on transfers"),
+    for col, color, name in (("compute_s", "#4c72b0", "compute"), ("stall_s", "#dd8452", "stall (copies, CPU-run experts)"),
                              ("dispatch_s", "#8c8c8c", "dispatch (host)")):
         ms = ranked[col].to_numpy() / passes * 1e3
         ax.barh(y, ms, left=left, color=color, label=name)

@@ -136,8 +136,8 @@ def format_ranking(ranked: pl.DataFrame, limit: int | None = 15) -> str:
                                            for j, (c, (_, w, _)) in enumerate(zip(cells, cols))))
     if limit is not None and ranked.height > limit:
         lines.append(f"     ... {ranked.height - limit} more points")
-    lines.append("  tok/s: decode tokens per second; stall: share of decode time waiting for copies; hits: decode "
-                 "requests resident when needed;\n  late: decode requests still being copied when needed; moved: "
+    lines.append("  tok/s: decode tokens per second; stall: share of decode time waiting for copies (or for experts "
+                 "computed on the CPU);\n  hits: decode requests resident when needed; late: decode requests still being copied when needed; moved: "
                  "bytes copied host->GPU (all passes); x resident / x oracle: decode step latency over\n  the "
                  "all-resident and the perfect-prediction (oracle+Belady) reference; memory: OVER MEMORY when dense "
                  "weights +\n  expert cache + working margin exceed the GPU's memory (ranked after the points that fit)")
