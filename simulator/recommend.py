@@ -536,10 +536,10 @@ def format_recommendation(r: Recommendation) -> str:
                      "GPU memory is shown")
     lines.append(f"  expect: {b['tokens_per_s']:.1f} tokens/s ({b['mean_step_latency_s'] * 1e3:.1f} ms per step), "
                  + (f"decode hits {b['decode_hit_rate']:.0%} on time + {b['decode_late_hit_rate']:.0%} late, "
-                    f"{b['decode_stall_share']:.0%} of decode time waiting for copies"
+                    f"{b['decode_stall_share']:.0%} of decode time waiting for copies or CPU-run experts"
                     if b.get("decode_hit_rate") is not None else
                     f"hit rate {b['hit_rate']:.0%} (late hits included), {b['stall_share']:.0%} of the time "
-                    "waiting for copies"))
+                    "waiting for copies or CPU-run experts"))
     lines.append(f"  references: all experts resident {b['bound_resident_tokens_per_s']:.1f} tokens/s "
                  f"(this is {b['ratio_to_resident']:.2f}x slower; needs "
                  f"{_gb(m['dense_bytes'] + m['total_experts'] * m['expert_bytes'])}); perfect prediction "
