@@ -21,50 +21,39 @@ from __future__ import annotations
 from contextlib import nullcontext
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from torch import nn
 
 from pregate.executor.device import ExecutorError
 from pregate.executor.store import ExpertSpec, HostStore, gated_spec, smallmoe_spec, switch_spec
 from pregate.simulator.planner import Planner
-from pregate.simulator.policies.speculation import SpeculationPolicy
+from pregate.simulator.pregating import ahead_tables
 from pregate.simulator.stream import NEVER, Layout
 from pregate.traces import StackMeta
 from pregate.traces.schema import DEFAULT_AHEAD
 
 
-class LivePlanner(Planner):
-    """The simulator's planner over a request stream that grows while the model runs.
+class LiveStream:
+    """A request stream that grows while the model runs: :class:`~pregate.simulator.stream.RequestStream`'s
+    fields as plain lists, appended to one layer step at a time.
 
-    :meth:`Planner.plan` reads the stream from plain lists; here they are
-    appended to, one layer step at a time, before each call.
+    Only what the planner reads is kept. No request has a known next use
+    (``NEVER``): a live model has no future, which is why policies that read it
+    are refused.
     """
 
-    def __init__(self, layout: Layout, cache, speculation, cpu_misses: bool = False, max_prefetch: int = 0,
-                 future_for_cache: bool = False, ahead_distance: int = DEFAULT_AHEAD,
-                 admit_cpu_misses: bool = False):
-        if future_for_cache or speculation.needs_future:
-            name = speculation.name if speculation.needs_future else "belady"
-            raise ExecutorError(f"policy '{name}' reads the future, which a live model does not have; "
-                                "execute a trace (--trace) to use it")
-        self.stream = None
-        self.cache = cache
-        self.spec = speculation
-        self.cpu_misses = cpu_misses
-        self.admit_cpu_misses = admit_cpu_misses
-        self.max_prefetch = max_prefetch
-        self.future_for_cache = False
-        self.req_start, self.req_obj, self.req_tokens, self.req_next = [0], [], [], []
-        self.ls_layer, self.ls_pass, self.ls_tokens = [], [], []
-        self.pass_group, self.pass_end = [], []
-        self.ahead_distance = ahead_distance if speculation.needs_ahead else 0
-        self.ahead = {j: ([0], [], []) for j in range(1, self.ahead_distance + 1)}
-        self.wants_prefetch = type(speculation).predict is not SpeculationPolicy.predict
+    def __init__(self, layout: Layout, ahead_distance: int):
         self.layout = layout
+        self.meta = SimpleNamespace(ahead_distance=ahead_distance)
+        self.ls_req_start, self.req_obj, self.req_tokens, self.req_next = [0], [], [], []
+        self.ls_layer, self.ls_pass, self.ls_tokens = [], [], []
+        self.pass_group, self.pass_ls_start = [], [0]
+        self.ahead = {j: ([0], [], []) for j in range(1, ahead_distance + 1)}
 
     def begin_pass(self, group: int, n_layers: int) -> None:
         self.pass_group.append(group)
-        self.pass_end.append(len(self.ls_layer) + n_layers)
+        self.pass_ls_start.append(len(self.ls_layer) + n_layers)
 
     def add_step(self, layer: int, objs: list[int], tokens: list[int], n_tokens: int,
                  ahead: dict[int, tuple[list[int], list[float]]] | None = None) -> int:
@@ -75,13 +64,40 @@ class LivePlanner(Planner):
         self.req_obj += objs
         self.req_tokens += tokens
         self.req_next += [NEVER] * len(objs)
-        self.req_start.append(len(self.req_obj))
+        self.ls_req_start.append(len(self.req_obj))
         for j, (starts, a_obj, a_score) in self.ahead.items():
             if ahead and j in ahead:
                 a_obj += ahead[j][0]
                 a_score += ahead[j][1]
             starts.append(len(a_obj))
         return ls
+
+
+class LivePlanner(Planner):
+    """The simulator's planner over a :class:`LiveStream` (the layer steps are added as the model runs).
+
+    Everything but the stream is :class:`~pregate.simulator.planner.Planner`'s own:
+    the same state, options and :meth:`~pregate.simulator.planner.Planner.plan`.
+    """
+
+    def __init__(self, layout: Layout, cache, speculation, cpu_misses: bool = False, max_prefetch: int = 0,
+                 future_for_cache: bool = False, ahead_distance: int = DEFAULT_AHEAD,
+                 admit_cpu_misses: bool = False):
+        if future_for_cache or speculation.needs_future:
+            name = speculation.name if speculation.needs_future else "belady"
+            raise ExecutorError(f"policy '{name}' reads the future, which a live model does not have; "
+                                "execute a trace (--trace) to use it")
+        self.ahead_distance = ahead_distance if speculation.needs_ahead else 0
+        self.layout = layout
+        super().__init__(LiveStream(layout, self.ahead_distance), cache, speculation, cpu_misses=cpu_misses,
+                         max_prefetch=max_prefetch, admit_cpu_misses=admit_cpu_misses)
+
+    def begin_pass(self, group: int, n_layers: int) -> None:
+        self.stream.begin_pass(group, n_layers)
+
+    def add_step(self, layer: int, objs: list[int], tokens: list[int], n_tokens: int,
+                 ahead: dict[int, tuple[list[int], list[float]]] | None = None) -> int:
+        return self.stream.add_step(layer, objs, tokens, n_tokens, ahead)
 
 
 class OffloadedExperts(nn.Module):
@@ -208,20 +224,16 @@ class LiveSession:
                 i, p = self.adapter.predict(self.sites[(stack, layer + j)], hidden, self.top_k)
                 ids.append(i)
                 probs.append(p.float())
-        ids_l = torch.stack(ids).tolist()
-        probs_l = torch.stack(probs).tolist()
-        out = {}
-        base = self.layout.base
+        # one entry per (distance, token, pick) in row order, scored and ranked by the
+        # simulator's own pre-gating function (the one a trace's stream uses)
+        ids_a = torch.stack(ids).cpu().numpy().astype(np.int64)  # (J, N, k)
+        probs_a = torch.stack(probs).cpu().numpy()
         g = self.offset[stack] + layer
-        for j in range(1, J + 1):
-            tb = int(base[g + j])
-            score: dict[int, float] = {}
-            for row_i, row_p in zip(ids_l[j - 1], probs_l[j - 1]):
-                for e, p in zip(row_i, row_p):
-                    score[tb + e] = score.get(tb + e, 0.0) + p
-            ranked = sorted(score.items(), key=lambda item: (-item[1], item[0]))
-            out[j] = ([o for o, _ in ranked], [s for _, s in ranked])
-        return out
+        dist = np.broadcast_to(np.arange(1, J + 1).reshape(J, 1, 1), ids_a.shape)
+        obj = self.layout.base[g + dist] + ids_a
+        tables = ahead_tables(np.zeros(ids_a.size, np.int64), dist.reshape(-1), obj.reshape(-1),
+                              probs_a.reshape(-1), 1)
+        return {j: (objs.tolist(), scores.tolist()) for j, (_, objs, scores) in tables.items()}
 
     @torch.no_grad()
     def layer(self, module: OffloadedExperts, hidden: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,

@@ -49,13 +49,14 @@ class LayerPlan:
 
 
 class Planner:
-    """Walks the layer steps of a stream, one call to :meth:`plan` each, in order."""
+    """Walks the layer steps of a stream, one call to :meth:`plan` each, in order.
 
-    gate: CostGate | None = None  # subclasses that build their own state (the live planner) run ungated
-    shadow: ExpertCache | None = None
-    side: SideClock | None = None
-    reset_per_group = False
-    admit_cpu_misses = False
+    The stream's fields are read like lists: numpy arrays through windows, and
+    plain lists as they are, so a stream that grows while a model runs (the live
+    executor's) is planned by this same class, each layer step appended before
+    its call to :meth:`plan`.
+    """
+
     # False: the rule before protection existed (only a just-prefetched expert is protected), to
     # re-price records made by executors that followed it
     protect_named = True
@@ -85,7 +86,7 @@ class Planner:
         self.ls_pass = as_list(s.ls_pass)
         self.ls_tokens = as_list(s.ls_tokens)
         self.pass_group = as_list(s.pass_group)
-        self.pass_end = as_list(s.pass_ls_start[1:])
+        self.pass_start = as_list(s.pass_ls_start)
         self.ahead = {j: (as_list(a[0]), as_list(a[1]), as_list(a[2])) for j, a in s.ahead.items()} \
             if speculation.needs_ahead else {}
         self.wants_prefetch = type(speculation).predict is not SpeculationPolicy.predict
@@ -163,7 +164,7 @@ class Planner:
             gate.after_demand(ls, len(plan.misses))
         if self.wants_prefetch:
             pas = self.ls_pass[ls]
-            remaining = self.pass_end[pas] - 1 - ls
+            remaining = self.pass_start[pas + 1] - 1 - ls
             ahead = {}
             for j, (starts, a_obj, a_score) in self.ahead.items():
                 a, b = starts[ls], starts[ls + 1]

@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from pregate.simulator.errors import SimulatorError
+from pregate.simulator.pregating import ahead_tables
 from pregate.traces import Trace, TraceMeta
 
 NEVER = np.iinfo(np.int64).max // 4  # "no next use"; larger than any request index
@@ -406,18 +407,14 @@ def next_uses(req_obj: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     return out
 
 
-def _scores(values: np.ndarray) -> np.ndarray:
-    """Scores as summed (float32 from float32 probabilities: storing them wider adds nothing)."""
-    return values if values.dtype in (np.float32, np.float64) else values.astype(np.float64)
-
-
 def _ahead_arrays(frame: pl.DataFrame, layout: Layout, n_ls: int, top_k: int) -> dict:
     """Per layer step and distance j: the experts later routers would pick, best first.
 
-    A layer step's score for an expert is the sum over its tokens of the
-    probability the later router gives it; ties break by object id so the
-    order is deterministic. A trace may store runner-ups beyond top-k in each
-    ``ahead`` entry; only the first top-k (the later router's own picks) count.
+    The rows are only unpacked here (one entry per token, distance and pick, in
+    row order); the score and the ranking are :func:`pregate.simulator.pregating.ahead_tables`,
+    the function a live model's pre-gating uses too. A trace may store runner-ups
+    beyond top-k in each ``ahead`` entry; only the first top-k (the later router's
+    own picks) count.
     """
     rows = frame.select("ls", "gl", "ahead", "ahead_probs").filter(pl.col("ahead").list.len() > 0)
     if rows.height == 0:
@@ -425,17 +422,6 @@ def _ahead_arrays(frame: pl.DataFrame, layout: Layout, n_ls: int, top_k: int) ->
     rows = rows.with_columns(j=pl.int_ranges(1, pl.col("ahead").list.len() + 1)).explode(["ahead", "ahead_probs", "j"])
     rows = rows.with_columns(pl.col("ahead").list.head(top_k), pl.col("ahead_probs").list.head(top_k))
     rows = rows.explode(["ahead", "ahead_probs"])
-    target = rows.get_column("gl").to_numpy() + rows.get_column("j").to_numpy()
-    rows = rows.with_columns(obj=pl.Series(layout.base[target] + rows.get_column("ahead").to_numpy().astype(np.int64)))
-    agg = (
-        rows.group_by(["ls", "j", "obj"]).agg(score=pl.col("ahead_probs").sum())
-        .sort(["ls", "j", "score", "obj"], descending=[False, False, True, False])
-    )
-    out = {}
-    for j, part in agg.partition_by("j", as_dict=True, maintain_order=True).items():
-        j = int(j[0]) if isinstance(j, tuple) else int(j)
-        ls_col = part.get_column("ls").to_numpy()
-        starts = np.searchsorted(ls_col, np.arange(n_ls + 1)).astype(np.int64)
-        out[j] = (starts, part.get_column("obj").to_numpy().astype(np.int32),
-                  _scores(part.get_column("score").to_numpy()))
-    return dict(sorted(out.items()))
+    j = rows.get_column("j").to_numpy()
+    obj = layout.base[rows.get_column("gl").to_numpy() + j] + rows.get_column("ahead").to_numpy().astype(np.int64)
+    return ahead_tables(rows.get_column("ls").to_numpy(), j, obj, rows.get_column("ahead_probs").to_numpy(), n_ls)
