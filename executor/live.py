@@ -9,10 +9,13 @@ is the model's own (same functions, same order of accumulation), so greedy
 generation gives exactly the tokens of the all-resident model in the same dtype.
 
 The request stream the planner sees is built as the model runs
-(:class:`LivePlanner`): per MoE layer step, the distinct experts in order of
+(:class:`LiveStream`, planned by :class:`LivePlanner`, which is the
+simulator's ``Planner``): per MoE layer step, the distinct experts in order of
 first appearance (tokens, then best first within top-k), like a trace's
 stream. Pre-gating (the ``ahead`` signal) is computed live: layer L applies
-the routers of layers L+1..L+J to its own router input, as Pre-gated MoE does.
+the routers of layers L+1..L+J to its own router input, as Pre-gated MoE does,
+and the picks are scored by :func:`pregate.simulator.pregating.ahead_tables`,
+the function a trace's stream is built with, so both rank candidates alike.
 Policies that read the future (``belady``, ``oracle``) need a trace.
 """
 

@@ -32,7 +32,6 @@ from pregate.executor.slots import SlotPool
 from pregate.executor.store import HostStore
 from pregate.simulator.api import prefetch_timing, side_timing_for
 from pregate.simulator.assemble import make_cache, planner_options
-from pregate.simulator.cache import IN_FLIGHT
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies import COMPRESSION, SPECULATION
 from pregate.simulator.policies.build import make_speculation
@@ -152,6 +151,7 @@ class OffloadRuntime:
         self.late_hits = 0
         self.requests = 0
         self._finished = False
+        self._copying: set[int] = set()  # copied into the cache by a plan, not yet told to it as landed
 
     # ---- one layer step -------------------------------------------------------------
     def layer(self, ls: int) -> list[Work]:
@@ -169,8 +169,10 @@ class OffloadRuntime:
         pool.begin_layer()
         stat = self._pass
         plan = self.planner.plan(ls)
+        copying = self._copying
         for obj in plan.evicted:
             pool.release(obj)
+            copying.discard(obj)
         works: list[Work] = []
         late = 0
         for obj, tokens in plan.hits:
@@ -201,15 +203,13 @@ class OffloadRuntime:
             self.decisions.append(Decision(ls, [o for o, _ in plan.hits],
                                            [(o, c) for o, _, c in plan.misses] + [(o, False) for o, _ in plan.cpu],
                                            list(plan.prefetches), list(plan.evicted), list(plan.admits)))
+        into_cache = [obj for obj, _, cached in plan.misses if cached] + plan.admits + plan.prefetches
         if not self.device.cuda:  # copies on the CPU are synchronous: they have landed
             landed = self.cache.landed
-            for obj, _, cached in plan.misses:
-                if cached:
-                    landed(obj)
-            for obj in plan.admits:
+            for obj in into_cache:
                 landed(obj)
-            for obj in plan.prefetches:
-                landed(obj)
+        else:  # told to the cache once the pass ends and the copy is seen to have landed
+            copying.update(into_cache)
         return works
 
     def weights(self, work: Work) -> dict[str, torch.Tensor]:
@@ -252,10 +252,10 @@ class OffloadRuntime:
         stat.latency_s = now() - self._pass_start
         if self.device.cuda:
             stat.stall_s = sum(a.elapsed_time(b) for a, b in self._stall_events) / 1e3
-            state = self.cache.state
-            for obj, slot in self.pool.slot_of.items():
-                if state.get(obj) == IN_FLIGHT and self.pool.landed(slot):
-                    self.cache.landed(obj)
+            landed = [obj for obj in self._copying if self.pool.landed(self.pool.slot_of[obj])]
+            for obj in sorted(landed):
+                self.cache.landed(obj)
+                self._copying.discard(obj)
         else:
             stat.stall_s = self.pool.copy_seconds - self._copy_start
         self.steps.append(stat)

@@ -76,7 +76,6 @@ class ExpertCache:
         self.unused_prefetch: set[int] = set()
         self.protected: set[int] = set()
         self.counts = CacheCounts(peak_slots=len(self.pinned))
-        self.evict_listener = None  # the timed run cancels queued copies of evicted experts
         self.evict_log: list[int] | None = None  # the current plan's evictions (set by the planner)
         self.last_victim: int | None = None  # what the latest make_room evicted (-1: a slot was free)
 
@@ -127,8 +126,6 @@ class ExpertCache:
         self.counts.evictions += 1
         if self.evict_log is not None:
             self.evict_log.append(obj)
-        if self.evict_listener is not None:
-            self.evict_listener(obj)
         if obj in self.unused_prefetch:
             self.unused_prefetch.discard(obj)
             self.counts.wasted_prefetches += 1

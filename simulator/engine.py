@@ -204,7 +204,6 @@ def run_timed(stream: RequestStream, costs: CostTables, planner: Planner, cache:
             cancelled += 1
         needs_dequant.pop(obj, None)
 
-    cache.evict_listener = evicted
     tot_compute = tot_stall = tot_dispatch = 0.0
     tot_late = 0
     steps: list[StepRecord] = []
@@ -250,6 +249,8 @@ def run_timed(stream: RequestStream, costs: CostTables, planner: Planner, cache:
                 advance(t, seq)
                 now = t
             plan = plan_of(ls)
+            for obj in plan.evicted:  # before this step's copies: an expert may be evicted and prefetched again
+                evicted(obj)
             ready, waiting = [], []
             for obj, tok in plan.hits:
                 job = jobs.get(obj)

@@ -130,8 +130,8 @@ class _Transfers:
     """The copy engines and the CPU pool, with the cache's view of which copies are still in flight.
 
     ``jobs`` maps an expert to its latest copy into the cache: a hit on an expert whose copy has
-    not landed is a late hit. The cache tells us when it evicts an expert, so a queued copy of it
-    is cancelled; a landed copy tells the cache the expert is usable.
+    not landed is a late hit. Each plan lists the experts its decisions evicted, so a queued copy
+    of one is cancelled; a landed copy tells the cache the expert is usable.
     """
 
     def __init__(self, env: simpy.Environment, costs: CostTables, cache: ExpertCache, copy_engines: int, events):
@@ -141,7 +141,6 @@ class _Transfers:
         self.cancelled = 0
         self.copies = Pool([Worker(env, f"copy engine {k}", self.landed, events) for k in range(max(1, copy_engines))])
         self.cpu = Worker(env, "cpu pool", lambda job: None, events)
-        cache.evict_listener = self.evicted
 
     def landed(self, job: Job) -> None:
         if self.jobs.get(job.obj) is job:
@@ -240,6 +239,8 @@ class _ComputeStream:
         """
         env, t, jobs = self.env, self.t, self.t.jobs
         plan = self.planner.plan(ls)
+        for obj in plan.evicted:  # before this step's copies: an expert may be evicted and prefetched again
+            t.evicted(obj)
         ready, waiting = [], []
         for obj, tok in plan.hits:
             job = jobs.get(obj)

@@ -37,15 +37,13 @@ def _replay_decisions(executor, settings):
     """The simulator's own parts, walked by its fast replay, with every decision logged."""
     sim = Simulation(None, settings, stream=executor.stream(settings.batch_size))
     cache, planner, _, _ = sim._parts(settings)
-    log, evicted = [], []
-    cache.evict_listener = evicted.append
+    log = []
     plan_one = planner.plan
 
     def plan(ls):
         p = plan_one(ls)
         log.append((ls, [o for o, _ in p.hits], [(o, c) for o, _, c in p.misses] + [(o, False) for o, _ in p.cpu],
-                    list(p.prefetches), list(evicted)))
-        evicted.clear()
+                    list(p.prefetches), list(p.evicted)))
         return p
 
     planner.plan = plan
@@ -205,7 +203,7 @@ def test_closed_runtime_frees_its_slots_and_keeps_its_figures(executor):
     rt = executor.run(Settings(cache="50%"))
     before = rt.summary()
     rt.close()
-    assert rt.pool.data is None and rt.pool.buffers == [] and rt.cache.evict_listener is None
+    assert rt.pool.data is None and rt.pool.buffers == []
     assert rt.summary() == before
 
 

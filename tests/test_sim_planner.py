@@ -80,9 +80,8 @@ def test_a_resident_expert_that_speculation_names_is_not_evicted_by_a_later_pref
         for obj, _, cached in plan.misses:
             if cached:
                 cache.landed(obj)
-    evicted = []
-    cache.evict_listener = evicted.append
     plan = planner.plan(first)
+    evicted = plan.evicted
     assert plan.prefetches, "the scripted prefetches must have been issued for the test to mean anything"
     old = chosen["old"]
     assert old in cache.state, "the named resident expert was evicted by a prefetch of the same round"
@@ -109,7 +108,13 @@ def test_no_prefetch_evicts_the_current_step_or_an_earlier_prediction(top2, spec
     planner.spec.predict = spy
     phase = {"named": False}
     round_evictions: list[tuple[int, bool, int]] = []  # (victim, after the prediction, prefetches so far)
-    cache.evict_listener = lambda obj: round_evictions.append((obj, phase["named"], cache.counts.prefetches))
+    evict = cache.evict  # watched as it happens: which prefetch made room is known only then
+
+    def watched(obj):
+        round_evictions.append((obj, phase["named"], cache.counts.prefetches))
+        evict(obj)
+
+    cache.evict = watched
     issued = 0
     for ls in range(sim.stream.n_layer_steps):
         names.clear()
@@ -119,6 +124,7 @@ def test_no_prefetch_evicts_the_current_step_or_an_earlier_prediction(top2, spec
         planner.spec.predict = lambda view: (phase.update(named=True), spy(view))[1]
         plan = planner.plan(ls)
         needed = set(sim.stream.needed(ls).tolist())
+        assert plan.evicted == [v for v, _, _ in round_evictions], "the plan lists every eviction, in order"
         assert not {v for v, _, _ in round_evictions} & needed
         for victim, after, so_far in round_evictions:
             if not after:

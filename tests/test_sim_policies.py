@@ -20,10 +20,13 @@ def _check_run(sim, settings):
     """Replay through the planner with the invariants checked at every layer step."""
     cache, planner, buffering, _ = sim._parts(settings)
 
+    evict = cache.evict  # watched as it happens: what is protected is known only then
+
     def evicted(obj):
         assert obj not in cache.protected, f"evicted expert {obj} that the current layer uses"
+        evict(obj)
 
-    cache.evict_listener = evicted
+    cache.evict = evicted
     cpu = 0
     for ls in range(sim.stream.n_layer_steps):
         plan = planner.plan(ls)
