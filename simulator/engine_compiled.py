@@ -24,6 +24,7 @@ import numpy as np
 
 from pregate.simulator.cache import RESIDENT, ExpertCache
 from pregate.simulator.costs import CostTables
+from pregate.simulator.engine_compiled_common import dense_block, end_pass, expert_ready, expert_run
 from pregate.simulator.outcome import StepRecord, TimedOutcome
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies.caching import FIFO, LRU
@@ -130,17 +131,8 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, dense_gpu, dense_host, e
         misses = 0
         for ls in range(pass_start[p], pass_start[p + 1]):
             gd = dense_gpu[ls]
-            g_start = g if g > h else h
-            h += dense_host[ls]
-            g = g_start + gd
-            if h > g:
-                g = h
+            h, g = dense_block(h, g, gd, dense_host[ls], sync, step_host)
             comp += gd
-            if g > h:
-                h = g
-            h += sync
-            h += step_host
-            g = h
             if h > now:  # the router's read-back; every copy engine is idle here
                 seqa[0] += 1.0
                 now = now + (h - now)
@@ -236,13 +228,10 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, dense_gpu, dense_host, e
             for j in range(k):
                 ge = expert_gpu[hit_tok[j]]
                 comp += ge
-                h += expert_host
-                g = (g if g > h - expert_host else h - expert_host) + ge
-                if h > g:
-                    g = h
+                h, ready_at = expert_ready(h, g, expert_host)
+                g = expert_run(h, ready_at, ge)
             for j in range(m):
-                h += expert_host
-                ready_at = g if g > h - expert_host else h - expert_host
+                h, ready_at = expert_ready(h, g, expert_host)
                 if not job_done[j]:
                     if ready_at > now:
                         seqa[0] += 1.0
@@ -262,23 +251,8 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, dense_gpu, dense_host, e
                     ready_at = now
                 ge = expert_gpu[miss_tok[j]] + d_deq
                 comp += ge
-                g = ready_at + ge
-                if h > g:
-                    g = h
-        if g > h:
-            h = g
-        g = h
-        latency = h - start
-        dispatch = latency - comp - stall
-        if dispatch < 0.0:
-            dispatch = 0.0
-        out[p, 0] = start
-        out[p, 1] = latency
-        out[p, 2] = comp
-        out[p, 3] = stall
-        out[p, 4] = dispatch
-        out[p, 5] = hits
-        out[p, 7] = misses
+                g = expert_run(h, ready_at, ge)
+        h, g, dispatch = end_pass(out, p, h, g, start, comp, stall, hits, 0, misses, 0)
         tot_c += comp
         tot_s += stall
         tot_d += dispatch
