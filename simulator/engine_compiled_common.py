@@ -16,10 +16,19 @@ queued work ends).
 
 from __future__ import annotations
 
+import numpy as np
+
 try:  # optional: without numba the kernels are not used (see their ``eligible``)
     import numba
 except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
+
+
+def ids(values) -> np.ndarray:
+    """Object ids or layers as the kernels take them: the stream's int16 or int32 array as it is (no
+    copy of a trace-long array), anything else as int32. The kernels are compiled for each."""
+    array = np.asarray(values)
+    return array if array.dtype in (np.int16, np.int32) else array.astype(np.int32)
 
 
 def dense_block(h, g, gd, dh, sync, step_host):

@@ -34,7 +34,7 @@ import numpy as np
 from pregate.simulator.cache import IN_FLIGHT, RESIDENT, CacheCounts, ExpertCache
 from pregate.simulator.costs import CostTables
 from pregate.simulator.engine_compiled import step_records
-from pregate.simulator.engine_compiled_common import dense_block, end_pass, expert_ready, expert_run
+from pregate.simulator.engine_compiled_common import dense_block, end_pass, expert_ready, expert_run, ids
 from pregate.simulator.gate import CostGate
 from pregate.simulator.outcome import TimedOutcome
 from pregate.simulator.planner import Planner
@@ -733,12 +733,12 @@ def run_compiled(stream: RequestStream, costs: CostTables, planner: Planner, cac
     if 1 in stream.ahead:
         a_start, a_obj, _ = stream.ahead[1]
     else:
-        a_start, a_obj = np.zeros(stream.n_layer_steps + 1, np.int32), np.zeros(0, np.int32)
+        a_start, a_obj = np.zeros(stream.n_layer_steps + 1, np.int32), np.zeros(0, ids(stream.req_obj).dtype)
     step_s = np.asarray(t.step_s, np.float64) if t is not None else np.zeros(1)
     res = _kernel(
         np.asarray(stream.pass_ls_start, np.int64), np.asarray(stream.ls_req_start),
-        np.asarray(stream.req_obj, np.int32), np.asarray(stream.req_tokens, np.int32),
-        np.asarray(stream.ls_layer, np.int32), np.asarray(a_start), np.asarray(a_obj, np.int32),
+        ids(stream.req_obj), np.asarray(stream.req_tokens, np.int32),
+        ids(stream.ls_layer), np.asarray(a_start), ids(a_obj),
         np.asarray(stream.layout.obj_layer, np.int64),
         np.asarray(costs.dense_gpu, np.float64), np.asarray(costs.dense_host, np.float64),
         np.asarray(costs.expert_gpu, np.float64), stream.layout.n_objects, cache.capacity,
@@ -774,7 +774,8 @@ def warm_up() -> float:
         return 0.0
     start = time.perf_counter()
     one, one32 = np.array([0, 1], np.int64), np.array([0, 1], np.int32)  # the stream's offset types
-    _kernel(one, one32, np.zeros(1, np.int32), np.ones(1, np.int32), np.zeros(1, np.int32), one32, np.zeros(1, np.int32),
+    # object ids and layers as int16: the stream's types for every model with up to 32767 experts in all
+    _kernel(one, one32, np.zeros(1, np.int16), np.ones(1, np.int32), np.zeros(1, np.int16), one32, np.zeros(1, np.int16),
             np.zeros(2, np.int64), np.zeros(1), np.zeros(1), np.zeros(2), 2, 1, True, 1, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0,
             1, 1, 0.0, 0.0, 0.0, 0, True, np.zeros(1), 1.0, 1.0, 1, 3)
     return time.perf_counter() - start

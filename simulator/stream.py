@@ -97,12 +97,12 @@ class RequestStream:
     pass_ls_start: np.ndarray  # (P+1,) offsets into layer steps
     # per layer step
     ls_pass: np.ndarray
-    ls_layer: np.ndarray  # global MoE layer
+    ls_layer: np.ndarray  # global MoE layer (int16 when the layers fit)
     ls_tokens: np.ndarray  # rows (tokens) through the layer
     ls_ctx: np.ndarray  # sum over tokens of their context length (attention work; int32 when it fits)
     ls_req_start: np.ndarray  # (S+1,) offsets into requests (int32 when they fit)
     # per request
-    req_obj: np.ndarray
+    req_obj: np.ndarray  # object id (int16 when the model's experts fit, else int32)
     req_tokens: np.ndarray  # tokens routed to this expert in this layer step
     req_next: np.ndarray  # index of the next request of the same object, or NEVER
     # ahead predictions: j -> (offsets (S+1,), objects, scores), best first within a layer step
@@ -244,9 +244,13 @@ def build_stream(trace: Trace | pl.DataFrame, meta: TraceMeta | None = None, bat
             frame = source.filter(pl.col("seq").is_between(lo_seq, hi_seq)).collect()
             parts.append(_flatten(frame, meta, layout, batch_size, with_ahead, g_lo * batch_size))
             del frame
+    _release_freed_memory()  # the chunks' temporaries, before the join needs room
     stream = _join(parts, meta, layout, batch_size)
     if files is not None:
         _release_arrow_pool()
+    # the chunks' arrays, the join's and the next-use pass's temporaries were freed on the heap: hand
+    # those pages back (measured at 4M Mixtral-like rows: 100 MB, more than a third of the stream)
+    _release_freed_memory()
     return stream
 
 
@@ -421,6 +425,9 @@ def _join(parts: list[dict], meta: TraceMeta, layout: Layout, batch_size: int) -
     # layer step each, a tenth of what a Mixtral-shaped stream keeps per trace row
     narrow = {"ls_req_start": int(base["req"][-1]), "ls_ctx": max((int(p["ls_ctx"].max()) for p in parts
                                                                   if len(p["ls_ctx"])), default=0)}
+    # object ids and layers as int16 whenever the model's experts fit (every MoE model we know of):
+    # 2 bytes a request and a layer step, about a twelfth of a Mixtral-shaped stream per trace row
+    small = {"req_obj": id_dtype(layout.n_objects), "ls_layer": id_dtype(layout.n_layers)}
     out = {}
     for name in ("pass_group", "pass_step", "pass_decode", "pass_seqs", "pass_ls_start", "ls_pass", "ls_layer",
                  "ls_tokens", "ls_ctx", "ls_req_start", "req_obj", "req_tokens"):
@@ -429,6 +436,8 @@ def _join(parts: list[dict], meta: TraceMeta, layout: Layout, batch_size: int) -
             piece = p.pop(name)
             if name in narrow and narrow[name] < np.iinfo(np.int32).max:
                 piece = piece.astype(np.int32)
+            if name in small:
+                piece = piece.astype(small[name])
             if name in OFFSET_FIELDS:
                 if name != "ls_pass":
                     piece = piece[:-1] if k < len(parts) - 1 else piece  # the next chunk's first offset
@@ -438,14 +447,19 @@ def _join(parts: list[dict], meta: TraceMeta, layout: Layout, batch_size: int) -
         del pieces
         if len(parts) > 1:
             _release_freed_memory()
-    ahead = _join_ahead([p.pop("ahead") for p in parts], n_ls)
+    ahead = _join_ahead([p.pop("ahead") for p in parts], n_ls, id_dtype(layout.n_objects))
     stream = RequestStream(meta=meta, layout=layout, batch_size=batch_size, req_next=next_uses(out["req_obj"]),
                            **out)
     stream.ahead = ahead
     return stream
 
 
-def _join_ahead(parts: list[dict], n_ls: list[int]) -> dict:
+def id_dtype(n: int):
+    """The narrowest signed integer type (int16 or int32) that numbers ``n`` things."""
+    return np.int16 if n <= np.iinfo(np.int16).max else np.int32
+
+
+def _join_ahead(parts: list[dict], n_ls: list[int], obj_type=np.int32) -> dict:
     js = sorted({j for p in parts for j in p})
     out = {}
     for j in js:
@@ -458,7 +472,7 @@ def _join_ahead(parts: list[dict], n_ls: list[int]) -> dict:
             else:
                 st, ob, sc = np.zeros(n_ls[k] + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
             starts.append(((st[:-1] if k < len(parts) - 1 else st) + done).astype(offset_type))
-            objs.append(ob)
+            objs.append(ob.astype(obj_type))
             scores.append(sc)
             done += len(ob)
         out[j] = (np.concatenate(starts), np.concatenate(objs), np.concatenate(scores))
