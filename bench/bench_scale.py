@@ -158,7 +158,25 @@ def worker(trace_path: str, cache: str) -> dict:
         out["same_as_python"] = same_as_python_engine(sim, settings)
     out["peak_rss"] = peak
     out["bytes_per_row"] = (peak - base) / rows
+    out["where"] = where_bytes_go(sim, rows)
     return out
+
+
+def where_bytes_go(sim, rows: int) -> dict:
+    """Bytes per trace row of what stays resident: the stream's arrays by field, the cost tables'."""
+    import numpy as np
+
+    where = {}
+    for name, value in vars(sim.stream).items():
+        if isinstance(value, np.ndarray):
+            where[f"{name} {value.dtype}"] = value.nbytes / rows
+    for j, arrays in getattr(sim.stream, "ahead", {}).items():
+        for part, value in zip(("starts", "objects", "scores"), arrays):
+            where[f"ahead[{j}].{part} {value.dtype}"] = value.nbytes / rows
+    for name, value in vars(sim.costs).items():
+        if isinstance(value, np.ndarray):
+            where[f"costs.{name} {value.dtype}"] = value.nbytes / rows
+    return where
 
 
 def same_as_python_engine(sim, settings) -> bool | None:
@@ -310,11 +328,11 @@ def main(argv=None) -> int:
                                   f"   same simulated totals as the baseline: {'yes' if same else 'no'}")
                 shutil.rmtree(trace)
         print()
-        report_targets(results, models, sizes)
+        report_targets(results, models, sizes, args.baseline)
     return 0
 
 
-def report_targets(results: dict, models: list[str], sizes: list[int]) -> None:
+def report_targets(results: dict, models: list[str], sizes: list[int], baseline: str = BASELINE) -> None:
     ok = {k: v for k, v in results.items() if "error" not in v}
     mix = [rows for rows in sizes if ("mixtral-like", rows, "new") in ok]
     if mix:
@@ -327,18 +345,26 @@ def report_targets(results: dict, models: list[str], sizes: list[int]) -> None:
         paired = [rows for rows in mix if ("mixtral-like", rows, "base") in ok]
         for rows in paired:
             ratio = ok[("mixtral-like", rows, "new")]["none+lru"] / ok[("mixtral-like", rows, "base")]["none+lru"]
-            print(f"target: Mixtral-like none+lru >= 5x the baseline at {fmt_rows(rows)}: {ratio:.1f}x "
-                  f"{mark(ratio >= TARGETS['mixtral_none_ratio'])}")
+            if baseline == BASELINE:  # the target is against the code before the event-lean engine
+                print(f"target: Mixtral-like none+lru >= 5x the baseline at {fmt_rows(rows)}: {ratio:.1f}x "
+                      f"{mark(ratio >= TARGETS['mixtral_none_ratio'])}")
+            else:
+                print(f"Mixtral-like none+lru against baseline {baseline} at {fmt_rows(rows)}: {ratio:.2f}x "
+                      f"(the 5x target is against {BASELINE}; not judged here)")
+    print("flat cost per row: steps/s at the largest size at least 80% of the smallest size's (time per step\n"
+          "up by at most 20%) AND bytes per row at the largest size not above the next smaller size's (a fixed\n"
+          "cost makes bytes per row fall with size; a cost per row that grows shows as a rise)")
     for model in models:
-        have = [rows for rows in sizes if (model, rows, "new") in ok]
+        have = sorted(rows for rows in sizes if (model, rows, "new") in ok)
         if len(have) >= 2:
-            lo, hi = ok[(model, min(have), "new")], ok[(model, max(have), "new")]
+            lo, mid, hi = ok[(model, have[0], "new")], ok[(model, have[-2], "new")], ok[(model, have[-1], "new")]
+            mem_ok = hi["bytes_per_row"] <= mid["bytes_per_row"]
             for pol in ("none+lru", "layer_minus_1+lru"):
-                drift = lo[pol] / hi[pol]
-                print(f"target: {model} {pol} cost per row flat {fmt_rows(min(have))} -> {fmt_rows(max(have))}: "
-                      f"time per step x{drift:.2f}, resident bytes per row {lo['bytes_per_row']:.0f} -> "
-                      f"{hi['bytes_per_row']:.0f} {mark(drift <= 1.25 and hi['bytes_per_row'] <= 1.25 * lo['bytes_per_row'])}"
-                      f" (flat: neither grows by more than 25%)")
+                speed = hi[pol] / lo[pol]
+                print(f"target: {model} {pol} flat {fmt_rows(have[0])} -> {fmt_rows(have[-1])}: steps/s "
+                      f"{lo[pol] / 1e3:.0f}k -> {hi[pol] / 1e3:.0f}k (x{speed:.2f}, {mark(speed >= 0.8)}); bytes/row "
+                      f"at {fmt_rows(have[-2])} {mid['bytes_per_row']:.0f} -> at {fmt_rows(have[-1])} "
+                      f"{hi['bytes_per_row']:.0f} ({mark(mem_ok)}): {mark(speed >= 0.8 and mem_ok)}")
     print("\nthe same, marginal: what each extra row costs between the smallest and the largest size,\n"
           "(time_big - time_small) / (steps_big - steps_small) against the smallest size's time per step, and\n"
           "(peak_big - peak_small) / (rows_big - rows_small) bytes; a fixed cost (imports, buffers, the polars\n"
@@ -358,6 +384,13 @@ def report_targets(results: dict, models: list[str], sizes: list[int]) -> None:
     four = [k for k in ok if k[1] >= 4_000_000 and k[2] == "new"]
     for key in four:
         b = ok[key]["bytes_per_row"]
+        where = ok[key].get("where", {})
+        if where:
+            known = sum(where.values())
+            print(f"where the bytes go at {fmt_rows(key[1])} ({key[0]}): " + ", ".join(
+                f"{k} {v:.1f}" for k, v in sorted(where.items(), key=lambda kv: -kv[1]) if v >= 0.05))
+            print(f"  arrays {known:.0f} B/row of the {b:.0f} measured; the rest ({b - known:.0f}) is the allocators'"
+                  f" working sets (polars, pyarrow), the step records and a run's temporaries")
         print(f"target: <= 150 B resident per row at {fmt_rows(key[1])} ({key[0]}): {b:.0f} B "
               f"{mark(b <= TARGETS['bytes_per_row_4m'])}; 32M rows at that rate: {32e6 * b / 2**30:.1f} GiB "
               f"{mark(32e6 * b < 8 * 2**30)} (< 8 GB)")

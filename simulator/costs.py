@@ -279,9 +279,25 @@ def dense_gpu_seconds(stream: RequestStream, profile: HardwareProfile, runtime: 
     over the dense weights and the tokens, plus attention over the context,
     plus one launch gap per kernel of the block.
     """
-    meta = stream.meta
-    tokens = stream.ls_tokens.astype(np.float64)
-    ctx = stream.ls_ctx.astype(np.float64)
+    n = len(stream.ls_tokens)
+    out = np.empty(n, np.float64)
+    used = ""
+    # in blocks of layer steps: the terms are elementwise, so the result is the same, while the
+    # temporaries (a handful of float64 arrays) follow the block, not the trace
+    for lo in range(0, max(n, 1), DENSE_BLOCK):  # once at least: the sources name the tables even then
+        hi = min(lo + DENSE_BLOCK, n)
+        out[lo:hi], used = _dense_gpu_block(stream.meta, stream.ls_tokens[lo:hi].astype(np.float64),
+                                            stream.ls_ctx[lo:hi].astype(np.float64), profile, runtime,
+                                            dense_params, gpu_dtype, blocks_per_layer)
+    return out, used
+
+
+DENSE_BLOCK = 1 << 16  # layer steps priced at a time
+
+
+def _dense_gpu_block(meta, tokens: np.ndarray, ctx: np.ndarray, profile: HardwareProfile, runtime: RuntimeProfile,
+                     dense_params: float, gpu_dtype: str, blocks_per_layer: float) -> tuple[np.ndarray, str]:
+    """:func:`dense_gpu_seconds` for the layer steps with these token counts and context sums."""
     dense_tables = profile.dense_table(meta.d_model, dense_params, gpu_dtype)
     if dense_tables:
         short = dense_tables[0]

@@ -24,6 +24,7 @@ import numpy as np
 
 from pregate.simulator.cache import RESIDENT, ExpertCache
 from pregate.simulator.costs import CostTables
+from pregate.simulator.engine_compiled_common import dense_block, end_pass, expert_ready, expert_run, ids
 from pregate.simulator.outcome import StepRecord, TimedOutcome
 from pregate.simulator.planner import Planner
 from pregate.simulator.policies.caching import FIFO, LRU
@@ -130,17 +131,8 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, dense_gpu, dense_host, e
         misses = 0
         for ls in range(pass_start[p], pass_start[p + 1]):
             gd = dense_gpu[ls]
-            g_start = g if g > h else h
-            h += dense_host[ls]
-            g = g_start + gd
-            if h > g:
-                g = h
+            h, g = dense_block(h, g, gd, dense_host[ls], sync, step_host)
             comp += gd
-            if g > h:
-                h = g
-            h += sync
-            h += step_host
-            g = h
             if h > now:  # the router's read-back; every copy engine is idle here
                 seqa[0] += 1.0
                 now = now + (h - now)
@@ -236,13 +228,10 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, dense_gpu, dense_host, e
             for j in range(k):
                 ge = expert_gpu[hit_tok[j]]
                 comp += ge
-                h += expert_host
-                g = (g if g > h - expert_host else h - expert_host) + ge
-                if h > g:
-                    g = h
+                h, ready_at = expert_ready(h, g, expert_host)
+                g = expert_run(h, ready_at, ge)
             for j in range(m):
-                h += expert_host
-                ready_at = g if g > h - expert_host else h - expert_host
+                h, ready_at = expert_ready(h, g, expert_host)
                 if not job_done[j]:
                     if ready_at > now:
                         seqa[0] += 1.0
@@ -262,23 +251,8 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, dense_gpu, dense_host, e
                     ready_at = now
                 ge = expert_gpu[miss_tok[j]] + d_deq
                 comp += ge
-                g = ready_at + ge
-                if h > g:
-                    g = h
-        if g > h:
-            h = g
-        g = h
-        latency = h - start
-        dispatch = latency - comp - stall
-        if dispatch < 0.0:
-            dispatch = 0.0
-        out[p, 0] = start
-        out[p, 1] = latency
-        out[p, 2] = comp
-        out[p, 3] = stall
-        out[p, 4] = dispatch
-        out[p, 5] = hits
-        out[p, 7] = misses
+                g = expert_run(h, ready_at, ge)
+        h, g, dispatch = end_pass(out, p, h, g, start, comp, stall, hits, 0, misses, 0)
         tot_c += comp
         tot_s += stall
         tot_d += dispatch
@@ -302,7 +276,7 @@ def run_compiled(stream: RequestStream, costs: CostTables, planner: Planner, cac
     policy = cache.policies[0]
     out, counts, total, tot_c, tot_s, tot_d, final = _kernel(
         np.asarray(stream.pass_ls_start, np.int64), np.asarray(stream.ls_req_start),
-        np.asarray(stream.req_obj, np.int32), np.asarray(stream.req_tokens, np.int32),
+        ids(stream.req_obj), np.asarray(stream.req_tokens, np.int32),
         np.asarray(costs.dense_gpu, np.float64), np.asarray(costs.dense_host, np.float64),
         np.asarray(costs.expert_gpu, np.float64), stream.layout.n_objects, cache.capacity,
         type(policy) is LRU, max(1, copy_engines), costs.router_sync, costs.layer_step, costs.copy_issue,
@@ -317,23 +291,31 @@ def run_compiled(stream: RequestStream, costs: CostTables, planner: Planner, cac
                         engine="compiled (on-demand)")
 
 
-def step_records(stream: RequestStream, out: np.ndarray) -> list[StepRecord]:
+def step_records(stream: RequestStream, out: np.ndarray, block: int = 1 << 13) -> list[StepRecord]:
     """One record per forward pass from a kernel's rows (start, latency, compute, stall, dispatch,
     hits, late hits, misses, prefetches).
 
-    The cyclic garbage collector is paused while they are made: the records hold no cycles, and
-    its full collections walk every record made so far, which made the cost per record grow with
-    the run (hundreds of thousands of passes at millions of rows)."""
+    Made a block of passes at a time: the columns as Python lists cost about as much again as the
+    records themselves, so only one block's columns exist at once. The cyclic garbage collector is
+    paused meanwhile: the records hold no cycles, and its full collections walk every record made
+    so far, which made the cost per record grow with the run (hundreds of thousands of passes)."""
     decode = stream.pass_decode
-    # a decode pass counts its sequences, a prefill pass the tokens of its first layer step
-    tokens = np.where(decode, stream.pass_seqs, stream.ls_tokens[stream.pass_ls_start[:-1]]).tolist()
-    seconds = out[:, :5].T.tolist()  # start, latency, compute, stall, dispatch
-    counts = out[:, 5:].astype(np.int64).T.tolist()  # hits, late hits, misses, prefetches
+    starts = stream.pass_ls_start
+    records: list[StepRecord] = []
     paused = gc.isenabled()
     gc.disable()
-    try:  # column by column through map: half the cost of indexing rows in a comprehension
-        return list(map(StepRecord, range(len(out)), stream.pass_group.tolist(), stream.pass_step.tolist(),
-                        decode.tolist(), tokens, *seconds, *counts))
+    try:
+        for lo in range(0, len(out), block):
+            hi = min(lo + block, len(out))
+            dec = decode[lo:hi]
+            # a decode pass counts its sequences, a prefill pass the tokens of its first layer step
+            tokens = np.where(dec, stream.pass_seqs[lo:hi], stream.ls_tokens[starts[lo:hi]]).tolist()
+            seconds = out[lo:hi, :5].T.tolist()  # start, latency, compute, stall, dispatch
+            counts = out[lo:hi, 5:].astype(np.int64).T.tolist()  # hits, late hits, misses, prefetches
+            # column by column through map: half the cost of indexing rows in a comprehension
+            records.extend(map(StepRecord, range(lo, hi), stream.pass_group[lo:hi].tolist(),
+                               stream.pass_step[lo:hi].tolist(), dec.tolist(), tokens, *seconds, *counts))
+        return records
     finally:
         if paused:
             gc.enable()
@@ -356,6 +338,7 @@ def warm_up() -> float:
         return 0.0
     start = time.perf_counter()
     one, one32 = np.array([0, 1], np.int64), np.array([0, 1], np.int32)  # the stream's offset types
-    _kernel(one, one32, np.zeros(1, np.int32), np.ones(1, np.int32), np.zeros(1), np.zeros(1), np.zeros(2), 1, 1,
+    # object ids as int16: the stream's type for every model with up to 32767 experts in all
+    _kernel(one, one32, np.zeros(1, np.int16), np.ones(1, np.int32), np.zeros(1), np.zeros(1), np.zeros(2), 1, 1,
             True, 1, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     return time.perf_counter() - start

@@ -34,6 +34,7 @@ import numpy as np
 from pregate.simulator.cache import IN_FLIGHT, RESIDENT, CacheCounts, ExpertCache
 from pregate.simulator.costs import CostTables
 from pregate.simulator.engine_compiled import step_records
+from pregate.simulator.engine_compiled_common import dense_block, end_pass, expert_ready, expert_run, ids
 from pregate.simulator.gate import CostGate
 from pregate.simulator.outcome import TimedOutcome
 from pregate.simulator.planner import Planner
@@ -287,6 +288,28 @@ def _make_room(ls, capacity, prot, prev, nxt, hts, incache, inflight, unused, ne
     return True
 
 
+def _new_copy(obj, nbytes, demand, seconds, deq, now, srv, ev_t, ji, jf, free, cnt, jobmap):
+    """Take a pool slot for a copy of ``obj`` (-1: a bypass, landing in no slot of the cache) and
+    submit it to the least loaded engine at ``now``. Demand and prefetch copies differ only in
+    the fields given. Returns (its slot, and the pool's arrays, grown if it was full)."""
+    if cnt[C_NFREE] == 0:
+        ji, jf, free = _grow(ji, jf, free, cnt)
+    cnt[C_NFREE] -= 1
+    j = free[cnt[C_NFREE]]
+    ji[j, J_OBJ] = obj
+    ji[j, J_BYTES] = nbytes
+    ji[j, J_DEMAND] = demand
+    ji[j, J_STATE] = QUEUED
+    jf[j, J_SEC] = seconds
+    jf[j, J_DEQ] = deq
+    jf[j, J_START] = INF
+    jf[j, J_END] = INF
+    if obj >= 0:
+        jobmap[obj] = j
+    _submit_copy(j, now, srv, ev_t, ji, cnt)
+    return j, ji, jf, free
+
+
 def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj, obj_layer,
             dense_gpu, dense_host, expert_gpu, n_objects, capacity, is_lru, n_engines, sync, step_host,
             copy_issue, expert_host, d_copy, p_copy, d_bytes, p_bytes, d_deq, deq_d, deq_p, max_prefetch,
@@ -392,17 +415,8 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
         prefetched = 0
         for ls in range(pass_start[p], pass_start[p + 1]):
             gd = dense_gpu[ls]
-            g_start = g if g > h else h
-            h += dense_host[ls]
-            g = g_start + gd
-            if h > g:
-                g = h
+            h, g = dense_block(h, g, gd, dense_host[ls], sync, step_host)
             comp += gd
-            if g > h:
-                h = g
-            h += sync
-            h += step_host
-            g = h
             if h > now:  # the router's read-back
                 cnt[C_SEQ] += 1
                 t = now + (h - now)
@@ -623,22 +637,9 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
                 nw += 1
             hits += nh
             for k in range(nm):
-                if cnt[C_NFREE] == 0:
-                    ji, jf, free = _grow(ji, jf, free, cnt)
-                cnt[C_NFREE] -= 1
-                j = free[cnt[C_NFREE]]
                 obj = m_obj[k] if m_cached[k] else -1
-                ji[j, J_OBJ] = obj
-                ji[j, J_BYTES] = d_bytes
-                ji[j, J_DEMAND] = 1
-                ji[j, J_STATE] = QUEUED
-                jf[j, J_SEC] = d_copy
-                jf[j, J_DEQ] = deq_d
-                jf[j, J_START] = INF
-                jf[j, J_END] = INF
-                if obj >= 0:
-                    jobmap[obj] = j
-                _submit_copy(j, now, srv, ev_t, ji, cnt)
+                j, ji, jf, free = _new_copy(obj, d_bytes, 1, d_copy, deq_d, now, srv, ev_t, ji, jf, free, cnt,
+                                            jobmap)
                 w_job[nw] = j
                 w_obj[nw] = obj
                 w_tok[nw] = m_tok[k]
@@ -646,21 +647,8 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
                 nw += 1
             misses += nm
             for k in range(npf):
-                if cnt[C_NFREE] == 0:
-                    ji, jf, free = _grow(ji, jf, free, cnt)
-                cnt[C_NFREE] -= 1
-                j = free[cnt[C_NFREE]]
-                obj = p_obj[k]
-                ji[j, J_OBJ] = obj
-                ji[j, J_BYTES] = p_bytes
-                ji[j, J_DEMAND] = 0
-                ji[j, J_STATE] = QUEUED
-                jf[j, J_SEC] = p_copy
-                jf[j, J_DEQ] = deq_p
-                jf[j, J_START] = INF
-                jf[j, J_END] = INF
-                jobmap[obj] = j
-                _submit_copy(j, now, srv, ev_t, ji, cnt)
+                j, ji, jf, free = _new_copy(p_obj[k], p_bytes, 0, p_copy, deq_p, now, srv, ev_t, ji, jf, free, cnt,
+                                            jobmap)
             prefetched += npf
             h += copy_issue * (nm + npf)
             # experts: hits first, then those waiting for a copy
@@ -670,14 +658,11 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
                 needs[obj] = 0.0
                 ge = expert_gpu[r_tok[k]] + dq
                 comp += ge
-                h += expert_host
-                g = (g if g > h - expert_host else h - expert_host) + ge
-                if h > g:
-                    g = h
+                h, ready_at = expert_ready(h, g, expert_host)
+                g = expert_run(h, ready_at, ge)
             for k in range(nw):
                 j = w_job[k]
-                h += expert_host
-                ready_at = g if g > h - expert_host else h - expert_host
+                h, ready_at = expert_ready(h, g, expert_host)
                 if ji[j, J_STATE] != DONE:
                     if ready_at > now:
                         cnt[C_SEQ] += 1
@@ -696,25 +681,8 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
                     needs[obj] = 0.0
                 ge = expert_gpu[w_tok[k]] + w_extra[k] + dq
                 comp += ge
-                g = ready_at + ge
-                if h > g:
-                    g = h
-        if g > h:
-            h = g
-        g = h
-        latency = h - start
-        dispatch = latency - comp - stall
-        if dispatch < 0.0:
-            dispatch = 0.0
-        out[p, 0] = start
-        out[p, 1] = latency
-        out[p, 2] = comp
-        out[p, 3] = stall
-        out[p, 4] = dispatch
-        out[p, 5] = hits - late
-        out[p, 6] = late
-        out[p, 7] = misses
-        out[p, 8] = prefetched
+                g = expert_run(h, ready_at, ge)
+        h, g, dispatch = end_pass(out, p, h, g, start, comp, stall, hits, late, misses, prefetched)
         tot_c += comp
         tot_s += stall
         tot_d += dispatch
@@ -751,6 +719,7 @@ if numba is not None:
     _evict = numba.njit(cache=True)(_evict)
     _insert = numba.njit(cache=True)(_insert)
     _make_room = numba.njit(cache=True)(_make_room)
+    _new_copy = numba.njit(cache=True)(_new_copy)
     _kernel = numba.njit(cache=True)(_kernel)
 
 
@@ -764,12 +733,12 @@ def run_compiled(stream: RequestStream, costs: CostTables, planner: Planner, cac
     if 1 in stream.ahead:
         a_start, a_obj, _ = stream.ahead[1]
     else:
-        a_start, a_obj = np.zeros(stream.n_layer_steps + 1, np.int32), np.zeros(0, np.int32)
+        a_start, a_obj = np.zeros(stream.n_layer_steps + 1, np.int32), np.zeros(0, ids(stream.req_obj).dtype)
     step_s = np.asarray(t.step_s, np.float64) if t is not None else np.zeros(1)
     res = _kernel(
         np.asarray(stream.pass_ls_start, np.int64), np.asarray(stream.ls_req_start),
-        np.asarray(stream.req_obj, np.int32), np.asarray(stream.req_tokens, np.int32),
-        np.asarray(stream.ls_layer, np.int32), np.asarray(a_start), np.asarray(a_obj, np.int32),
+        ids(stream.req_obj), np.asarray(stream.req_tokens, np.int32),
+        ids(stream.ls_layer), np.asarray(a_start), ids(a_obj),
         np.asarray(stream.layout.obj_layer, np.int64),
         np.asarray(costs.dense_gpu, np.float64), np.asarray(costs.dense_host, np.float64),
         np.asarray(costs.expert_gpu, np.float64), stream.layout.n_objects, cache.capacity,
@@ -805,7 +774,8 @@ def warm_up() -> float:
         return 0.0
     start = time.perf_counter()
     one, one32 = np.array([0, 1], np.int64), np.array([0, 1], np.int32)  # the stream's offset types
-    _kernel(one, one32, np.zeros(1, np.int32), np.ones(1, np.int32), np.zeros(1, np.int32), one32, np.zeros(1, np.int32),
+    # object ids and layers as int16: the stream's types for every model with up to 32767 experts in all
+    _kernel(one, one32, np.zeros(1, np.int16), np.ones(1, np.int32), np.zeros(1, np.int16), one32, np.zeros(1, np.int16),
             np.zeros(2, np.int64), np.zeros(1), np.zeros(1), np.zeros(2), 2, 1, True, 1, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0,
             1, 1, 0.0, 0.0, 0.0, 0, True, np.zeros(1), 1.0, 1.0, 1, 3)
     return time.perf_counter() - start

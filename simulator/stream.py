@@ -98,12 +98,12 @@ class RequestStream:
     pass_ls_start: np.ndarray  # (P+1,) offsets into layer steps
     # per layer step
     ls_pass: np.ndarray
-    ls_layer: np.ndarray  # global MoE layer
+    ls_layer: np.ndarray  # global MoE layer (int16 when the layers fit)
     ls_tokens: np.ndarray  # rows (tokens) through the layer
     ls_ctx: np.ndarray  # sum over tokens of their context length (attention work; int32 when it fits)
     ls_req_start: np.ndarray  # (S+1,) offsets into requests (int32 when they fit)
     # per request
-    req_obj: np.ndarray
+    req_obj: np.ndarray  # object id (int16 when the model's experts fit, else int32)
     req_tokens: np.ndarray  # tokens routed to this expert in this layer step
     req_next: np.ndarray  # index of the next request of the same object, or NEVER
     # ahead predictions: j -> (offsets (S+1,), objects, scores), best first within a layer step
@@ -147,10 +147,10 @@ class RequestStream:
 
 
 # Trace rows flattened at a time: the build's working memory follows this, not the trace. Polars
-# holds about 1.2 kB per chunk row while flattening (measured at 1M Mixtral-like rows: peak 403 B/row
-# at 1 << 18, 327 at 1 << 17, for a build 1.4x as long); the last chunk's working set adds to the
-# whole stream's arrays, so at 1 << 17 it stays near a third of them at 4M rows.
-CHUNK_ROWS = 1 << 17
+# holds about 1.2 kB per chunk row while flattening, and keeps that working set in its allocator
+# afterwards (a fixed cost); measured at 4M Mixtral-like rows, resident bytes per row after the build:
+# 116 at 1 << 17, 112 at 1 << 16, 115 at 1 << 15 (the stream's own arrays: 72).
+CHUNK_ROWS = 1 << 16
 
 
 class Window:
@@ -233,12 +233,100 @@ def build_stream(trace: Trace | pl.DataFrame, meta: TraceMeta | None = None, bat
     if first < len(group_rows):
         bounds.append((first, len(group_rows)))
     parts = []
-    for g_lo, g_hi in bounds:
-        lo_seq, hi_seq = int(seqs[g_lo * batch_size]), int(seqs[min(g_hi * batch_size, len(seqs)) - 1])
-        frame = source.filter(pl.col("seq").is_between(lo_seq, hi_seq)).collect()
-        parts.append(_flatten(frame, meta, layout, batch_size, with_ahead, g_lo * batch_size))
-        del frame
-    return _join(parts, meta, layout, batch_size)
+    files = None if columns is None else _seq_ordered_files(trace)
+    if files is not None:  # read in file order, a few row-group batches at a time
+        group_first_seq = seqs[::batch_size]
+        for g_lo, frame in _streamed_chunks(files, columns, group_first_seq, chunk_rows):
+            parts.append(_flatten(frame, meta, layout, batch_size, with_ahead, g_lo * batch_size))
+            del frame
+    else:
+        for g_lo, g_hi in bounds:
+            lo_seq, hi_seq = int(seqs[g_lo * batch_size]), int(seqs[min(g_hi * batch_size, len(seqs)) - 1])
+            frame = source.filter(pl.col("seq").is_between(lo_seq, hi_seq)).collect()
+            parts.append(_flatten(frame, meta, layout, batch_size, with_ahead, g_lo * batch_size))
+            del frame
+    _release_freed_memory()  # the chunks' temporaries, before the join needs room
+    stream = _join(parts, meta, layout, batch_size)
+    if files is not None:
+        _release_arrow_pool()
+    # the chunks' arrays, the join's and the next-use pass's temporaries were freed on the heap: hand
+    # those pages back (measured at 4M Mixtral-like rows: 100 MB, more than a third of the stream)
+    _release_freed_memory()
+    return stream
+
+
+def _release_arrow_pool() -> None:
+    """Hand pyarrow's cached free memory back (its allocator keeps the batches' pages for reuse)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
+def _seq_ordered_files(trace: Trace) -> list | None:
+    """The trace's part files if their rows come in non-decreasing ``seq`` order (as the tracer and the
+    synthetic makers write them), else None. Reads the ``seq`` column one row group at a time."""
+    import pyarrow.parquet as pq
+
+    last = None
+    for f in trace.files:
+        pf = pq.ParquetFile(f)
+        for g in range(pf.metadata.num_row_groups):
+            col = pf.read_row_group(g, columns=["seq"]).column(0).to_numpy()
+            if len(col) == 0:
+                continue
+            if (last is not None and col[0] < last) or bool((np.diff(col) < 0).any()):
+                return None
+            last = col[-1]
+    return list(trace.files)
+
+
+def _streamed_chunks(files: list, columns: list[str], group_first_seq: np.ndarray, chunk_rows: int):
+    """(first group, frame) for chunks of whole pass groups of about ``chunk_rows`` rows, read from
+    seq-ordered part files in record batches.
+
+    Why not a filter on the lazy scan per chunk: a Parquet row group is decoded whole for every
+    filter that touches it, so each chunk paid (in time and working memory) for a row group of up to
+    a million rows with nested lists, and polars' allocator kept that working set. Batches of the
+    needed columns bound the decoded rows to about one chunk. A chunk ends before the group its last
+    row is in (that group may go on in the next batch); the rest carries over."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    batch_rows = max(1, min(chunk_rows, 1 << 16))
+    pending, seqs, held = [], [], 0
+
+    def frame_of(batches):
+        frame = pl.from_arrow(pa.Table.from_batches(batches))
+        return frame.with_columns(pl.col("stack").cast(pl.String), pl.col("phase").cast(pl.String))
+
+    def group_of(seq) -> int:
+        return int(np.searchsorted(group_first_seq, seq, side="right")) - 1
+
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
+            if batch.num_rows == 0:
+                continue
+            pending.append(batch)
+            seqs.append(batch.column("seq").to_numpy())
+            held += batch.num_rows
+            if held < chunk_rows:
+                continue
+            first_of_last = group_first_seq[group_of(seqs[-1][-1])]
+            if seqs[0][0] >= first_of_last:  # one group so far: keep reading
+                continue
+            # the batch where the last group starts, and the row within it
+            k = next(i for i in range(len(seqs) - 1, -1, -1) if seqs[i][0] < first_of_last)
+            cut = int(np.searchsorted(seqs[k], first_of_last, side="left"))
+            head = pending[:k] + [pending[k].slice(0, cut)]
+            yield group_of(seqs[0][0]), frame_of(head)
+            del head
+            pending = [pending[k].slice(cut)] + pending[k + 1:]
+            seqs = [seqs[k][cut:]] + seqs[k + 1:]
+            if pending[0].num_rows == 0:
+                pending, seqs = pending[1:], seqs[1:]
+            held = sum(len(x) for x in seqs)
+    if held:
+        yield group_of(seqs[0][0]), frame_of(pending)
 
 
 def _flatten(frame: pl.DataFrame, meta: TraceMeta, layout: Layout, batch_size: int, with_ahead: bool,
@@ -338,6 +426,9 @@ def _join(parts: list[dict], meta: TraceMeta, layout: Layout, batch_size: int) -
     # layer step each, a tenth of what a Mixtral-shaped stream keeps per trace row
     narrow = {"ls_req_start": int(base["req"][-1]), "ls_ctx": max((int(p["ls_ctx"].max()) for p in parts
                                                                   if len(p["ls_ctx"])), default=0)}
+    # object ids and layers as int16 whenever the model's experts fit (every MoE model we know of):
+    # 2 bytes a request and a layer step, about a twelfth of a Mixtral-shaped stream per trace row
+    small = {"req_obj": id_dtype(layout.n_objects), "ls_layer": id_dtype(layout.n_layers)}
     out = {}
     for name in ("pass_group", "pass_step", "pass_decode", "pass_seqs", "pass_ls_start", "ls_pass", "ls_layer",
                  "ls_tokens", "ls_ctx", "ls_req_start", "req_obj", "req_tokens"):
@@ -346,6 +437,8 @@ def _join(parts: list[dict], meta: TraceMeta, layout: Layout, batch_size: int) -
             piece = p.pop(name)
             if name in narrow and narrow[name] < np.iinfo(np.int32).max:
                 piece = piece.astype(np.int32)
+            if name in small:
+                piece = piece.astype(small[name])
             if name in OFFSET_FIELDS:
                 if name != "ls_pass":
                     piece = piece[:-1] if k < len(parts) - 1 else piece  # the next chunk's first offset
@@ -355,14 +448,19 @@ def _join(parts: list[dict], meta: TraceMeta, layout: Layout, batch_size: int) -
         del pieces
         if len(parts) > 1:
             _release_freed_memory()
-    ahead = _join_ahead([p.pop("ahead") for p in parts], n_ls)
+    ahead = _join_ahead([p.pop("ahead") for p in parts], n_ls, id_dtype(layout.n_objects))
     stream = RequestStream(meta=meta, layout=layout, batch_size=batch_size, req_next=next_uses(out["req_obj"]),
                            **out)
     stream.ahead = ahead
     return stream
 
 
-def _join_ahead(parts: list[dict], n_ls: list[int]) -> dict:
+def id_dtype(n: int):
+    """The narrowest signed integer type (int16 or int32) that numbers ``n`` things."""
+    return np.int16 if n <= np.iinfo(np.int16).max else np.int32
+
+
+def _join_ahead(parts: list[dict], n_ls: list[int], obj_type=np.int32) -> dict:
     js = sorted({j for p in parts for j in p})
     out = {}
     for j in js:
@@ -375,7 +473,7 @@ def _join_ahead(parts: list[dict], n_ls: list[int]) -> dict:
             else:
                 st, ob, sc = np.zeros(n_ls[k] + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
             starts.append(((st[:-1] if k < len(parts) - 1 else st) + done).astype(offset_type))
-            objs.append(ob)
+            objs.append(ob.astype(obj_type))
             scores.append(sc)
             done += len(ob)
         out[j] = (np.concatenate(starts), np.concatenate(objs), np.concatenate(scores))
