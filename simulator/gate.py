@@ -44,7 +44,16 @@ among the policy's distance-``j`` candidates:
   misses each prefetch added beyond the one it saved, with a prior of one
   quarter. Like set dueling in CPU caches, and as deterministic as the rest.
 
-The prefetch is issued iff ``c * saving > (1 - c) * link cost + victim cost``. The horizon (how many layers ahead) adapts as in ExpertFlow's adaptive
+The prefetch is issued iff ``c * saving > (1 - c) * link cost + victim cost``,
+and only while the prefetching run is not behind the shadow on the model
+clock: the shadow's demand misses run on a model clock of their own (same
+step seconds, same link), and once the real model clock falls more than
+``LAG`` (0.5%) plus ``SLACK`` demand copies behind it, only every
+``PROBE``-th layer step may prefetch until it catches up. The per-prefetch
+terms price one copy at a time; this end-to-end check catches what they
+miss (a policy whose right prefetches still cost more than they save,
+through the victims they choose or the order they disturb), for every
+speculation policy at once, in the spirit of set dueling. The horizon (how many layers ahead) adapts as in ExpertFlow's adaptive
 step: distance ``j`` is considered only while every distance up to ``j`` has
 a measured precision above the misses a prefetch causes (the break-even
 point on an idle link).
@@ -107,6 +116,9 @@ class CostGate:
     """The gate's model clock and the statistics it learns from the planner's own decisions."""
 
     RANKS = 8  # ranks beyond this share one precision estimate
+    LAG = 0.005  # share of the shadow's model time the prefetching run may fall behind before prefetches stop
+    SLACK = 4.0  # demand copies' worth of model time allowed on top (the first prefetches' cost)
+    PROBE = 16  # while behind, every PROBE-th layer step may still prefetch
 
     def __init__(self, timing: PrefetchTiming):
         self.t = timing
@@ -125,7 +137,14 @@ class CostGate:
         self.steps_missed = 0
         self.issued = 0
         self.refused = 0
+        self.held = 0  # prefetches refused because the run was behind the shadow's model clock
         self._idle = 0.0
+        # the shadow (demand requests alone) on a model clock of its own
+        self.shadow_now = 0.0
+        self.shadow_link = 0.0
+        self._shadow_copies = 0
+        self._shadow_step_misses = 0
+        self._shadow_next = 0.0
 
     # ---- statistics ---------------------------------------------------------
     def confidence(self, j: int, rank: int) -> float:
@@ -150,6 +169,9 @@ class CostGate:
         """The cache's and the shadow's counts so far (CacheCounts)."""
         self.caused = real.misses - shadow.misses + real.prefetch_hits
         self.prefetched = real.prefetches
+        copies = shadow.misses - shadow.cpu  # CPU-run misses take no link time
+        self._shadow_step_misses = copies - self._shadow_copies
+        self._shadow_copies = copies
 
     def miss_rate(self) -> float:
         return (self.steps_missed + 1.0) / (self.steps + 2.0)
@@ -190,12 +212,27 @@ class CostGate:
         step = self.step_s[ls]
         self._next = max(self.now + step, self.link if n_misses else 0.0)
         self._idle = max(0.0, self._next - max(self.link, self.now))
+        m = self._shadow_step_misses
+        if m:
+            start = self.shadow_link if self.shadow_link > self.shadow_now else self.shadow_now
+            self.shadow_link = start + m * self.t.demand_copy_s / self.t.engines
+        self._shadow_next = max(self.shadow_now + step, self.shadow_link if m else 0.0)
+
+    def behind(self) -> bool:
+        """Has prefetching so far cost model time against the shadow (beyond ``LAG`` of it plus
+        ``SLACK`` demand copies)? While it has, only every ``PROBE``-th layer step may prefetch, so
+        a policy that pays off after a costly start can still catch up."""
+        lag = self.now - self.shadow_now - self.LAG * self.shadow_now - self.SLACK * self.t.demand_copy_s
+        return lag > 0.0 and self.steps % self.PROBE != 0
 
     def note(self, ls: int, obj: int, j: int, rank: int) -> None:
         self.pending.setdefault(ls + j, []).append((obj, j, rank))
 
     def worth(self, ls: int, j: int, rank: int, has_victim: bool) -> bool:
         t = self.t
+        if self.behind():
+            self.held += 1
+            return False
         c = self.confidence(j, rank)
         t_target = self.now + sum(self.step_s[ls:ls + j])
         start = self.link if self.link > self.now else self.now
@@ -221,3 +258,4 @@ class CostGate:
     def end(self, ls: int) -> None:
         """Advance the model clock to the next router result: compute, or the last demand copy."""
         self.now = self._next
+        self.shadow_now = self._shadow_next

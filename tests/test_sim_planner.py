@@ -194,3 +194,48 @@ def test_reset_cache_per_sequence_starts_every_batch_cold(top2):
     # both drivers agree with the reset too
     timed_outcome, timed_cache = cold.timed(reset)
     assert timed_cache.counts.misses == cold_counts.misses
+
+
+def _counts(misses, cpu=0, prefetches=0, prefetch_hits=0):
+    from pregate.simulator.cache import CacheCounts
+
+    return CacheCounts(misses=misses, cpu=cpu, prefetches=prefetches, prefetch_hits=prefetch_hits)
+
+
+def test_gate_holds_prefetches_while_the_run_is_behind_the_shadow_clock():
+    """Demand misses the shadow does not have put the model clock behind it: prefetches stop,
+    except on every PROBE-th layer step; once the shadow's own misses even the clocks, they resume."""
+    from pregate.simulator.gate import CostGate
+
+    gate = CostGate(PrefetchTiming(1e-6, 0.01, 1, [1e-3] * 64))
+    # layer step 0: the prefetching run has 10 demand misses, the shadow none
+    gate.observe(_counts(10, prefetches=5), _counts(0))
+    gate.begin(0, [])
+    gate.after_demand(0, 10)
+    gate.end(0)
+    assert gate.now > gate.shadow_now + gate.SLACK * 0.01
+    assert gate.steps % gate.PROBE != 0 and gate.behind()
+    assert not gate.worth(1, 1, 0, has_victim=False)
+    assert gate.held == 1
+    # layer step 1: the shadow pays 10 misses of its own (the run none): the clocks are even again
+    gate.observe(_counts(10, prefetches=5), _counts(10))
+    gate.begin(1, [])
+    gate.after_demand(1, 0)
+    gate.end(1)
+    assert not gate.behind()
+
+
+def test_gate_probes_while_behind():
+    from pregate.simulator.gate import CostGate
+
+    gate = CostGate(PrefetchTiming(1e-6, 0.01, 1, [1e-3] * 64))
+    gate.observe(_counts(10), _counts(0))
+    gate.after_demand(0, 10)
+    gate.end(0)
+    probes = 0
+    for ls in range(1, 1 + 2 * gate.PROBE):
+        gate.observe(_counts(10), _counts(0))
+        gate.after_demand(ls, 0)
+        probes += not gate.behind()
+        gate.end(ls)
+    assert probes == 2  # every PROBE-th layer step, never more
