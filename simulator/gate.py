@@ -44,10 +44,16 @@ among the policy's distance-``j`` candidates:
   misses each prefetch added beyond the one it saved, with a prior of one
   quarter. Like set dueling in CPU caches, and as deterministic as the rest.
 
-The prefetch is issued iff ``c * saving > (1 - c) * link cost + victim cost``,
+* cost of the issue if wrong (a right one replaces a demand copy's issue):
+  the host time to issue one copy (``copy_issue`` of the cost tables for the
+  caching policy; with small experts on a fast link this, not the link, is
+  what a wasted prefetch costs).
+
+The prefetch is issued iff ``c * saving > (1 - c) * (link cost + issue) + victim cost``,
 and only while the prefetching run is not behind the shadow on the model
-clock: the shadow's demand misses run on a model clock of their own (same
-step seconds, same link), and once the real model clock falls more than
+clock: this run and the shadow each run on a stall-aware model clock
+(:class:`DuelClock`: a demand miss waits for its copy, a hit on a prefetch in
+flight waits for it), and once this run's clock falls more than
 ``LAG`` (0.5%) plus ``SLACK`` demand copies behind it, only every
 ``PROBE``-th layer step may prefetch until it catches up. The per-prefetch
 terms price one copy at a time; this end-to-end check catches what they
@@ -77,6 +83,7 @@ class PrefetchTiming:
     engines: int  # copies that run at once
     step_s: "list[float] | np.ndarray"  # [ls] seconds from ls's router result to ls+1's, without stalls
     max_distance: int = 3  # farthest target considered
+    copy_issue_s: float = 0.0  # host seconds to issue one copy
 
 
 def timing_from_costs(stream, costs, copy_engines: int, demand_dtype: str, prefetch_dtype: str,
@@ -109,7 +116,7 @@ def timing_from_costs(stream, costs, copy_engines: int, demand_dtype: str, prefe
         next_dense = np.append(dense, 0.0) if c == b else dense
         step[a:b] = experts + next_dense
     return PrefetchTiming(float(costs.copy[prefetch_dtype]), float(costs.copy[demand_dtype]), max(1, int(copy_engines)),
-                          step)
+                          step, copy_issue_s=float(getattr(costs, "copy_issue", 0.0)))
 
 
 class CostGate:
@@ -139,12 +146,14 @@ class CostGate:
         self.refused = 0
         self.held = 0  # prefetches refused because the run was behind the shadow's model clock
         self._idle = 0.0
-        # the shadow (demand requests alone) on a model clock of its own
-        self.shadow_now = 0.0
-        self.shadow_link = 0.0
+        # the duel: this run and the shadow (demand requests alone), each on a stall-aware clock
+        self.duel_real = DuelClock(timing)
+        self.duel_shadow = DuelClock(timing)
         self._shadow_copies = 0
         self._shadow_step_misses = 0
-        self._shadow_next = 0.0
+        self._arrivals: dict[int, list[tuple[int, float]]] = {}  # target ls -> (obj, model arrival)
+        self._late = 0.0
+        self._n_needed = 1
 
     # ---- statistics ---------------------------------------------------------
     def confidence(self, j: int, rank: int) -> float:
@@ -189,9 +198,15 @@ class CostGate:
     def begin(self, ls: int, needed, hits=()) -> None:
         """Layer step ``ls`` has routed: score the predictions and the prefetches aimed at it."""
         needed = set(needed)
+        self._n_needed = len(needed)
         issued = self.issued_to.pop(ls, ())
+        arrivals = self._arrivals.pop(ls, ())
+        self._late = 0.0
         if issued:
             hit = set(hits)
+            for obj, at in arrivals:
+                if obj in hit and at > self._late:
+                    self._late = at
             for obj, j in issued:
                 self.landed_tried[j] = self.landed_tried.get(j, 0) + 1
                 if obj in hit:
@@ -212,17 +227,15 @@ class CostGate:
         step = self.step_s[ls]
         self._next = max(self.now + step, self.link if n_misses else 0.0)
         self._idle = max(0.0, self._next - max(self.link, self.now))
-        m = self._shadow_step_misses
-        if m:
-            start = self.shadow_link if self.shadow_link > self.shadow_now else self.shadow_now
-            self.shadow_link = start + m * self.t.demand_copy_s / self.t.engines
-        self._shadow_next = max(self.shadow_now + step, self.shadow_link if m else 0.0)
+        self.duel_real.step(step, self._n_needed, n_misses, self._late)
+        self.duel_shadow.step(step, self._n_needed, self._shadow_step_misses, 0.0)
 
     def behind(self) -> bool:
         """Has prefetching so far cost model time against the shadow (beyond ``LAG`` of it plus
         ``SLACK`` demand copies)? While it has, only every ``PROBE``-th layer step may prefetch, so
         a policy that pays off after a costly start can still catch up."""
-        lag = self.now - self.shadow_now - self.LAG * self.shadow_now - self.SLACK * self.t.demand_copy_s
+        real, shadow = self.duel_real.now, self.duel_shadow.now
+        lag = real - shadow - self.LAG * shadow - self.SLACK * self.t.demand_copy_s
         return lag > 0.0 and self.steps % self.PROBE != 0
 
     def note(self, ls: int, obj: int, j: int, rank: int) -> None:
@@ -244,7 +257,7 @@ class CostGate:
         spill = max(0.0, occupancy - self._idle)
         link_cost = self.miss_rate() * spill
         victim_cost = self.regret_rate() * t.demand_copy_s if has_victim else 0.0
-        return c * saving > (1.0 - c) * link_cost + victim_cost
+        return c * saving > (1.0 - c) * (link_cost + t.copy_issue_s) + victim_cost
 
     def issued_prefetch(self, ls: int, j: int, obj: int = -1) -> None:
         """A prefetch went out: it occupies the link, and its fate is scored at its target."""
@@ -254,8 +267,47 @@ class CostGate:
         start = self.link if self.link > self.now else self.now
         self.link = start + occupancy
         self._idle = max(0.0, self._idle - occupancy)
+        arrival = self.duel_real.prefetch(occupancy, self.t.prefetch_copy_s)
+        self._arrivals.setdefault(ls + j, []).append((obj, arrival))
 
     def end(self, ls: int) -> None:
         """Advance the model clock to the next router result: compute, or the last demand copy."""
         self.now = self._next
-        self.shadow_now = self._shadow_next
+        self.duel_real.end()
+        self.duel_shadow.end()
+
+
+class DuelClock:
+    """A model clock for the gate's duel, with the stalls that make a prefetching run slower or
+    faster than the shadow: a layer step of ``n`` experts with a demand miss ends no sooner than
+    the copy lands plus one expert's share of the step (``step / n``: the other experts compute
+    while it is in flight), likewise for a hit on a prefetch still in flight, and the host's
+    issue of every copy adds to the step."""
+
+    def __init__(self, timing: PrefetchTiming):
+        self.t = timing
+        self.now = 0.0
+        self.link = 0.0
+        self._next = 0.0
+
+    def step(self, step_s: float, experts: int, misses: int, late: float) -> None:
+        finish = self.now + step_s
+        tail = step_s / max(1, experts)
+        if misses:
+            start = self.link if self.link > self.now else self.now
+            self.link = start + misses * self.t.demand_copy_s / self.t.engines
+            finish = max(finish, self.link + tail)
+        if late > self.now:
+            finish = max(finish, late + tail)
+        self._next = finish + misses * self.t.copy_issue_s  # the host issues each copy
+
+    def prefetch(self, occupancy: float, copy_s: float) -> float:
+        """A prefetch joins the link's queue after this step's demand copies; returns its arrival.
+        Its issue takes host time from the layer step."""
+        start = self.link if self.link > self.now else self.now
+        self.link = start + occupancy
+        self._next += self.t.copy_issue_s
+        return start + copy_s
+
+    def end(self) -> None:
+        self.now = self._next

@@ -213,7 +213,7 @@ def test_gate_holds_prefetches_while_the_run_is_behind_the_shadow_clock():
     gate.begin(0, [])
     gate.after_demand(0, 10)
     gate.end(0)
-    assert gate.now > gate.shadow_now + gate.SLACK * 0.01
+    assert gate.duel_real.now > gate.duel_shadow.now + gate.SLACK * 0.01
     assert gate.steps % gate.PROBE != 0 and gate.behind()
     assert not gate.worth(1, 1, 0, has_victim=False)
     assert gate.held == 1
