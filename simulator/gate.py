@@ -26,9 +26,15 @@ among the policy's distance-``j`` candidates:
   capped by the share of issued distance-``j`` prefetches that were hits at
   their target, since a right prefetch the caching policy evicts before its
   layer runs (LFU evicts the newcomer first at a small cache) saves nothing;
-* saving if right: the demand stall it avoids, ``demand_copy`` minus how late
-  it would land after the target layer's router (``arrival - t_target``),
-  at least 0. ``arrival`` is when the link's queue clears (the model clock's
+* saving if right: the demand stall it avoids, less the stall of its own
+  late arrival. The target step's other experts compute while a copy is in
+  flight, so a demand copy started at the target's router (or when the
+  link's queue clears, if later) stalls the step only by what it takes
+  beyond the step's work less one expert's share (``step / n``, ``n`` the
+  experts of the current step), at most one copy; the prefetch stalls it by
+  how much later than that it lands (with many experts per step on a fast
+  link, a demand copy hides behind the others' compute and a prefetch saves
+  nothing). ``arrival`` is when the link's queue clears (the model clock's
   ``link``) plus one copy; ``t_target`` is now plus the layer steps' seconds
   until the target;
 * cost if wrong (``1 - c``): the part of its link time that does not fit in
@@ -55,7 +61,7 @@ clock: this run and the shadow each run on a stall-aware model clock
 (:class:`DuelClock`: a demand miss waits for its copy, a hit on a prefetch in
 flight waits for it), and once this run's clock falls more than
 ``LAG`` (0.5%) plus ``SLACK`` demand copies behind it, only every
-``PROBE``-th layer step may prefetch until it catches up. The per-prefetch
+``PROBE``-th layer step may issue one prefetch until it catches up. The per-prefetch
 terms price one copy at a time; this end-to-end check catches what they
 miss (a policy whose right prefetches still cost more than they save,
 through the victims they choose or the order they disturb), for every
@@ -125,7 +131,7 @@ class CostGate:
     RANKS = 8  # ranks beyond this share one precision estimate
     LAG = 0.005  # share of the shadow's model time the prefetching run may fall behind before prefetches stop
     SLACK = 4.0  # demand copies' worth of model time allowed on top (the first prefetches' cost)
-    PROBE = 16  # while behind, every PROBE-th layer step may still prefetch
+    PROBE = 16  # while behind, one prefetch every PROBE layer steps may still go out
 
     def __init__(self, timing: PrefetchTiming):
         self.t = timing
@@ -154,6 +160,7 @@ class CostGate:
         self._arrivals: dict[int, list[tuple[int, float]]] = {}  # target ls -> (obj, model arrival)
         self._late = 0.0
         self._n_needed = 1
+        self._probe_step = -1
 
     # ---- statistics ---------------------------------------------------------
     def confidence(self, j: int, rank: int) -> float:
@@ -232,11 +239,16 @@ class CostGate:
 
     def behind(self) -> bool:
         """Has prefetching so far cost model time against the shadow (beyond ``LAG`` of it plus
-        ``SLACK`` demand copies)? While it has, only every ``PROBE``-th layer step may prefetch, so
-        a policy that pays off after a costly start can still catch up."""
+        ``SLACK`` demand copies)? While it has, only one prefetch every ``PROBE`` layer steps may go
+        out, so a policy that pays off after a costly start can still catch up."""
         real, shadow = self.duel_real.now, self.duel_shadow.now
         lag = real - shadow - self.LAG * shadow - self.SLACK * self.t.demand_copy_s
-        return lag > 0.0 and self.steps % self.PROBE != 0
+        if lag <= 0.0:
+            return False
+        if self.steps % self.PROBE == 0 and self._probe_step != self.steps:
+            self._probe_step = self.steps  # this step's one probe
+            return False
+        return True
 
     def note(self, ls: int, obj: int, j: int, rank: int) -> None:
         self.pending.setdefault(ls + j, []).append((obj, j, rank))
@@ -250,7 +262,14 @@ class CostGate:
         t_target = self.now + sum(self.step_s[ls:ls + j])
         start = self.link if self.link > self.now else self.now
         arrival = start + t.prefetch_copy_s
-        saving = t.demand_copy_s - max(0.0, arrival - t_target)
+        # the target step's experts compute while a copy is in flight: a demand copy (queued
+        # behind the link from the target's router on) stalls only by what it takes beyond the
+        # step's work, less one expert's share; the prefetch, by how late it lands
+        step_target = self.step_s[ls + j] if ls + j < len(self.step_s) else self.step_s[ls]
+        tail = step_target / max(1, self._n_needed)
+        t_end = t_target + step_target
+        demand_stall = max(0.0, (self.link if self.link > t_target else t_target) + t.demand_copy_s + tail - t_end)
+        saving = min(t.demand_copy_s, demand_stall) - max(0.0, arrival + tail - t_end)
         if saving <= 0.0:
             return False
         occupancy = t.prefetch_copy_s / t.engines
