@@ -157,7 +157,8 @@ class Simulation:
             return None
         comp = COMPRESSION.get(settings.compression)()
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
-        return timing_from_costs(self.stream, self.costs, engines, comp.demand_dtype(self.gpu_dtype),
+        return timing_from_costs(self.stream, self.costs.for_policy(settings.cache_policy), engines,
+                                 comp.demand_dtype(self.gpu_dtype),
                                  comp.prefetch_dtype(self.gpu_dtype))
 
     def side_timing(self, settings: Settings) -> SideTiming | None:

@@ -134,7 +134,8 @@ class ExpertCache:
         part = self.partition(obj)
         self.state[obj] = state
         self.sizes[part] += 1
-        self.policies[part].on_insert(obj, now, next_use)
+        policy = self.policies[part]
+        (policy.on_prefetch if prefetch else policy.on_insert)(obj, now, next_use)
         if prefetch:
             self.unused_prefetch.add(obj)
             self.counts.prefetches += 1

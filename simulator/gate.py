@@ -26,9 +26,15 @@ among the policy's distance-``j`` candidates:
   capped by the share of issued distance-``j`` prefetches that were hits at
   their target, since a right prefetch the caching policy evicts before its
   layer runs (LFU evicts the newcomer first at a small cache) saves nothing;
-* saving if right: the demand stall it avoids, ``demand_copy`` minus how late
-  it would land after the target layer's router (``arrival - t_target``),
-  at least 0. ``arrival`` is when the link's queue clears (the model clock's
+* saving if right: the demand stall it avoids, less the stall of its own
+  late arrival. The target step's other experts compute while a copy is in
+  flight, so a demand copy started at the target's router (or when the
+  link's queue clears, if later) stalls the step only by what it takes
+  beyond the step's work less one expert's share (``step / n``, ``n`` the
+  experts of the current step), at most one copy; the prefetch stalls it by
+  how much later than that it lands (with many experts per step on a fast
+  link, a demand copy hides behind the others' compute and a prefetch saves
+  nothing). ``arrival`` is when the link's queue clears (the model clock's
   ``link``) plus one copy; ``t_target`` is now plus the layer steps' seconds
   until the target;
 * cost if wrong (``1 - c``): the part of its link time that does not fit in
@@ -44,7 +50,22 @@ among the policy's distance-``j`` candidates:
   misses each prefetch added beyond the one it saved, with a prior of one
   quarter. Like set dueling in CPU caches, and as deterministic as the rest.
 
-The prefetch is issued iff ``c * saving > (1 - c) * link cost + victim cost``. The horizon (how many layers ahead) adapts as in ExpertFlow's adaptive
+* cost of the issue if wrong (a right one replaces a demand copy's issue):
+  the host time to issue one copy (``copy_issue`` of the cost tables for the
+  caching policy; with small experts on a fast link this, not the link, is
+  what a wasted prefetch costs).
+
+The prefetch is issued iff ``c * saving > (1 - c) * (link cost + issue) + victim cost``,
+and only while the prefetching run is not behind the shadow on the model
+clock: this run and the shadow each run on a stall-aware model clock
+(:class:`DuelClock`: a demand miss waits for its copy, a hit on a prefetch in
+flight waits for it), and once this run's clock falls more than
+``LAG`` (0.5%) plus ``SLACK`` demand copies behind it, only every
+``PROBE``-th layer step may issue one prefetch until it catches up. The per-prefetch
+terms price one copy at a time; this end-to-end check catches what they
+miss (a policy whose right prefetches still cost more than they save,
+through the victims they choose or the order they disturb), for every
+speculation policy at once, in the spirit of set dueling. The horizon (how many layers ahead) adapts as in ExpertFlow's adaptive
 step: distance ``j`` is considered only while every distance up to ``j`` has
 a measured precision above the misses a prefetch causes (the break-even
 point on an idle link).
@@ -68,6 +89,7 @@ class PrefetchTiming:
     engines: int  # copies that run at once
     step_s: "list[float] | np.ndarray"  # [ls] seconds from ls's router result to ls+1's, without stalls
     max_distance: int = 3  # farthest target considered
+    copy_issue_s: float = 0.0  # host seconds to issue one copy
 
 
 def timing_from_costs(stream, costs, copy_engines: int, demand_dtype: str, prefetch_dtype: str,
@@ -100,13 +122,16 @@ def timing_from_costs(stream, costs, copy_engines: int, demand_dtype: str, prefe
         next_dense = np.append(dense, 0.0) if c == b else dense
         step[a:b] = experts + next_dense
     return PrefetchTiming(float(costs.copy[prefetch_dtype]), float(costs.copy[demand_dtype]), max(1, int(copy_engines)),
-                          step)
+                          step, copy_issue_s=float(getattr(costs, "copy_issue", 0.0)))
 
 
 class CostGate:
     """The gate's model clock and the statistics it learns from the planner's own decisions."""
 
     RANKS = 8  # ranks beyond this share one precision estimate
+    LAG = 0.005  # share of the shadow's model time the prefetching run may fall behind before prefetches stop
+    SLACK = 4.0  # demand copies' worth of model time allowed on top (the first prefetches' cost)
+    PROBE = 16  # while behind, one prefetch every PROBE layer steps may still go out
 
     def __init__(self, timing: PrefetchTiming):
         self.t = timing
@@ -125,7 +150,17 @@ class CostGate:
         self.steps_missed = 0
         self.issued = 0
         self.refused = 0
+        self.held = 0  # prefetches refused because the run was behind the shadow's model clock
         self._idle = 0.0
+        # the duel: this run and the shadow (demand requests alone), each on a stall-aware clock
+        self.duel_real = DuelClock(timing)
+        self.duel_shadow = DuelClock(timing)
+        self._shadow_copies = 0
+        self._shadow_step_misses = 0
+        self._arrivals: dict[int, list[tuple[int, float]]] = {}  # target ls -> (obj, model arrival)
+        self._late = 0.0
+        self._n_needed = 1
+        self._probe_step = -1
 
     # ---- statistics ---------------------------------------------------------
     def confidence(self, j: int, rank: int) -> float:
@@ -150,6 +185,9 @@ class CostGate:
         """The cache's and the shadow's counts so far (CacheCounts)."""
         self.caused = real.misses - shadow.misses + real.prefetch_hits
         self.prefetched = real.prefetches
+        copies = shadow.misses - shadow.cpu  # CPU-run misses take no link time
+        self._shadow_step_misses = copies - self._shadow_copies
+        self._shadow_copies = copies
 
     def miss_rate(self) -> float:
         return (self.steps_missed + 1.0) / (self.steps + 2.0)
@@ -167,9 +205,15 @@ class CostGate:
     def begin(self, ls: int, needed, hits=()) -> None:
         """Layer step ``ls`` has routed: score the predictions and the prefetches aimed at it."""
         needed = set(needed)
+        self._n_needed = len(needed)
         issued = self.issued_to.pop(ls, ())
+        arrivals = self._arrivals.pop(ls, ())
+        self._late = 0.0
         if issued:
             hit = set(hits)
+            for obj, at in arrivals:
+                if obj in hit and at > self._late:
+                    self._late = at
             for obj, j in issued:
                 self.landed_tried[j] = self.landed_tried.get(j, 0) + 1
                 if obj in hit:
@@ -190,24 +234,49 @@ class CostGate:
         step = self.step_s[ls]
         self._next = max(self.now + step, self.link if n_misses else 0.0)
         self._idle = max(0.0, self._next - max(self.link, self.now))
+        self.duel_real.step(step, self._n_needed, n_misses, self._late)
+        self.duel_shadow.step(step, self._n_needed, self._shadow_step_misses, 0.0)
+
+    def behind(self) -> bool:
+        """Has prefetching so far cost model time against the shadow (beyond ``LAG`` of it plus
+        ``SLACK`` demand copies)? While it has, only one prefetch every ``PROBE`` layer steps may go
+        out, so a policy that pays off after a costly start can still catch up."""
+        real, shadow = self.duel_real.now, self.duel_shadow.now
+        lag = real - shadow - self.LAG * shadow - self.SLACK * self.t.demand_copy_s
+        if lag <= 0.0:
+            return False
+        if self.steps % self.PROBE == 0 and self._probe_step != self.steps:
+            self._probe_step = self.steps  # this step's one probe
+            return False
+        return True
 
     def note(self, ls: int, obj: int, j: int, rank: int) -> None:
         self.pending.setdefault(ls + j, []).append((obj, j, rank))
 
     def worth(self, ls: int, j: int, rank: int, has_victim: bool) -> bool:
         t = self.t
+        if self.behind():
+            self.held += 1
+            return False
         c = self.confidence(j, rank)
         t_target = self.now + sum(self.step_s[ls:ls + j])
         start = self.link if self.link > self.now else self.now
         arrival = start + t.prefetch_copy_s
-        saving = t.demand_copy_s - max(0.0, arrival - t_target)
+        # the target step's experts compute while a copy is in flight: a demand copy (queued
+        # behind the link from the target's router on) stalls only by what it takes beyond the
+        # step's work, less one expert's share; the prefetch, by how late it lands
+        step_target = self.step_s[ls + j] if ls + j < len(self.step_s) else self.step_s[ls]
+        tail = step_target / max(1, self._n_needed)
+        t_end = t_target + step_target
+        demand_stall = max(0.0, (self.link if self.link > t_target else t_target) + t.demand_copy_s + tail - t_end)
+        saving = min(t.demand_copy_s, demand_stall) - max(0.0, arrival + tail - t_end)
         if saving <= 0.0:
             return False
         occupancy = t.prefetch_copy_s / t.engines
         spill = max(0.0, occupancy - self._idle)
         link_cost = self.miss_rate() * spill
         victim_cost = self.regret_rate() * t.demand_copy_s if has_victim else 0.0
-        return c * saving > (1.0 - c) * link_cost + victim_cost
+        return c * saving > (1.0 - c) * (link_cost + t.copy_issue_s) + victim_cost
 
     def issued_prefetch(self, ls: int, j: int, obj: int = -1) -> None:
         """A prefetch went out: it occupies the link, and its fate is scored at its target."""
@@ -217,7 +286,47 @@ class CostGate:
         start = self.link if self.link > self.now else self.now
         self.link = start + occupancy
         self._idle = max(0.0, self._idle - occupancy)
+        arrival = self.duel_real.prefetch(occupancy, self.t.prefetch_copy_s)
+        self._arrivals.setdefault(ls + j, []).append((obj, arrival))
 
     def end(self, ls: int) -> None:
         """Advance the model clock to the next router result: compute, or the last demand copy."""
+        self.now = self._next
+        self.duel_real.end()
+        self.duel_shadow.end()
+
+
+class DuelClock:
+    """A model clock for the gate's duel, with the stalls that make a prefetching run slower or
+    faster than the shadow: a layer step of ``n`` experts with a demand miss ends no sooner than
+    the copy lands plus one expert's share of the step (``step / n``: the other experts compute
+    while it is in flight), likewise for a hit on a prefetch still in flight, and the host's
+    issue of every copy adds to the step."""
+
+    def __init__(self, timing: PrefetchTiming):
+        self.t = timing
+        self.now = 0.0
+        self.link = 0.0
+        self._next = 0.0
+
+    def step(self, step_s: float, experts: int, misses: int, late: float) -> None:
+        finish = self.now + step_s
+        tail = step_s / max(1, experts)
+        if misses:
+            start = self.link if self.link > self.now else self.now
+            self.link = start + misses * self.t.demand_copy_s / self.t.engines
+            finish = max(finish, self.link + tail)
+        if late > self.now:
+            finish = max(finish, late + tail)
+        self._next = finish + misses * self.t.copy_issue_s  # the host issues each copy
+
+    def prefetch(self, occupancy: float, copy_s: float) -> float:
+        """A prefetch joins the link's queue after this step's demand copies; returns its arrival.
+        Its issue takes host time from the layer step."""
+        start = self.link if self.link > self.now else self.now
+        self.link = start + occupancy
+        self._next += self.t.copy_issue_s
+        return start + copy_s
+
+    def end(self) -> None:
         self.now = self._next

@@ -70,7 +70,8 @@ def test_a_resident_expert_that_speculation_names_is_not_evicted_by_a_later_pref
         fresh = _later_layer_objects(sim, first, set(cache.state) | needed, 6)
         return [chosen["old"]] + fresh
 
-    cheap = PrefetchTiming(1e-9, 1e-4, 1, [1e-3] * sim.stream.n_layer_steps) if gated else None
+    # prefetches free, a demand copy stalls ten layer steps, enough copy engines that the link never queues
+    cheap = PrefetchTiming(1e-9, 1e-2, 100, [1e-3] * sim.stream.n_layer_steps) if gated else None
     cache, planner, _, _ = sim._parts(settings)
     held["cache"] = cache
     planner.spec, planner.wants_prefetch = Scripted(first, names), True
@@ -148,7 +149,7 @@ def test_the_gate_refuses_prefetches_a_slow_link_cannot_pay_for(top2):
     settings = Settings(speculation="layer_minus_1", cache="30%")
     sim = Simulation(top2, settings)
     n = sim.stream.n_layer_steps
-    cheap = PrefetchTiming(1e-6, 1e-6, 1, [1e-3] * n)  # copies far faster than a layer step
+    cheap = PrefetchTiming(1e-6, 1e-2, 1, [1e-3] * n)  # prefetches free, a demand copy stalls ten layer steps
     dear = PrefetchTiming(1.0, 1.0, 1, [1e-3] * n)  # a copy costs a thousand layer steps
     _, free = _walk(sim, settings, n, timing=cheap)
     _, slow = _walk(sim, settings, n, timing=dear)
@@ -159,12 +160,26 @@ def test_the_gate_refuses_prefetches_a_slow_link_cannot_pay_for(top2):
     assert ungated.gate is None
 
 
+def test_the_gate_issues_nothing_when_demand_copies_hide_behind_the_step(tmp_path):
+    """Top-2 steps of 1 ms and 0.1 ms copies: a demand copy lands while the other expert computes,
+    so a prefetch would save no stall and costs link and issue time."""
+    path = make_trace(tmp_path / "hide", seqs=2, prompt_len=2, new_tokens=8, layers=6, experts=8, top_k=2,
+                      ahead=3, seed=5)
+    settings = Settings(speculation="oracle", cache="30%")
+    sim = Simulation(open_trace(path), settings)
+    n = sim.stream.n_layer_steps
+    _, hidden = _walk(sim, settings, n, timing=PrefetchTiming(1e-4, 1e-4, 1, [1e-3] * n))
+    _, stalled = _walk(sim, settings, n, timing=PrefetchTiming(1e-4, 1e-2, 100, [1e-3] * n))
+    assert hidden.gate.issued == 0 and hidden.gate.refused > 0
+    assert stalled.gate.issued > 0
+
+
 def test_gate_confidence_learns_the_policys_precision(top2):
     """Oracle predictions are always right: the gate's confidence in them tends to 1."""
     settings = Settings(speculation="oracle", cache="30%")
     sim = Simulation(top2, settings)
     n = sim.stream.n_layer_steps
-    _, planner = _walk(sim, settings, n, timing=PrefetchTiming(1e-6, 1e-6, 1, [1e-3] * n))
+    _, planner = _walk(sim, settings, n, timing=PrefetchTiming(1e-6, 1e-2, 1, [1e-3] * n))
     assert planner.gate.confidence(1, 0) > 0.95
     assert planner.gate.horizon() == 3
 
@@ -200,3 +215,48 @@ def test_reset_cache_per_sequence_starts_every_batch_cold(top2):
     # both drivers agree with the reset too
     timed_outcome, timed_cache = cold.timed(reset)
     assert timed_cache.counts.misses == cold_counts.misses
+
+
+def _counts(misses, cpu=0, prefetches=0, prefetch_hits=0):
+    from pregate.simulator.cache import CacheCounts
+
+    return CacheCounts(misses=misses, cpu=cpu, prefetches=prefetches, prefetch_hits=prefetch_hits)
+
+
+def test_gate_holds_prefetches_while_the_run_is_behind_the_shadow_clock():
+    """Demand misses the shadow does not have put the model clock behind it: prefetches stop,
+    except on every PROBE-th layer step; once the shadow's own misses even the clocks, they resume."""
+    from pregate.simulator.gate import CostGate
+
+    gate = CostGate(PrefetchTiming(1e-6, 0.01, 1, [1e-3] * 64))
+    # layer step 0: the prefetching run has 10 demand misses, the shadow none
+    gate.observe(_counts(10, prefetches=5), _counts(0))
+    gate.begin(0, [])
+    gate.after_demand(0, 10)
+    gate.end(0)
+    assert gate.duel_real.now > gate.duel_shadow.now + gate.SLACK * 0.01
+    assert gate.steps % gate.PROBE != 0 and gate.behind()
+    assert not gate.worth(1, 1, 0, has_victim=False)
+    assert gate.held == 1
+    # layer step 1: the shadow pays 10 misses of its own (the run none): the clocks are even again
+    gate.observe(_counts(10, prefetches=5), _counts(10))
+    gate.begin(1, [])
+    gate.after_demand(1, 0)
+    gate.end(1)
+    assert not gate.behind()
+
+
+def test_gate_probes_while_behind():
+    from pregate.simulator.gate import CostGate
+
+    gate = CostGate(PrefetchTiming(1e-6, 0.01, 1, [1e-3] * 64))
+    gate.observe(_counts(10), _counts(0))
+    gate.after_demand(0, 10)
+    gate.end(0)
+    probes = 0
+    for ls in range(1, 1 + 2 * gate.PROBE):
+        gate.observe(_counts(10), _counts(0))
+        gate.after_demand(ls, 0)
+        probes += not gate.behind()
+        gate.end(ls)
+    assert probes == 2  # every PROBE-th layer step, never more

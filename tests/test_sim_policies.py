@@ -127,3 +127,16 @@ def test_heap_victim_is_the_scans(policy):
         protected = set(rng.sample(sorted(cached), k=min(len(cached), rng.randrange(4))))
         expected = min((o for o in cached if o not in protected), key=p.key, default=None)
         assert p.victim(protected) == expected
+
+
+def test_pinned_hot_does_not_count_a_prefetch_as_a_use():
+    """A prefetched expert has not been used: counted, a wrong prefetch would pin itself."""
+    from pregate.simulator.policies.caching import PinnedHot
+
+    policy = PinnedHot()
+    policy.set_capacity(2)
+    policy.on_insert(1, 0, 0)  # used once
+    policy.on_prefetch(2, 1, 0)  # copied in ahead, not used yet
+    assert policy.victim(set()) == 2
+    policy.on_hit(2, 2, 0)  # now used once, and more recently than 1
+    assert policy.victim(set()) == 1

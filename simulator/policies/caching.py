@@ -45,6 +45,11 @@ class CachingPolicy:
     def on_insert(self, obj: int, now: int, next_use: int) -> None:
         raise NotImplementedError
 
+    def on_prefetch(self, obj: int, now: int, next_use: int) -> None:
+        """A prefetch copy took a slot: by default like any insertion. A policy that counts uses
+        overrides it, since a prefetched expert has not been used (its first hit is)."""
+        self.on_insert(obj, now, next_use)
+
     def on_remove(self, obj: int) -> None:
         raise NotImplementedError
 
@@ -304,6 +309,12 @@ class PinnedHot(LFU):
     def on_insert(self, obj, now, next_use):
         super().on_insert(obj, now, next_use)
         self.total[obj] = self.total.get(obj, 0) + 1
+
+    def on_prefetch(self, obj, now, next_use):
+        # not a use: counting it would let wrong prefetches (whose counts survive eviction)
+        # pin themselves over the experts that are hot
+        super().on_insert(obj, now, next_use)
+        self.total.setdefault(obj, 0)
 
     def key(self, obj):
         return (self.total[obj], self.last[obj])
