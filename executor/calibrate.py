@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pregate.executor.device import Device, ExecutorError, now
+from pregate.executor.device import CLOCK_WHAT, Device, ExecutorError, clock_name, now
 from pregate.executor.runtime import torch_dtype
 from pregate.executor.store import ExpertSpec, gated_spec, switch_spec
 
@@ -64,6 +64,8 @@ def environment(device: Device) -> dict:
         "python": platform.python_version(),
         "host": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "clock": CLOCK_WHAT[clock_name()],
+        "threads": torch.get_num_threads(),
     }
     if device.cuda:
         env["cuda"] = torch.version.cuda
@@ -271,6 +273,7 @@ def dense_issue_in_loop(meta, device: Device, dtype: str, quick: bool) -> float:
 
     small = copy.deepcopy(meta)
     small.d_ff = 64  # the experts' size does not change the dense blocks; a small store is quick to build
+    small.ahead_width = None  # a recorded trace's ahead width: the synthetic one stores top-k entries
     for stack in small.stacks.values():
         stack.experts, stack.top_k = 2, min(stack.top_k, 2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -656,7 +659,8 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
     device = Device(device_name)
     dtype = dtype or ("bfloat16" if device.cuda else "float32")
     env = environment(device)
-    source = f"measured by pregate calibrate on {env['device']}, {env['date']}"
+    source = (f"measured by pregate calibrate on {env['device']}, {env['date']} ({env['threads']} torch thread(s), "
+              f"timed on {env['clock']})")
     run = Run(device, dtype, Timer(device), quick, source, log)
     shapes = shapes or DEFAULT_SHAPES[device.name]
     details: dict = {"environment": env, "quick": quick, "dtype": dtype}
