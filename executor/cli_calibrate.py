@@ -17,6 +17,7 @@ examples:
   pregate calibrate --device cuda -o my-gpu.toml --expert-shape 768x3072 --expert-shape 4096x14336:gated
   pregate calibrate --device cuda -o my-gpu.toml --trace runs/sb8 --dtype bfloat16
   pregate calibrate --device cpu -o cpu.toml --quick          # a few seconds
+  pregate calibrate --device cpu -o cpu.toml --quick --clock wall   # wall clock (validate with --clock wall too)
   pregate calibrate --convert old-gpu.toml -o gpu.toml         # writes gpu.toml and gpu.runtime.toml"""
 
 

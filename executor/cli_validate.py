@@ -13,6 +13,7 @@ examples:
   pregate validate runs/sb8 runs/mx --profile gpu.toml --device cuda --policies none+lru,layer_minus_1+lru \\
       --cache 25%,50% --batch-size 1,16 -o out/validate
   pregate validate runs/tiny --profile cpu.toml --device cpu --quick
+  pregate validate runs/tiny --profile cpu.toml --device cpu --quick --clock wall   # as calibrated with --clock wall
   pregate validate runs/tiny --profile cpu.toml --device cpu --quick --placements static-layers,cpu-or-fetch
   pregate validate runs/sb8 --profile gpu.toml --runtime gpu.runtime.toml --device cuda
   pregate validate runs/sb8 --profile gpu.toml --device cuda --speculation none,layer_minus_1 --cache-policy lru,lfu
