@@ -17,6 +17,7 @@ examples:
   pregate calibrate --device cuda -o my-gpu.toml --expert-shape 768x3072 --expert-shape 4096x14336:gated
   pregate calibrate --device cuda -o my-gpu.toml --trace runs/sb8 --dtype bfloat16
   pregate calibrate --device cpu -o cpu.toml --quick          # a few seconds
+  pregate calibrate --device cpu -o cpu.toml --quick --clock wall   # wall clock (validate with --clock wall too)
   pregate calibrate --convert old-gpu.toml -o gpu.toml         # writes gpu.toml and gpu.runtime.toml"""
 
 
@@ -36,6 +37,11 @@ def add_arguments(p) -> None:
     add_quiet(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on the cpu (default: 1, for stable timings when cores are shared)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default=None,
+                   help="what timings read: 'cpu' = the host thread's CPU time (default on the cpu device: with "
+                        "one thread it is the step's time on an idle core, repeatable when cores are shared), "
+                        "'wall' = the wall clock (default and only choice on cuda); calibrate and validate "
+                        "must use the same")
 
 def _run(args) -> int:
     from pregate.executor.calibrate import calibrate, convert_profile, parse_shape, runtime_path, write_profile
@@ -100,8 +106,8 @@ def _run(args) -> int:
 
 
 def run(args) -> int:
-    from pregate.executor.device import check_device, cpu_threads
+    from pregate.executor.device import check_device, cpu_threads, step_clock
 
     check_device(args.device)
-    with cpu_threads(args.device, args.threads):
+    with cpu_threads(args.device, args.threads), step_clock(args.device, args.clock):
         return _run(args)

@@ -13,6 +13,7 @@ examples:
   pregate validate runs/sb8 runs/mx --profile gpu.toml --device cuda --policies none+lru,layer_minus_1+lru \\
       --cache 25%,50% --batch-size 1,16 -o out/validate
   pregate validate runs/tiny --profile cpu.toml --device cpu --quick
+  pregate validate runs/tiny --profile cpu.toml --device cpu --quick --clock wall   # as calibrated with --clock wall
   pregate validate runs/tiny --profile cpu.toml --device cpu --quick --placements static-layers,cpu-or-fetch
   pregate validate runs/sb8 --profile gpu.toml --runtime gpu.runtime.toml --device cuda
   pregate validate runs/sb8 --profile gpu.toml --device cuda --speculation none,layer_minus_1 --cache-policy lru,lfu
@@ -60,6 +61,11 @@ def add_arguments(p) -> None:
     add_quiet(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on the cpu (default: 1, for stable timings when cores are shared)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default=None,
+                   help="what timings read: 'cpu' = the host thread's CPU time (default on the cpu device: with "
+                        "one thread it is the step's time on an idle core, repeatable when cores are shared), "
+                        "'wall' = the wall clock (default and only choice on cuda); calibrate and validate "
+                        "must use the same")
 
 def _policy_pairs(args) -> str | None:
     """SPECULATION+CACHING pairs from --policies, or the product of --speculation and --cache-policy."""
@@ -140,8 +146,8 @@ def _run(args) -> int:
 
 
 def run(args) -> int:
-    from pregate.executor.device import check_device, cpu_threads
+    from pregate.executor.device import check_device, cpu_threads, step_clock
 
     check_device(args.device)
-    with cpu_threads(args.device, args.threads):
+    with cpu_threads(args.device, args.threads), step_clock(args.device, args.clock):
         return _run(args)
