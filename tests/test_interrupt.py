@@ -145,6 +145,7 @@ def test_ctrl_c_stops_the_sweep_and_its_workers_within_2s(trace, tmp_path, capsy
     _rerun_completes(trace, out)
 
 
+@pytest.mark.slow  # a sweep subprocess with spawned workers: 4-13 s
 def test_second_ctrl_c_stops_at_once(trace, tmp_path):
     out = tmp_path / "res"
     proc, workers = _start(trace, out)
@@ -162,6 +163,7 @@ def test_second_ctrl_c_stops_at_once(trace, tmp_path):
     _rerun_completes(trace, out)
 
 
+@pytest.mark.slow  # a sweep subprocess with spawned workers: 4-13 s
 def test_workers_exit_when_the_sweep_is_killed(trace, tmp_path):
     out = tmp_path / "res"
     proc, workers = _start(trace, out)

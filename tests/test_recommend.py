@@ -11,7 +11,17 @@ from pregate.simulator.recommend import recommend
 from pregate.simulator.synthetic import make_trace
 
 
-def test_known_shape_uses_synthetic_routing_and_fits(capsys):
+def test_known_shape_uses_synthetic_routing_and_fits(capsys, monkeypatch):
+    from pregate.simulator import synthetic
+
+    real = synthetic.make_trace
+
+    def fewer_tokens(folder, **kw):
+        """The same shape (layers, experts, top-k, ahead) over fewer tokens: what is checked is the answer's
+        form and memory fit, not its figures; the full-size trace took 19 s of a loaded run."""
+        return real(folder, **{**kw, "seqs": 4, "prompt_len": 4, "new_tokens": 8})
+
+    monkeypatch.setattr(synthetic, "make_trace", fewer_tokens)
     assert main(["recommend", "--model", "switch-base-8", "--gpu", "t4", "--vram", "1.5", "--workers", "1",
                  "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)

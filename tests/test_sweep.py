@@ -180,6 +180,7 @@ def test_keys_follow_trace_content_and_settings(trace, tmp_path):
     assert sw.point_key("t", "p", Settings()) != sw.point_key("t", "p", Settings(seed=1))
 
 
+@pytest.mark.slow  # starting a local Ray cluster takes 10-25 s
 def test_ray_matches_local(trace, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'pregate[ray]')")
     grid = {**GRID, "compression": ["none"], "cache": ["50%"]}
