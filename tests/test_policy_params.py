@@ -105,9 +105,12 @@ def test_parameters_reach_the_policy_objects(trace):
 
 
 def test_a_parameter_changes_the_result_and_the_references_do_not(trace):
-    one = simulate(trace, Settings(speculation="oracle", cache="40%", policy_args=["depth=1"])).summary
-    three = simulate(trace, Settings(speculation="oracle", cache="40%")).summary
-    assert one["prefetches"] < three["prefetches"]
+    # ungated: on this small trace the cost gate lets almost no copy through at either depth
+    one = simulate(trace, Settings(speculation="oracle", cache="40%", prefetch_gate="off",
+                                   policy_args=["depth=1"])).summary
+    three = simulate(trace, Settings(speculation="oracle", cache="40%", prefetch_gate="off")).summary
+    # the same experts are copied either way; depth 3 copies them earlier, so fewer steps wait
+    assert one["mean_step_latency_s"] > three["mean_step_latency_s"]
     # the references are fixed points: they do not move with a policy's parameters
     assert one["bound_oracle_mean_step_latency_s"] == three["bound_oracle_mean_step_latency_s"]
 
