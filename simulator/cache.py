@@ -184,6 +184,30 @@ class ExpertCache:
             if obj not in self.pinned:
                 self.evict(obj)
 
+    def adopt(self, order, counts: dict, in_flight=(), unused=()) -> None:
+        """Take over the state a compiled run left, so that later reads see what it did.
+
+        The compiled engines apply this mechanism's rules, and those of an order-keeping policy
+        (lru, fifo), to a fresh cache in compiled code; this is the one place their result comes
+        back. ``order`` lists the cached experts from the policy's next victim to its last: the
+        policy is rebuilt by inserting them in that order, which is exact for a policy that
+        orders by insertion and use. ``counts`` are the kernel's totals, by field name."""
+        if len(self.policies) != 1 or self.pinned:
+            raise ValueError("adopt needs one global partition with no pinned experts")
+        policy = self.policies[0]
+        for obj in self.state:  # whatever the policy held before the run leaves it first
+            policy.on_remove(obj)
+        in_flight = set(in_flight)
+        self.state = {obj: (IN_FLIGHT if obj in in_flight else RESIDENT) for obj in order}
+        for obj in order:
+            policy.on_insert(obj, 0, 0)
+        self.sizes = [len(self.state)]
+        self.unused_prefetch = set(unused)
+        for name, value in counts.items():
+            if not hasattr(self.counts, name):
+                raise ValueError(f"unknown cache count {name!r}")
+            setattr(self.counts, name, int(value))
+
     def landed(self, obj: int) -> None:
         """A copy finished: the expert is resident (if it was not evicted meanwhile)."""
         if self.state.get(obj) == IN_FLIGHT:

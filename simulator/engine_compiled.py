@@ -18,11 +18,10 @@ Used only when numba is installed and the setting qualifies
 from __future__ import annotations
 
 import gc
-from collections import OrderedDict
 
 import numpy as np
 
-from pregate.simulator.cache import RESIDENT, ExpertCache
+from pregate.simulator.cache import ExpertCache
 from pregate.simulator.costs import CostTables
 from pregate.simulator.engine_compiled_common import dense_block, end_pass, expert_ready, expert_run, ids
 from pregate.simulator.outcome import StepRecord, TimedOutcome
@@ -281,9 +280,7 @@ def run_compiled(stream: RequestStream, costs: CostTables, planner: Planner, cac
         np.asarray(costs.expert_gpu, np.float64), stream.layout.n_objects, cache.capacity,
         type(policy) is LRU, max(1, copy_engines), costs.router_sync, costs.layer_step, costs.copy_issue,
         costs.expert_host, costs.copy[demand_dtype], costs.dequant[demand_dtype])
-    c = cache.counts
-    c.hits, c.misses, c.bypasses, c.evictions, c.peak_slots = (int(v) for v in counts[:5])
-    _rebuild_cache(cache, final)
+    cache.adopt(final.tolist(), dict(zip(("hits", "misses", "bypasses", "evictions", "peak_slots"), counts[:5])))
     steps = step_records(stream, out)
     return TimedOutcome(total_s=float(total), steps=steps, late_hits=0,
                         bytes_moved=int(counts[5]) * costs.expert_bytes[demand_dtype], cancelled_copies=0,
@@ -319,14 +316,6 @@ def step_records(stream: RequestStream, out: np.ndarray, block: int = 1 << 13) -
     finally:
         if paused:
             gc.enable()
-
-
-def _rebuild_cache(cache: ExpertCache, final: np.ndarray) -> None:
-    """Leave the cache holding what the run left in it, in the policy's order."""
-    order = final.tolist()
-    cache.policies[0].order = OrderedDict((obj, None) for obj in order)
-    cache.state = {obj: RESIDENT for obj in order}
-    cache.sizes = [len(order)]
 
 
 def warm_up() -> float:

@@ -105,3 +105,35 @@ def test_clear_evicts_everything_and_counts_it():
     assert cache.counts.evictions == 3 and cache.counts.wasted_prefetches == 1
     cache.check()
     assert np.all(np.array(cache.sizes) == 0)
+
+
+@pytest.mark.parametrize("name", ["lru", "fifo"])
+def test_adopt_leaves_the_cache_as_driving_it_would(name):
+    """A compiled run hands back its final order and counts through ``adopt``; the cache must
+    then behave exactly like one that was driven through the same requests."""
+    layout = _layout()
+    factory = lambda: CACHING.get(name)(layout=layout)  # noqa: E731
+    driven = ExpertCache(layout, 4, factory)
+    for t, obj in enumerate([0, 1, 2, 3, 1, 4, 0, 5]):
+        driven.begin_layer(0, t, [obj])
+        if obj in driven.state:
+            driven.hit(obj, t, 0)
+        else:
+            driven.miss(obj, t, 0)
+    order = list(driven.policies[0].order)  # the policy's victim order, next victim first
+    adopted = ExpertCache(layout, 4, factory)
+    adopted.adopt(order, driven.counts.as_dict(), in_flight=[order[-1]])
+    assert adopted.counts == driven.counts and adopted.sizes == driven.sizes
+    assert set(adopted.state) == set(driven.state)
+    assert adopted.state[order[-1]] == 2 and adopted.state[order[0]] == 1  # in flight / resident
+    adopted.check()
+    victims = []
+    for cache in (driven, adopted):  # the next evictions come in the same order
+        cache.begin_layer(0, 99, [])
+        victims.append([])
+        for _ in range(3):
+            victims[-1].append(cache.policies[0].victim(cache.protected))
+            cache.evict(victims[-1][-1])
+    assert victims[0] == victims[1] and len(set(victims[0])) == 3
+    with pytest.raises(ValueError, match="unknown cache count"):
+        adopted.adopt(order, {"hitz": 1})
