@@ -10,8 +10,10 @@ into one loop over the layer steps:
   protected), the in-use and speculation protection, the lru/fifo order, the
   cache's counts (prefetch hits, wasted prefetches, evictions, peak);
 * the cost gate of :mod:`pregate.simulator.gate` with its shadow cache, its
-  model clock and its statistics, with the same floating-point operations in
-  the same order (only the distances the gate can ever read are kept);
+  model clock, its statistics and its duel against the shadow (the two
+  stall-aware clocks, the held prefetches and the periodic probe), with the
+  same floating-point operations in the same order (only the distances the
+  gate can ever read are kept; its constants come from the gate object);
 * the engine of :mod:`pregate.simulator.engine`: copy engines with a demand
   and a prefetch queue (linked lists, so a late hit's promotion is O(1)),
   cancelled copies left in their queue and skipped, SimPy's event order
@@ -61,10 +63,10 @@ C_SEQ, C_NFREE, C_CANCELLED = 0, 1, 2
 K_HITS, K_MISSES, K_BYPASSES, K_PREFETCHES, K_PF_HITS, K_WASTED, K_EVICTIONS, K_PEAK = range(8)
 
 
-# The kernel's gated path follows the cost gate as it was before the gate learned to duel a
-# no-prefetch shadow on a stall-aware clock; until it follows the new gate step for step, gated
-# runs take the Python engine (the equality tests hold either way).
-COMPILED_GATE = False
+# Gated runs take the kernel: its gated path follows the cost gate step for step (the stall-aware
+# saving, the issue cost, and the duel against the no-prefetch shadow). False sends them to the
+# Python engine, should the gate change before the kernel follows it.
+COMPILED_GATE = True
 
 
 def eligible(planner: Planner, cache: ExpertCache, timeline: bool, all_resident: bool) -> bool:
@@ -318,7 +320,7 @@ def _new_copy(obj, nbytes, demand, seconds, deq, now, srv, ev_t, ji, jf, free, c
 def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj, obj_layer,
             dense_gpu, dense_host, expert_gpu, n_objects, capacity, is_lru, n_engines, sync, step_host,
             copy_issue, expert_host, d_copy, p_copy, d_bytes, p_bytes, d_deq, deq_d, deq_p, max_prefetch,
-            gated, step_s, g_pcopy, g_dcopy, g_engines, depth):
+            gated, step_s, g_pcopy, g_dcopy, g_engines, depth, g_issue, g_lag, g_slack, g_probe):
     n_pass = len(pass_start) - 1
     n_ls = len(ls_layer)
     out = np.zeros((n_pass, 9))  # start, latency, compute, stall, dispatch, hits, late, misses, prefetches
@@ -364,6 +366,7 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
     pend = np.zeros((ring, D * max_w + 1, 3), np.int64)  # obj, j, rank
     iss_n = np.zeros(ring, np.int64)
     iss = np.zeros((ring, D * max_w + 1, 2), np.int64)  # obj, j
+    iss_at = np.zeros((ring, D * max_w + 1))  # its arrival on the duel's clock
     rank_st = np.full(len(obj_layer) + 2, -1, np.int64)
     rank_n = np.zeros(len(obj_layer) + 2, np.int64)
     g_now = 0.0
@@ -374,6 +377,17 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
     g_missed = 0
     g_issued = 0
     g_refused = 0
+    g_held = 0
+    g_late = 0.0  # the latest duel-clock arrival of a prefetch hit at this layer step
+    n_needed = 1  # distinct experts of this layer step
+    probe_step = -1
+    # the duel: this run's and the shadow's stall-aware model clocks (now, link, next)
+    d_now = 0.0
+    d_link = 0.0
+    d_next = 0.0
+    s_now = 0.0
+    s_link = 0.0
+    s_next = 0.0
     # the plan of one layer step
     h_obj = np.zeros(max_req, np.int64)
     h_tok = np.zeros(max_req, np.int64)
@@ -431,7 +445,10 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
             lo = req_start[ls]
             hi = req_start[ls + 1]
             layer = ls_layer[ls]
+            n_needed = 0
             for i in range(lo, hi):
+                if need[req_obj[i]] != ls:
+                    n_needed += 1
                 need[req_obj[i]] = ls
                 prot[req_obj[i]] = ls
             nh = 0
@@ -465,6 +482,7 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
                     nm += 1
             if gated:
                 # the shadow cache sees the demand requests alone
+                s_before = s_misses
                 for i in range(lo, hi):
                     obj = req_obj[i]
                     if sin[obj]:
@@ -489,7 +507,12 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
                 caused = kc[K_MISSES] - s_misses + kc[K_PF_HITS]
                 n_prefetched = kc[K_PREFETCHES]
                 # score the prefetches and the predictions aimed at this layer step
+                s_step = s_misses - s_before
                 slot = ls % ring
+                g_late = 0.0
+                for k in range(iss_n[slot]):
+                    if hitst[iss[slot, k, 0]] == ls and iss_at[slot, k] > g_late:
+                        g_late = iss_at[slot, k]
                 for k in range(iss_n[slot]):
                     jj = iss[slot, k, 1]
                     l_tried[jj] += 1
@@ -515,6 +538,27 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
                 mx = g_now if g_now > g_link else g_link
                 x = g_next - mx
                 g_idle = x if x > 0.0 else 0.0
+                # the duel's clocks: a step ends no sooner than its copies (or a late prefetch) land
+                # plus one expert's share of it, and the host issues each copy
+                stp = step_s[ls]
+                tail = stp / (n_needed if n_needed > 1 else 1)
+                fin = d_now + stp
+                if nm:
+                    st = d_link if d_link > d_now else d_now
+                    d_link = st + nm * g_dcopy / g_engines
+                    y = d_link + tail
+                    fin = y if y > fin else fin
+                if g_late > d_now:
+                    y = g_late + tail
+                    fin = y if y > fin else fin
+                d_next = fin + nm * g_issue
+                fin = s_now + stp  # the shadow has no prefetch to wait for
+                if s_step:
+                    st = s_link if s_link > s_now else s_now
+                    s_link = st + s_step * g_dcopy / g_engines
+                    y = s_link + tail
+                    fin = y if y > fin else fin
+                s_next = fin + s_step * g_issue
             # ---- the planner: what layer_minus_1 names for the next layer ----
             remaining = pass_start[p + 1] - 1 - ls
             a0 = a_start[ls]
@@ -561,7 +605,16 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
                             pend_n[slot] = q + 1
                         if jj > horizon or npf >= limit:
                             continue
-                        # the gate: expected saving against the link's and the victim's cost
+                        # the duel: behind the shadow, only one probe every PROBE layer steps
+                        lag = d_now - s_now - g_lag * s_now - g_slack * g_dcopy
+                        if lag > 0.0:
+                            if g_steps % g_probe == 0 and probe_step != g_steps:
+                                probe_step = g_steps
+                            else:
+                                g_held += 1
+                                g_refused += 1
+                                continue
+                        # the gate: expected saving against the link's, the issue's and the victim's cost
                         named = (right[jj, rr] + 1.0) / (tried[jj, rr] + 2.0)
                         landed = (l_right[jj] + 3.0) / (l_tried[jj] + 4.0)
                         c = named if named < landed else landed
@@ -571,15 +624,23 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
                         t_target = g_now + tt
                         st = g_link if g_link > g_now else g_now
                         arrival = st + g_pcopy
-                        x = arrival - t_target
-                        saving = g_dcopy - (x if x > 0.0 else 0.0)
+                        # a demand copy stalls the target step only beyond its other experts' work
+                        tgt = ls + jj
+                        step_t = step_s[tgt] if tgt < len(step_s) else step_s[ls]
+                        tail = step_t / (n_needed if n_needed > 1 else 1)
+                        t_end = t_target + step_t
+                        lt = g_link if g_link > t_target else t_target
+                        x = lt + g_dcopy + tail - t_end
+                        d_stall = x if x > 0.0 else 0.0
+                        x = arrival + tail - t_end
+                        saving = (d_stall if d_stall < g_dcopy else g_dcopy) - (x if x > 0.0 else 0.0)
                         worth = False
                         if saving > 0.0:
                             occ = g_pcopy / g_engines
                             y = occ - g_idle
                             link_cost = ((g_missed + 1.0) / (g_steps + 2.0)) * (y if y > 0.0 else 0.0)
                             victim_cost = regret * g_dcopy if hts[2] >= capacity else 0.0
-                            worth = c * saving > (1.0 - c) * link_cost + victim_cost
+                            worth = c * saving > (1.0 - c) * (link_cost + g_issue) + victim_cost
                         if not worth:
                             g_refused += 1
                             continue
@@ -601,6 +662,10 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
                         g_link = st + occ
                         y = g_idle - occ
                         g_idle = y if y > 0.0 else 0.0
+                        st = d_link if d_link > d_now else d_now  # it queues behind the duel's demand copies
+                        d_link = st + occ
+                        d_next += g_issue
+                        iss_at[slot, q] = st + g_pcopy
                 else:
                     for k in range(a0, a1):
                         if npf >= limit:
@@ -618,6 +683,8 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
                         prot[obj] = ls
             if gated:
                 g_now = g_next
+                d_now = d_next
+                s_now = s_next
             # ---- the engine: the plan's copies ----
             nr = 0
             nw = 0
@@ -705,7 +772,7 @@ def _kernel(pass_start, req_start, req_obj, req_tokens, ls_layer, a_start, a_obj
     for i in range(size):
         final[i] = obj
         obj = nxt[obj]
-    gate_counts = np.array([g_steps, g_missed, g_issued, g_refused], np.int64)
+    gate_counts = np.array([g_steps, g_missed, g_issued, g_refused, g_held], np.int64)
     return (out, kc, h, tot_c, tot_s, tot_d, tot_late, moved, cnt[C_CANCELLED], final, inflight, unused,
             gate_counts)
 
@@ -753,14 +820,15 @@ def run_compiled(stream: RequestStream, costs: CostTables, planner: Planner, cac
         costs.dequant[demand_dtype], float(costs.dequant[demand_dtype]), float(costs.dequant[prefetch_dtype]),
         int(planner.max_prefetch), gate is not None, step_s,
         float(t.prefetch_copy_s) if t else 0.0, float(t.demand_copy_s) if t else 0.0,
-        int(t.engines) if t else 1, int(t.max_distance) if t else 1)
+        int(t.engines) if t else 1, int(t.max_distance) if t else 1, float(t.copy_issue_s) if t else 0.0,
+        float(gate.LAG) if gate else 0.0, float(gate.SLACK) if gate else 0.0, int(gate.PROBE) if gate else 1)
     out, kc, total, tot_c, tot_s, tot_d, tot_late, moved, cancelled, final, inflight, unused, gc = res
     order = final.tolist()
     cache.adopt(order, dict(zip(("hits", "misses", "bypasses", "prefetches", "prefetch_hits", "wasted_prefetches",
                                  "evictions", "peak_slots"), kc)),
                 in_flight=[obj for obj in order if inflight[obj]], unused=[obj for obj in order if unused[obj]])
     if gate is not None:
-        gate.steps, gate.steps_missed, gate.issued, gate.refused = (int(v) for v in gc)
+        gate.steps, gate.steps_missed, gate.issued, gate.refused, gate.held = (int(v) for v in gc)
     steps = step_records(stream, out)
     return TimedOutcome(total_s=float(total), steps=steps, late_hits=int(tot_late), bytes_moved=int(moved),
                         cancelled_copies=int(cancelled), compute_s=float(tot_c), stall_s=float(tot_s),
@@ -778,5 +846,6 @@ def warm_up() -> float:
     # object ids and layers as int16: the stream's types for every model with up to 32767 experts in all
     _kernel(one, one32, np.zeros(1, np.int16), np.ones(1, np.int32), np.zeros(1, np.int16), one32, np.zeros(1, np.int16),
             np.zeros(2, np.int64), np.zeros(1), np.zeros(1), np.zeros(2), 2, 1, True, 1, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0,
-            1, 1, 0.0, 0.0, 0.0, 0, True, np.zeros(1), 1.0, 1.0, 1, 3)
+            1, 1, 0.0, 0.0, 0.0, 0, True, np.zeros(1), 1.0, 1.0, 1, 3, 0.0,
+            CostGate.LAG, CostGate.SLACK, CostGate.PROBE)
     return time.perf_counter() - start
