@@ -139,3 +139,35 @@ def test_compiled_prefetch_kernel_runs_and_equals_simpy(traces, policy):
     if not engine_compiled_prefetch.COMPILED_GATE:  # gated runs did not go through the kernel
         seen.pop("refused")
     assert all(seen.values()), seen  # every path of the kernel was exercised
+
+
+@pytest.mark.skipif(engine_compiled.numba is None, reason="numba is not installed")
+def test_compiled_prefetch_kernel_follows_the_gates_duel_when_it_holds(traces, monkeypatch):
+    """With the duel's allowance below zero the gate holds prefetches and probes every few layer
+    steps; the kernel must hold and probe on the same steps as the Python engine and SimPy."""
+    from pregate.simulator import engine_compiled_prefetch
+    from pregate.simulator.gate import CostGate
+
+    if not engine_compiled_prefetch.COMPILED_GATE:
+        pytest.skip("gated runs do not take the kernel")
+    monkeypatch.setattr(CostGate, "SLACK", -2.0)
+    monkeypatch.setattr(CostGate, "LAG", 0.0)
+    monkeypatch.setattr(CostGate, "PROBE", 4)
+    held = 0
+    for trace, kw in itertools.product(traces, [dict(cache=3, copy_engines=2), dict(cache="50%", batch_size=2)]):
+        settings = Settings(speculation="layer_minus_1", cache_policy="lru", **kw)
+        sim = Simulation(trace, settings)
+        runs = []
+        for how in (dict(), dict(compiled=False), dict(reference=True)):
+            cache, planner, buffering, comp = sim._parts(settings)
+            engines = settings.copy_engines or int(sim.profile["pcie.copy_engines"])
+            outcome = run_timed(sim.stream, sim.costs, planner, cache, demand_dtype=comp.demand_dtype(sim.gpu_dtype),
+                                prefetch_dtype=comp.prefetch_dtype(sim.gpu_dtype), copy_engines=engines,
+                                all_resident=buffering.all_resident, **how)
+            g = planner.gate
+            runs.append((outcome, cache.finish().as_dict(), dict(cache.state),
+                         (g.issued, g.refused, g.held, g.steps, g.steps_missed)))
+        assert runs[0][0].engine.startswith("compiled")
+        assert runs[0] == runs[1] == runs[2], kw
+        held += runs[0][3][2]
+    assert held > 0  # the duel did hold prefetches
