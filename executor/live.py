@@ -91,7 +91,6 @@ class LivePlanner(Planner):
             raise ExecutorError(f"policy '{name}' reads the future, which a live model does not have; "
                                 "execute a trace (--trace) to use it")
         self.ahead_distance = ahead_distance if speculation.needs_ahead else 0
-        self.layout = layout
         super().__init__(LiveStream(layout, self.ahead_distance), cache, speculation, cpu_misses=cpu_misses,
                          max_prefetch=max_prefetch, admit_cpu_misses=admit_cpu_misses)
 

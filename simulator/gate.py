@@ -122,7 +122,7 @@ def timing_from_costs(stream, costs, copy_engines: int, demand_dtype: str, prefe
         next_dense = np.append(dense, 0.0) if c == b else dense
         step[a:b] = experts + next_dense
     return PrefetchTiming(float(costs.copy[prefetch_dtype]), float(costs.copy[demand_dtype]), max(1, int(copy_engines)),
-                          step, copy_issue_s=float(getattr(costs, "copy_issue", 0.0)))
+                          step, copy_issue_s=float(costs.copy_issue))
 
 
 class CostGate:
