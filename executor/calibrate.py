@@ -316,7 +316,8 @@ def fastest_pass_totals(runs: list) -> dict:
     return out
 
 
-def executor_overheads(device: Device, dtype: str, timer: Timer, quick: bool) -> dict:
+def executor_overheads(device: Device, dtype: str, timer: Timer, quick: bool, source: str = "measured",
+                       log=None) -> dict:
     """Host time the executor spends per unit of work, measured inside its own run loop.
 
     Timing a piece of host code alone, back to back, under-prices it: inside the
@@ -332,12 +333,16 @@ def executor_overheads(device: Device, dtype: str, timer: Timer, quick: bool) ->
     * ``expert_issue`` (offloaded) and ``resident_expert_issue``: per expert,
       with a per-layer-step part (the output buffer, the residual add) that
       goes into the layer step;
-    * ``layer_step`` and ``copy_issue``: the planner's phase fitted to
-      ``layer steps x a + copies x b``; ``resident_layer_step``: with every
-      expert resident (no planner).
+    * ``layer_step`` and ``copy_issue``: the plan phase less the planner's own
+      decisions (timed alone over the same stream) fitted to ``layer steps x a
+      + copies x b``; ``resident_layer_step``: with every expert resident (no
+      planner);
+    * ``planner_costs``: the planner's own decisions per policy pair
+      (:mod:`pregate.executor.planner_cost`).
     """
     import tempfile
 
+    from pregate.executor.planner_cost import measure_planner_costs, planner_alone
     from pregate.executor.run import TraceExecutor
     from pregate.executor.shapes import make_shape_trace
     from pregate.simulator.settings import Settings
@@ -363,6 +368,11 @@ def executor_overheads(device: Device, dtype: str, timer: Timer, quick: bool) ->
             repeats.append((rt.steps, rt.phase_totals()))
             rt.close()
         totals[name] = fastest_pass_totals(repeats)
+        if settings.buffering != "resident":
+            # the planner's own decisions are priced per policy pair ([[planner_cost]]); what is
+            # fitted here is the loop's time around them
+            totals[name]["planner_s"] = planner_alone(ex, settings, 2, 3 if quick else 4)["seconds"]
+    planner_rows, planner_runs = measure_planner_costs(ex, base, source, quick, log=log)
 
     def fit(names, y, x1, x2):
         """Least squares y = a x1 + b x2 over the runs (both clamped at zero)."""
@@ -373,18 +383,19 @@ def executor_overheads(device: Device, dtype: str, timer: Timer, quick: bool) ->
 
     resident = [n for n in runs if n.startswith("resident")]
     offloaded = [n for n in runs if n not in resident]
+    for n in offloaded:
+        totals[n]["around_planner_s"] = max(totals[n]["plan_s"] - totals[n]["planner_s"], 0.0)
     glue_r, resident_expert = fit(resident, "expert_s", "layer_steps", "experts")
     glue_o, expert = fit(offloaded, "expert_s", "layer_steps", "experts")
-    plan, copy_issue = fit(offloaded, "plan_s", "layer_steps", "copies")
+    plan, copy_issue = fit(offloaded, "around_planner_s", "layer_steps", "copies")
     plan_per_request = 0.0
     if not device.cuda:
-        # On the CPU the planner's phase also grows with the experts a layer step asks for (the
-        # cache's lookups, the plan's lists, the slot bookkeeping): at batch 4 the sample's plan
-        # phase was 3-4x batch 1's for the same copies. Fitted as a third term, it is priced per
-        # offloaded expert (one thread does everything in order there, so where it sits in the
-        # layer step does not change the step's time).
+        # On the CPU the loop's part of the plan phase also grows with the experts a layer step asks
+        # for (the plan's lists, the slot bookkeeping) beyond the planner's own per-request time.
+        # Fitted as a third term, it is priced per offloaded expert (one thread does everything in
+        # order there, so where it sits in the layer step does not change the step's time).
         A = np.array([[totals[n]["layer_steps"], totals[n]["copies"], totals[n]["experts"]] for n in offloaded], float)
-        rhs = np.array([totals[n]["plan_s"] for n in offloaded], float)
+        rhs = np.array([totals[n]["around_planner_s"] for n in offloaded], float)
         (a3, b3, c3), *_ = np.linalg.lstsq(A, rhs, rcond=None)
         if min(a3, b3, c3) >= 0:
             plan, copy_issue, plan_per_request = float(a3), float(b3), float(c3)
@@ -398,6 +409,8 @@ def executor_overheads(device: Device, dtype: str, timer: Timer, quick: bool) ->
         "layer_step": plan + glue_o,
         "resident_layer_step": res_plan + glue_r,
         "copy_issue": copy_issue,
+        "planner_costs": planner_rows,
+        "planner_alone": planner_runs,
         "runs": totals,
         "model": "synthetic tiny shape (d_model 64, 8 experts, top-2, 4 MoE layers), 2 groups per run",
     }
@@ -580,20 +593,21 @@ def measure_dense_and_router(run: Run, shape: str, traces: list | None) -> tuple
 def measure_executor_host(run: Run) -> tuple[Values, dict]:
     """The executor's own host time per layer step, copy and expert (fitted over runs of a tiny model)."""
     run.log("executor host time: per layer step, per copy, per expert")
-    overheads = executor_overheads(run.device, run.dtype, run.timer, run.quick)
+    overheads = executor_overheads(run.device, run.dtype, run.timer, run.quick, run.source, run.log)
     values: Values = {}
     for key, what in (("block_issue", "issuing one dense block"),
                       ("router_sync", "the router's kernels and the read-back of its choice"),
-                      ("layer_step", "the planner's part of a layer step (the cache, the policies, the slot "
-                                     "bookkeeping) and the loop's output buffer and residual add"),
+                      ("layer_step", "the loop's part of a layer step around the planner's own decisions (the "
+                                     "slot bookkeeping, the output buffer and residual add; the planner itself is "
+                                     "priced per policy pair in [[planner_cost]])"),
                       ("resident_layer_step", "the same with every expert resident (no planner)"),
                       ("copy_issue", "issuing one expert copy on the side stream, with its cache bookkeeping"),
-                      ("expert_issue", "issuing one expert: gather, expert function, scatter-add, slot events; on the CPU plus the planner's time per requested expert, fitted as a third term of the plan phase"),
+                      ("expert_issue", "issuing one expert: gather, expert function, scatter-add, slot events; on the CPU plus the loop's plan-phase time per requested expert beyond the planner's own, fitted as a third term"),
                       ("resident_expert_issue", "the same with every expert resident (no slot events)")):
         values[f"host.{key}"] = (max(overheads[key], 1e-8), "s",
                                  f"{what}: host time inside the executor's run loop, fitted over runs of a tiny "
                                  "model shape")
-    return values, {"executor_overheads": overheads}
+    return values, {"executor_overheads": overheads, "planner_costs": overheads["planner_costs"]}
 
 
 def measure_host_cpu(run: Run, shape: str) -> tuple[Values, dict]:
@@ -827,17 +841,18 @@ def runtime_path(path: str | Path) -> Path:
     return path.with_name(path.name[:-len(".toml")] + ".runtime.toml")
 
 
-def split_profile(text: str, where: str, kernels=None) -> tuple[str, str]:
+def split_profile(text: str, where: str, kernels=None, planner_costs=()) -> tuple[str, str]:
     """A schema /1 profile's text as a hardware profile (schema /2) and a runtime profile, both as TOML.
 
     ``kernels``: the executor's counted kernels (a fresh calibration); without
     them the runtime keeps the old cost model's counts, so a converted file
-    prices exactly as before.
+    prices exactly as before. ``planner_costs``: the rows of a fresh
+    calibration's planner timed alone (dicts of :class:`PlannerCost`'s fields).
     """
     import tomllib
 
     from pregate.simulator.profile import parse_profile, render_profile
-    from pregate.simulator.runtime import render_runtime, runtime_from_legacy
+    from pregate.simulator.runtime import PlannerCost, render_runtime, runtime_from_legacy
 
     profile = parse_profile(tomllib.loads(text), where)
     head = [line[2:] for line in text.splitlines() if line.startswith("# ") and "schema" not in line
@@ -846,7 +861,8 @@ def split_profile(text: str, where: str, kernels=None) -> tuple[str, str]:
     # on the cpu device one thread computes and issues: its host costs add to the tables' compute
     serial = bool(kernels) and "cuda_names" not in tomllib.loads(text)
     runtime = dataclasses.replace(runtime, description=f"pregate's executor as calibrated with {profile.name}",
-                                  host_is_device=serial)
+                                  host_is_device=serial,
+                                  planner_costs=tuple(PlannerCost(**row) for row in planner_costs))
     return (render_profile(profile, "\n".join(head)),
             render_runtime(runtime, "\n".join(head + ["Host costs of pregate's executor on the calibrated machine; "
                                                         "load with --runtime this file."])))
@@ -861,7 +877,7 @@ def write_profile(path: str | Path, text: str, details: dict) -> tuple[Path, Pat
     if path.suffix != ".toml":
         raise ExecutorError(f"profile file must end in .toml: {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    hardware, runtime = split_profile(text, str(path), EXECUTOR_KERNELS)
+    hardware, runtime = split_profile(text, str(path), EXECUTOR_KERNELS, details.get("planner_costs", ()))
     path.write_text(hardware)
     runtime_path(path).write_text(runtime)
     side = path.with_suffix(".calibration.json")

@@ -157,7 +157,9 @@ class Simulation:
             return None
         comp = COMPRESSION.get(settings.compression)()
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
-        return timing_from_costs(self.stream, self.costs.for_policy(settings.cache_policy), engines,
+        costs = self.costs.for_policy(settings.cache_policy, settings.speculation,
+                                      BUFFERING.get(settings.buffering).all_resident)
+        return timing_from_costs(self.stream, costs, engines,
                                  comp.demand_dtype(self.gpu_dtype),
                                  comp.prefetch_dtype(self.gpu_dtype))
 
@@ -168,7 +170,9 @@ class Simulation:
         comp = COMPRESSION.get(settings.compression)()
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
         demand = comp.demand_dtype(self.gpu_dtype)
-        return side_timing(self.stream, self.costs.for_policy(settings.cache_policy), engines, demand)
+        costs = self.costs.for_policy(settings.cache_policy, settings.speculation,
+                                      BUFFERING.get(settings.buffering).all_resident)
+        return side_timing(self.stream, costs, engines, demand)
 
     def replay(self, settings: Settings | None = None, fast: bool = True) -> ReplayCounts:
         settings = settings or self.settings
@@ -187,7 +191,8 @@ class Simulation:
         cache, planner, buffering, comp = self._parts(settings)
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
         outcome = run_timed(
-            self.stream, self.costs.for_policy(settings.cache_policy), planner, cache,
+            self.stream, self.costs.for_policy(settings.cache_policy, settings.speculation, buffering.all_resident),
+            planner, cache,
             demand_dtype=comp.demand_dtype(self.gpu_dtype), prefetch_dtype=comp.prefetch_dtype(self.gpu_dtype),
             copy_engines=engines, timeline=timeline, all_resident=buffering.all_resident,
         )
@@ -252,6 +257,9 @@ class Simulation:
             "expert_table": self.costs.used_table or None,
             "dense_table": self.costs.used_dense_table or None,
             "speculation_note": self.speculation_note,
+            **({"planner_cost": planner_used} if (planner_used := self.costs.for_policy(
+                settings.cache_policy, settings.speculation, BUFFERING.get(settings.buffering).all_resident
+            ).planner_used) else {}),
             **({"placement_note": self.placement_note} if self.placement_note else {}),
             **self._phase_summary(settings, steps),
         }

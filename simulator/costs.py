@@ -50,7 +50,7 @@ import numpy as np
 
 from pregate.simulator.errors import SimulatorError
 from pregate.simulator.profile import HardwareProfile
-from pregate.simulator.runtime import RuntimeProfile
+from pregate.simulator.runtime import RuntimeProfile, planner_row
 from pregate.simulator.stream import RequestStream
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -133,6 +133,10 @@ class CostTables:
     sync_copy: float = 0.0  # host seconds per copy when copies block the host (the CPU device)
     expert_cpu_by_dtype: dict = field(default_factory=dict)  # dtype of the host copy -> expert_cpu for it
     host: str = ""  # the host kind the CPU terms were priced with
+    planner_rows: tuple = ()  # the runtime's [[planner_cost]] rows (the planner alone, per policy pair)
+    host_is_device: bool = False  # one thread does the host's and the device's work (the CPU device)
+    requests_per_ls: np.ndarray | None = None  # [layer step] -> experts requested (prices the planner per request)
+    planner_used: str = ""  # which planner cost row priced the policy pair, if any
 
     def for_host_copy(self, dtype: str) -> "CostTables":
         """These tables with the CPU expert cost of host copies in ``dtype`` (what the CPU reads)."""
@@ -142,8 +146,30 @@ class CostTables:
             return self
         return dataclasses.replace(self, expert_cpu=table)
 
-    def for_policy(self, cache_policy: str) -> "CostTables":
-        """These tables with the planner's cost of ``cache_policy``'s family (the runtime's, if it has one)."""
+    def for_policy(self, cache_policy: str, speculation: str = "", all_resident: bool = False) -> "CostTables":
+        """These tables with the planner's cost of this policy pair (the runtime's, if it has one).
+
+        A runtime with ``[[planner_cost]]`` rows prices the planner's own
+        decisions per pair: per layer step plus per requested expert, on top of
+        the runtime's time around the planner. Where one thread does
+        everything (the CPU device) the pair's cost joins each layer step's
+        serial time exactly; on a GPU runtime the per-request part joins each
+        expert's host issue. With every expert resident no planner runs.
+        """
+        found = planner_row(self.planner_rows, speculation, cache_policy) if speculation else None
+        if found is not None:
+            row, own = found
+            pair = f"{row.speculation}+{row.caching}"
+            used = (f"{pair}: {row.source}" if own else
+                    f"{speculation}+{cache_policy} not measured: priced as {pair}, the dearest measured pair "
+                    f"(an upper estimate; {row.source})")
+            if all_resident:
+                return dataclasses.replace(self, planner_used="every expert resident: no planner")
+            if self.host_is_device:
+                per_ls = row.layer_step + row.request * self.requests_per_ls
+                return dataclasses.replace(self, dense_gpu=self.dense_gpu + per_ls, planner_used=used)
+            return dataclasses.replace(self, layer_step=self.layer_step + row.layer_step,
+                                       expert_host=self.expert_host + row.request, planner_used=used)
         if cache_policy not in self.planner:
             return self
         layer_step, copy_issue = self.planner[cache_policy]
@@ -420,6 +446,9 @@ def build_costs(stream: RequestStream, profile: HardwareProfile, runtime: Runtim
         used_table=used,
         used_dense_table=used_dense,
         planner=planner_seconds(runtime),
+        planner_rows=runtime.planner_costs,
+        host_is_device=runtime.host_is_device,
+        requests_per_ls=np.diff(stream.ls_req_start).astype(np.float64),
         runtime=runtime.name,
         host=profile.host_name,
     )

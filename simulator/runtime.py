@@ -27,6 +27,18 @@ its kind and range (:mod:`pregate.simulator.provenance`):
   ``<caching policy>_copy_issue``, the planner's cost for one policy family;
   a family without its own keys costs ``host.layer_step`` and
   ``host.copy_issue``;
+* ``[[planner_cost]]`` (optional): the host time of the planner's own
+  decisions for one pair of policies (``speculation``, ``caching``,
+  ``layer_step`` seconds per MoE layer step, ``request`` seconds per
+  requested expert, ``source``), measured by running the planner alone. A
+  speculation policy's work (scoring candidates, the cost gate) differs more
+  between policies than anything else the planner does: on the 2-core CPU
+  machine, at batch 1, 6-9 us per layer step for none+lru and 55-86 us for
+  multi_layer+least-stale. With rows, ``host.layer_step`` and
+  ``host.copy_issue`` are the runtime's own time around the planner, and a
+  pair costs theirs plus its row's; a pair without a row costs the dearest
+  row of its caching policy, or of all rows (an upper estimate, named in the
+  result);
 * ``[dequant]``: ``int8`` and ``int4``: the rate at which the runtime writes
   dequantised weights, as a ``ratio`` of the GPU's HBM bandwidth (carried to
   another GPU) or in ``B/s`` (one GPU);
@@ -90,8 +102,9 @@ FIELDS: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {
     },
 }
 TOP_LEVEL = {"schema", "name", "description", "host_rule", "host_is_device", "copies", "planner", "block_issue",
-             *FIELDS}
+             "planner_cost", *FIELDS}
 BLOCK_ISSUE_KEYS = {"d_model", "block_params", "seconds", "source"}
+PLANNER_COST_KEYS = {"speculation", "caching", "layer_step", "request", "source"}
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,17 @@ class BlockIssue:
     d_model: int
     block_params: int
     seconds: float
+    source: str
+
+
+@dataclass(frozen=True)
+class PlannerCost:
+    """Measured host time of the planner's own decisions for one speculation and caching policy pair."""
+
+    speculation: str
+    caching: str
+    layer_step: float  # seconds per MoE layer step
+    request: float  # seconds per requested expert (its lookup, the policy's update, the plan's lists)
     source: str
 
 
@@ -116,6 +140,7 @@ class RuntimeProfile:
     block_issue_tables: tuple[BlockIssue, ...] = ()
     path: str = ""
     host_is_device: bool = False  # the CPU device: the host does the device's work, so their times add
+    planner_costs: tuple[PlannerCost, ...] = ()  # the planner alone, per policy pair (see the module docstring)
 
     def __getitem__(self, key: str) -> float:
         try:
@@ -134,6 +159,10 @@ class RuntimeProfile:
         """Host seconds per layer step and per copy for one caching policy family."""
         return (self.get(f"planner.{cache_policy}_layer_step", self["host.layer_step"]),
                 self.get(f"planner.{cache_policy}_copy_issue", self["host.copy_issue"]))
+
+    def planner_cost(self, speculation: str, caching: str) -> tuple[PlannerCost, bool] | None:
+        """(the planner's own cost for this pair, whether the pair itself was measured); see :func:`planner_row`."""
+        return planner_row(self.planner_costs, speculation, caching)
 
     def block_issue(self, d_model: int, block_params: float) -> BlockIssue | None:
         """A measured issue time for a dense block of this width, size within 5%."""
@@ -154,6 +183,22 @@ class RuntimeProfile:
 
     def uncertain(self) -> dict[str, Value]:
         return {k: v for k, v in self.entries.items() if v.uncertain}
+
+
+def planner_row(rows, speculation: str, caching: str) -> tuple[PlannerCost, bool] | None:
+    """(the planner cost row for this pair, whether the pair itself was measured), or None without rows.
+
+    A pair without its own row gets the dearest row of its caching policy, or
+    of all rows if that policy has none: an upper estimate, since a policy
+    nobody measured is not assumed to be cheaper than the ones measured.
+    """
+    if not rows:
+        return None
+    for r in rows:
+        if r.speculation == speculation and r.caching == caching:
+            return r, True
+    same = [r for r in rows if r.caching == caching] or list(rows)
+    return max(same, key=lambda r: (r.layer_step, r.request, r.speculation, r.caching)), False
 
 
 def builtin_runtimes() -> list[str]:
@@ -208,6 +253,26 @@ def parse_runtime(data: dict, where: str) -> RuntimeProfile:
         if not isinstance(t["seconds"], (int, float)) or isinstance(t["seconds"], bool) or t["seconds"] <= 0:
             raise ProfileError(f"{where}: 'block_issue[{i}].seconds' must be a positive number")
         issue.append(BlockIssue(int(t["d_model"]), int(t["block_params"]), float(t["seconds"]), str(t["source"])))
+    rows = data.get("planner_cost", [])
+    if not isinstance(rows, list):
+        raise ProfileError(f"{where}: 'planner_cost' must be an array of tables ([[planner_cost]])")
+    costs = []
+    for i, t in enumerate(rows):
+        if not isinstance(t, dict) or set(t) != PLANNER_COST_KEYS:
+            raise ProfileError(f"{where}: 'planner_cost[{i}]' needs exactly {', '.join(sorted(PLANNER_COST_KEYS))}")
+        for key in ("layer_step", "request"):
+            v = t[key]
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                raise ProfileError(f"{where}: 'planner_cost[{i}].{key}' must be a number of seconds >= 0")
+        if not all(isinstance(t[k], str) and t[k] for k in ("speculation", "caching", "source")):
+            raise ProfileError(f"{where}: 'planner_cost[{i}]': speculation, caching and source must be non-empty "
+                               "strings")
+        costs.append(PlannerCost(t["speculation"], t["caching"], float(t["layer_step"]), float(t["request"]),
+                                 t["source"]))
+    pairs = [(c.speculation, c.caching) for c in costs]
+    if len(set(pairs)) != len(pairs):
+        dup = next(p for p in pairs if pairs.count(p) > 1)
+        raise ProfileError(f"{where}: 'planner_cost' has two rows for {dup[0]}+{dup[1]}; keep one")
     rule = data.get("host_rule", "")
     if not isinstance(rule, str) or not rule.strip():
         raise ProfileError(f"{where}: 'host_rule' must say how the host numbers carry to another host CPU")
@@ -215,7 +280,7 @@ def parse_runtime(data: dict, where: str) -> RuntimeProfile:
     if not isinstance(serial, bool):
         raise ProfileError(f"{where}: 'host_is_device' must be true or false")
     return RuntimeProfile(data["name"], str(data.get("description", "")), entries, mode, rule, tuple(issue), where,
-                          serial)
+                          serial, tuple(costs))
 
 
 def _legacy_value(src: Value | None, fallback: float, why: str, unit: str = "s") -> Value:
@@ -339,4 +404,8 @@ def render_runtime(runtime: RuntimeProfile, header: str = "") -> str:
     for t in runtime.block_issue_tables:
         lines += ["", "[[block_issue]]", f"d_model = {t.d_model}", f"block_params = {t.block_params}",
                   f"seconds = {num(t.seconds)}", f"source = {json.dumps(t.source)}"]
+    for c in runtime.planner_costs:
+        lines += ["", "[[planner_cost]]", f"speculation = {json.dumps(c.speculation)}",
+                  f"caching = {json.dumps(c.caching)}", f"layer_step = {num(c.layer_step)}",
+                  f"request = {num(c.request)}", f"source = {json.dumps(c.source)}"]
     return "\n".join(lines) + "\n"
