@@ -4,8 +4,10 @@ HELP = "measure the present device into a hardware profile and a runtime profile
 DESCRIPTION = """Measure host-to-device copies (pinned and pageable, by size; fitted to a fixed
 cost per copy plus bytes / bandwidth), expert FFN time by token count for the
 given expert shapes, matmul rates, memory bandwidth, kernel launch and host
-dispatch costs, the router's read-back, dequantisation throughput and how
-much a copy slows concurrent compute. Writes a profile in the simulator's
+dispatch costs, the router's read-back, dequantisation throughput, how
+much a copy slows concurrent compute, and the planner's own time for every
+speculation and caching policy pair (timed alone over a tiny synthetic
+trace: a speculative planner can cost ten times none+lru's). Writes a profile in the simulator's
 schema (every value with unit, kind and source, device, driver and library
 versions in its header), PROFILE.runtime.toml with the executor's host costs
 on this machine (pass it as --runtime) and PROFILE.calibration.json with the
@@ -16,7 +18,7 @@ examples:
   pregate calibrate --device cuda -o profiles/my-gpu.toml
   pregate calibrate --device cuda -o my-gpu.toml --expert-shape 768x3072 --expert-shape 4096x14336:gated
   pregate calibrate --device cuda -o my-gpu.toml --trace runs/sb8 --dtype bfloat16
-  pregate calibrate --device cpu -o cpu.toml --quick          # a few seconds
+  pregate calibrate --device cpu -o cpu.toml --quick          # under a minute
   pregate calibrate --device cpu -o cpu.toml --quick --clock wall   # wall clock (validate with --clock wall too)
   pregate calibrate --convert old-gpu.toml -o gpu.toml         # writes gpu.toml and gpu.runtime.toml"""
 
@@ -24,7 +26,7 @@ examples:
 def add_arguments(p) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("-o", "--out", required=True, metavar="PROFILE.toml", help="profile file to write")
-    p.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (seconds, not minutes)")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (under a minute on the cpu)")
     p.add_argument("--expert-shape", action="append", default=[], metavar="DxF[:gated]",
                    help="expert shape to time (repeatable; default: 768x3072, and 4096x14336:gated on cuda)")
     p.add_argument("--trace", action="append", default=[], help="also time the expert shape of this trace (repeatable)")
