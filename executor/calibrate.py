@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pregate.executor.device import CLOCK_WHAT, Device, ExecutorError, clock_name, now
+from pregate.executor.device import CLOCK_WHAT, Device, ExecutorError, clock_name, load_average, now
 from pregate.executor.runtime import torch_dtype
 from pregate.executor.store import ExpertSpec, gated_spec, switch_spec
 
@@ -66,6 +66,7 @@ def environment(device: Device) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "clock": CLOCK_WHAT[clock_name()],
         "threads": torch.get_num_threads(),
+        "load_average": load_average(),
     }
     if device.cuda:
         env["cuda"] = torch.version.cuda
@@ -748,6 +749,7 @@ def calibrate(device_name: str, quick: bool = False, shapes: list[str] | None = 
         details.update(more)
     tables = [measure_expert_table(run, text) for text in shapes]
     details["expert_tables"] = tables
+    env["load_average_end"] = load_average()
     details["values"] = {k: {"value": v, "unit": u, "source": f"{source}: {what}"} for k, (v, u, what) in values.items()}
     return render_profile(env, values, source, tables, details), details
 
@@ -768,7 +770,9 @@ def render_profile(env: dict, values: dict, source: str, tables: list[dict], det
                    f"torch {env['torch']}, transformers {env['transformers']}")
     lines = [
         "# Hardware profile, schema pregate.profile/1 (see simulator/README.md).",
-        f"# Written by pregate calibrate on {env['device']}, {env['date']}.",
+        f"# Written by pregate calibrate on {env['device']}, {env['date']}"
+        + (f" (load average {env['load_average']} at the start, {env.get('load_average_end')} at the end)."
+           if env.get("load_average") is not None else "."),
         f"# driver {env.get('driver')}, CUDA {env.get('cuda', 'n/a')}, torch {env['torch']}, "
         f"transformers {env['transformers']}, python {env['python']}, {env['host']}",
         'schema = "pregate.profile/1"',

@@ -95,7 +95,7 @@ def _log(bar, message: str) -> None:
 
 def _run(args) -> int:
     from pregate.executor.device import ExecutorError, check_device
-    from pregate.executor.validate import validate, write_outputs
+    from pregate.executor.validate import load_note, validate, write_outputs
     from pregate.executor.validate import default_runtime
     from pregate.simulator.profile import load_profile
     from pregate.simulator.runtime import load_runtime
@@ -139,6 +139,9 @@ def _run(args) -> int:
     print(f"priced with profile {result['profile']} and runtime {result['runtime']}")
     print(f"{s['points']} points: median |error| {pct(s['median_abs_error'])}, P95 |error| {pct(s['p95_abs_error'])}, "
           f"Kendall tau {s['kendall_tau']:.3f}, counts agree {s['counts_agree']}")
+    note = load_note(result)
+    if note:
+        print(note)
     if s.get("skipped"):
         print(f"{s['skipped']} point(s) could not run (listed under 'skipped' in validation.json)")
     print("wrote " + ", ".join(str(f) for f in files))

@@ -10,6 +10,7 @@ the call returns, so nothing can overlap and nothing needs ordering.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import torch
@@ -136,6 +137,18 @@ def step_clock(device: str, clock: str | None):
         yield
     finally:
         _clock.update(before)
+
+
+def load_average() -> float | None:
+    """The machine's one-minute load average (None where the system has none).
+
+    Why it is recorded: the CPU clock leaves out the time a thread waits for a
+    core, but not the time it runs slower because other work shares the
+    caches and memory; on the 2-core machine one other busy process made
+    switch-base-8 batch-4 steps 20-40% slower on that clock. A calibration and
+    a validation compare only at similar loads.
+    """
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 @contextlib.contextmanager

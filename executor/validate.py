@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pregate.executor.device import CLOCK_WHAT, ExecutorError, clock_name
+from pregate.executor.device import CLOCK_WHAT, ExecutorError, clock_name, load_average
 from pregate.executor.run import TraceExecutor, check_fits
 from pregate.executor.stats import kendall_tau, ks_statistic, latency_stats
 from pregate.simulator.api import Simulation
@@ -123,6 +123,7 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
              quick: bool = False, repeats: int = 1, log=print, runtime_path: str = "", bar=None,
              placements=None, policy_args=()) -> dict:
     """``policy_args``: ``"NAME=VALUE"`` policy parameters, each applied to the points whose policy has it."""
+    load_start = load_average()
     profile = load_profile(profile_path)
     runtime_path = str(runtime_path or default_runtime(profile_path))
     runtime = load_runtime(runtime_path, profile)
@@ -220,7 +221,46 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
     result["clock"] = CLOCK_WHAT[clock_name()]  # what the measured side was timed on
     result["skipped"] = skipped
     result["summary"]["skipped"] = len(skipped)
+    result["load_average"] = {"start": load_start, "end": load_average(),
+                              "calibration": calibration_load(profile_path)}
     return result
+
+
+def calibration_load(profile_path) -> dict | None:
+    """The load averages the profile's calibration recorded (its ``.calibration.json``), if it has them."""
+    side = Path(str(profile_path)).with_suffix(".calibration.json")
+    try:
+        env = json.loads(side.read_text()).get("environment", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    if env.get("load_average") is None:
+        return None
+    return {"start": env["load_average"], "end": env.get("load_average_end")}
+
+
+def load_note(result: dict, cores: int | None = None) -> str | None:
+    """One line when the validation ran at another load than the calibration (None when alike or unknown).
+
+    Both are means of the readings at the start and the end; one busy core's
+    difference or more is flagged, since the errors then include the other
+    work's slowing of the measured side (see :func:`pregate.executor.device.load_average`).
+    """
+    import os
+
+    loads = result.get("load_average") or {}
+    cal = loads.get("calibration") or {}
+
+    def mean(d):
+        xs = [x for x in (d.get("start"), d.get("end")) if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    here, there = mean(loads), mean(cal)
+    if here is None or there is None or abs(here - there) < 1.0:
+        return None
+    cores = cores or os.cpu_count() or 1
+    return (f"note: calibrated at load average {there:.1f}, validated at {here:.1f} on {cores} cores: other work "
+            "slows the measured steps (the CPU clock leaves out waiting for a core, not sharing its caches and "
+            "memory), so part of the error is the load; calibrate and validate at similar loads")
 
 
 def _planned_runs(traces, policies, caches, batch_sizes, repeats: int, placements: int = 0) -> int:

@@ -261,3 +261,21 @@ def test_bad_input_is_refused_in_one_line(capsys, trace, profile, tmp_path):
                                    "--profile", str(small)])
     assert "more than" in err
     _one_line_error(capsys, ["execute", "--trace", str(trace), "--device", "cpu", "--speculation", "psychic"])
+
+
+def test_a_validation_at_another_load_than_its_calibration_says_so(tmp_path):
+    from pregate.executor.validate import calibration_load, load_note
+
+    profile = tmp_path / "cpu.toml"
+    profile.write_text("")
+    assert calibration_load(profile) is None  # no calibration record beside it: nothing to compare
+    (tmp_path / "cpu.calibration.json").write_text(json.dumps({"environment": {"load_average": 0.5,
+                                                                               "load_average_end": 0.7}}))
+    cal = calibration_load(profile)
+    assert cal == {"start": 0.5, "end": 0.7}
+    alike = {"load_average": {"start": 1.0, "end": 1.2, "calibration": cal}}
+    assert load_note(alike) is None
+    busy = {"load_average": {"start": 2.4, "end": 2.6, "calibration": cal}}
+    note = load_note(busy, cores=2)
+    assert note.startswith("note: calibrated at load average 0.6, validated at 2.5 on 2 cores") and "\n" not in note
+    assert load_note({"load_average": {"start": 2.5, "end": None, "calibration": None}}) is None
