@@ -145,7 +145,7 @@ def load_average() -> float | None:
     Why it is recorded: the CPU clock leaves out the time a thread waits for a
     core, but not the time it runs slower because other work shares the
     caches and memory; on the 2-core machine one other busy process made
-    switch-base-8 batch-4 steps 20-40% slower on that clock. A calibration and
+    switch-base-8 batch-4 steps 10-35% slower on that clock. A calibration and
     a validation compare only at similar loads.
     """
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
