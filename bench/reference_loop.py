@@ -232,6 +232,12 @@ TABLE_COUNTS = [1, 2, 4, 8, 16, 32, 64]  # token counts of the tables the simula
 LONG_CONTEXT = 4096  # the second context the dense table is timed at (the loop's block reads no context)
 
 
+def distinct_experts(tokens: int, top_k: int, experts: int) -> int:
+    """Experts ``tokens`` tokens choose in one layer step, each ``top_k`` of ``experts`` uniformly:
+    the expected number of distinct ones, ``E (1 - (1 - k/E)^n)``, rounded (at least one)."""
+    return max(1, round(experts * (1.0 - (1.0 - min(top_k, experts) / experts) ** tokens)))
+
+
 def time_tables(loop: Loop, counts: list[int], top_k: int = 1) -> dict:
     """One round of the loop's expert and dense-block times by token count, timed the way the loop
     calls its functions.
@@ -240,7 +246,8 @@ def time_tables(loop: Loop, counts: list[int], top_k: int = 1) -> dict:
     the loop's hits read them: the weights were last touched a layer step ago or more, not just
     before (timing one expert back to back kept its weights in the CPU's cache). A dense block is
     timed on each layer in turn, after the experts its tokens ran in the layer step before
-    (untimed): the loop runs a block after them, and they push the block's weights out of the cache.
+    (untimed; as many as n tokens choose with uniform routing): the loop runs a block after them,
+    and they push the block's weights out of the cache.
     """
     n_obj, experts, layers = loop.store.shape[0], loop.router[0].shape[0], len(loop.dense)
     idx = torch.arange(max(counts))
@@ -252,7 +259,7 @@ def time_tables(loop: Loop, counts: list[int], top_k: int = 1) -> dict:
         return lambda i: loop.expert(loop.store[next(turn) % n_obj], xs[n], n, out, idx)
 
     def layer_experts(n):  # the experts n tokens chose in the layer step before a block (one token each)
-        k = min(n * top_k, experts)
+        k = distinct_experts(n, top_k, experts)
         return lambda i: [loop.expert(loop.store[next(turn) % n_obj], xs[n], 1, out, idx) for _ in range(k)]
 
     def dense(n):

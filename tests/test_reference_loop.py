@@ -108,3 +108,8 @@ def test_tables_time_the_functions_the_way_the_loop_calls_them(ref):
     assert all(a != b for a, b in zip(seen, seen[1:]))  # never the same weights twice in a row
     assert set(layers) == set(range(len(loop.dense)))
     assert "dd" not in "".join(order[order.index("d"):])  # each block after experts
+
+
+def test_distinct_experts_of_a_layer_step(ref):
+    assert [ref.distinct_experts(n, 1, 8) for n in (1, 2, 4, 64)] == [1, 2, 3, 8]
+    assert ref.distinct_experts(1, 2, 8) == 2 and ref.distinct_experts(3, 8, 8) == 8
