@@ -313,35 +313,57 @@ def blocks_of(meta, layout) -> int:
 
 
 FIT_COUNTS = [1, 2, 4, 8, 16, 32]  # token counts of the fit's tables
+FIT_REPEATS = 5  # runs of each fit setting; each pass and each table keeps its least time over them
+FIT_BATCHES = (1, 2, 4)  # batch sizes of the fit's runs: 1, 2 and 4 experts per layer step at most
 
 
 def FIT_SETTINGS(n: int):  # noqa: N802 (a table of settings): (slots, prefetch) of the fit's runs
     return ((n, False), (n // 4, False), (n // 4, True), (n // 2, False), (n // 2, True))
 
 
+def nonnegative_lstsq(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with every coefficient >= 0, exactly, by trying each subset of the columns
+    (a handful here): a cost per unit is never negative, and clamping an unconstrained fit's
+    negative terms to 0 would leave the others fitted to a model that is then not the one used."""
+    best, best_x = float("inf"), np.zeros(A.shape[1])
+    for mask in range(1, 1 << A.shape[1]):
+        cols = [j for j in range(A.shape[1]) if mask >> j & 1]
+        x, *_ = np.linalg.lstsq(A[:, cols], y, rcond=None)
+        if np.all(x >= 0):
+            full = np.zeros(A.shape[1])
+            full[cols] = x
+            res = float(np.sum((A @ full - y) ** 2))
+            if res < best:
+                best, best_x = res, full
+    return best_x
+
+
 def fit_host(runs: dict) -> dict:
     """The loop's host time per unit, from its phases' excess over the tables, over the fit's runs.
 
     Dense blocks: the dense phase's excess per block. The router: the route phase per layer step.
-    The rest (planning, the slot lookups, copies beyond the copy itself, the experts' excess over
-    their table, the output buffer and its sum) is fitted jointly, by least squares over the runs,
-    as a cost per layer step (offloaded, and with every expert resident), per expert and per copy:
-    batch 1 and batch 4 give the runs different experts per layer step, and the cache sizes
-    different copies per expert, so the fit can tell them apart (a median of the excess per expert
-    put the layer step's own work on its experts: too little at batch 1, too much at batch 4).
+    The expert phase's excess over the tables is fitted as a cost per layer step (the output buffer
+    and its sum) and per expert; the plan phase beyond its copies as a cost per layer step
+    (offloaded, and with every expert resident), per expert (its slot lookup) and per copy. Both by
+    non-negative least squares over the runs, each run's phase per layer step (so that every run
+    weighs the same): batch 1, 2 and 4 give the runs different experts per layer step, and the
+    cache sizes different copies per expert, so the fit can tell them apart (a median of the
+    excess per expert put the layer step's own work on its experts: too little at batch 1, too
+    much at batch 4).
     """
-    runs = list(runs.items())
-    tot = lambda k: np.array([r[k] for _, r in runs], float)  # noqa: E731
-    per_block = float(np.median((tot("dense_s") - tot("table_dense_s")) / tot("blocks")))
-    route = float(np.median(tot("route_s") / tot("layer_steps")))
-    full = np.array([k[1] >= max(kk[1] for kk, _ in runs) for k, _ in runs], float)  # every expert resident
+    runs = list(runs.values())
+    tot = lambda k: np.array([r[k] for r in runs], float)  # noqa: E731
     ls = tot("layer_steps")
-    A = np.stack([ls * (1 - full), ls * full, tot("experts"), tot("copies")], 1)
-    y = (tot("route_s") + tot("plan_s") + tot("expert_s") - tot("table_expert_s") - tot("copies") * tot("copy_s")
-         - route * ls)
-    (step, res_step, per_expert, copy_issue), *_ = np.linalg.lstsq(A, y, rcond=None)
-    return {"per_block": per_block, "per_expert": per_expert, "per_resident_expert": per_expert,
-            "router_sync": route, "layer_step": step, "resident_layer_step": res_step, "copy_issue": copy_issue}
+    per_block = float(np.median((tot("dense_s") - tot("table_dense_s")) / tot("blocks")))
+    route = float(np.median(tot("route_s") / ls))
+    full = np.array([r["resident"] for r in runs], float)  # every expert resident
+    ones, experts, copies = np.ones(len(runs)), tot("experts") / ls, tot("copies") / ls
+    e_step, e_expert = nonnegative_lstsq(np.stack([ones, experts], 1), (tot("expert_s") - tot("table_expert_s")) / ls)
+    p_step, p_res_step, p_expert, copy_issue = nonnegative_lstsq(
+        np.stack([1 - full, full, experts, copies], 1), (tot("plan_s") - tot("copies") * tot("copy_s")) / ls)
+    return {"per_block": per_block, "per_expert": e_expert + p_expert, "per_resident_expert": e_expert + p_expert,
+            "router_sync": route, "layer_step": e_step + p_step, "resident_layer_step": e_step + p_res_step,
+            "copy_issue": copy_issue}
 
 
 def measure_runtime(where: str, base_runtime):
@@ -359,12 +381,12 @@ def measure_runtime(where: str, base_runtime):
                                 dense_bytes_per_layer=2 * 64 * 256 * 4, dtype="float32")
     runs = {}
     top_k = top_k_of(trace.meta)
-    for batch in (1, 4):
+    for batch in FIT_BATCHES:
         stream = build_stream(trace, batch_size=batch)
         n = stream.layout.n_objects
         for cap, pre in FIT_SETTINGS(n):
             repeats, timed = [], []
-            for _ in range(3):
+            for _ in range(FIT_REPEATS):
                 loop = Loop(small, stream.layout, cap, blocks_of(trace.meta, stream.layout))
                 repeats.append(run(loop, stream, pre))
                 timed.append(time_tables(loop, FIT_COUNTS, top_k))  # the tables in the same rounds
@@ -380,7 +402,8 @@ def measure_runtime(where: str, base_runtime):
             r["table_dense_s"] = float(sum(np.interp(t, den_t.tokens, den_t.seconds) for t in stream.ls_tokens)
                                        * loop.blocks)
             r["copy_s"] = float(min(t["copy"] for t in timed))
-            runs[(batch, cap, pre)] = best | {k: r[k] for k in ("table_expert_s", "table_dense_s", "copy_s")}
+            runs[(batch, cap, pre)] = best | {k: r[k] for k in ("table_expert_s", "table_dense_s", "copy_s")} | {
+                "resident": cap >= n}
     fit = fit_host(runs)
     src = f"measured by bench/reference_loop.py on {where}: host time per phase inside the loop over a tiny shape, fitted"
     m = lambda v, what: Value(max(float(v), 0.0), "s", "measured", f"{src} ({what})", max(float(v), 0.0), max(float(v), 0.0))  # noqa: E731

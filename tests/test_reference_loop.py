@@ -22,21 +22,21 @@ def _runs(truth: dict) -> dict:
     """Fit runs with phases made of known per-unit costs: batch 1 has one expert per layer step,
     batch 4 three; the cache sizes give different copies."""
     runs = {}
-    for batch, per_ls in ((1, 1), (4, 3)):
+    for batch, per_ls in ((1, 1), (2, 1.8), (4, 3)):
         for cap, pre, share in ((32, False, 0.0), (8, False, 0.6), (8, True, 0.8), (16, False, 0.3), (16, True, 0.5)):
             ls = 1000 // batch
-            experts, copies = ls * per_ls, int(ls * per_ls * share)
+            experts = int(ls * per_ls)
+            copies = int(experts * share)
             resident = cap == 32
             table_expert, table_dense, copy_s = 5e-5 * experts, 3e-5 * ls, 2e-5
             runs[(batch, cap, pre)] = dict(
                 layer_steps=ls, experts=experts, copies=copies, blocks=2 * ls,
                 dense_s=table_dense + truth["per_block"] * 2 * ls, route_s=truth["router_sync"] * ls,
                 # the layer step's own work shows up in both phases: planning, and the output buffer and sum
-                plan_s=0.5 * truth["resident_layer_step" if resident else "layer_step"] * ls
+                plan_s=(truth["resident_layer_step" if resident else "layer_step"] - 4e-6) * ls
                 + copies * (copy_s + truth["copy_issue"]) + 0.25 * truth["per_expert"] * experts,
-                expert_s=table_expert + 0.5 * truth["resident_layer_step" if resident else "layer_step"] * ls
-                + 0.75 * truth["per_expert"] * experts,
-                table_expert_s=table_expert, table_dense_s=table_dense, copy_s=copy_s)
+                expert_s=table_expert + 4e-6 * ls + 0.75 * truth["per_expert"] * experts,
+                table_expert_s=table_expert, table_dense_s=table_dense, copy_s=copy_s, resident=resident)
     return runs
 
 
@@ -52,7 +52,7 @@ def test_fit_tells_the_layer_steps_work_from_the_experts(ref):
     # step's own work is spread over fewer experts at batch 1 than at batch 4
     runs = _runs(truth)
     ratio = {k: (r["expert_s"] - r["table_expert_s"]) / r["experts"] for k, r in runs.items()}
-    assert ratio[(1, 8, False)] > 1.4 * ratio[(4, 8, False)]
+    assert ratio[(1, 8, False)] > 1.25 * ratio[(4, 8, False)]
 
 
 def test_dense_table_has_no_attention_the_loop_does_not_run(ref):
@@ -113,3 +113,12 @@ def test_tables_time_the_functions_the_way_the_loop_calls_them(ref):
 def test_distinct_experts_of_a_layer_step(ref):
     assert [ref.distinct_experts(n, 1, 8) for n in (1, 2, 4, 64)] == [1, 2, 3, 8]
     assert ref.distinct_experts(1, 2, 8) == 2 and ref.distinct_experts(3, 8, 8) == 8
+
+
+def test_nonnegative_fit_never_goes_below_zero(ref):
+    """A noisy column that would take a negative cost is left out and the rest refitted."""
+    A = np.array([[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]])
+    y = np.array([3.0, 2.0, 1.0])  # unconstrained: 4 - 1 x
+    x = ref.nonnegative_lstsq(A, y)
+    assert x[1] == 0 and x[0] == pytest.approx(2.0)
+    assert ref.nonnegative_lstsq(A, A @ np.array([0.5, 2.0])) == pytest.approx([0.5, 2.0])
