@@ -235,7 +235,7 @@ def count_kernels(loop: Loop) -> dict:
 
 
 TABLE_COUNTS = [1, 2, 4, 8, 16, 32, 64]  # token counts of the tables the simulator is given
-LONG_CONTEXT = 4096  # the second context the dense table is timed at (the loop's block reads no context)
+LONG_CONTEXT = 4096  # the dense table's second context (the loop's block reads no context: the same times)
 
 
 def distinct_experts(tokens: int, top_k: int, experts: int) -> int:
@@ -295,10 +295,6 @@ def tables(rounds: list[dict], meta, counts: list[int], where: str):
             DenseTable(meta.d_model, params, "float32", 64, tuple(counts), table("dense"), src),
             DenseTable(meta.d_model, params, "float32", LONG_CONTEXT, tuple(counts), table("dense"),
                        src + "; the block reads no context: the same times at any context"))
-
-
-TABLE_COUNTS = [1, 2, 4, 8, 16, 32, 64]  # token counts of the tables the simulator is given
-LONG_CONTEXT = 4096  # the second context the dense table is timed at (the loop's block reads no context)
 
 
 def top_k_of(meta) -> int:
@@ -480,7 +476,7 @@ def main(argv=None) -> int:
             results = {setting: [] for setting in settings}
             timed = []
             for _ in range(args.rounds):  # every setting once per round: a slow spell hits one round of a point
-                # the tables in the same rounds, each call keeping its fastest as each step does
+                # the tables in the same rounds, each token count keeping its fastest as each step does
                 timed.append(time_tables(loop, TABLE_COUNTS, top_k_of(trace.meta)))
                 for cap, pre in settings:
                     results[(cap, pre)].append(run(Loop(trace.meta, stream.layout, cap, blocks), stream, pre))
