@@ -12,11 +12,14 @@ the "device" is the host, copies are host copies and block.
 
 Its runtime profile is measured the way ``pregate calibrate`` measures the
 executor's: kernel counts of its functions; the expert and dense-block times
-by token count back to back (tables); the loop's own host time per phase
-inside its run loop, over runs of a tiny synthetic shape (never the points it
-then predicts), fitted per unit (block, expert, layer step, copy). The
-simulator is then given the hardware profile (copies, memory rates), these
-tables and this runtime profile, and predicts each point with no fitting.
+by token count (tables), timed the way the loop calls them (an expert on a
+different expert's weights each call, a block after the experts of the layer
+step before) in the same rounds as the points; the loop's own host time per
+phase inside its run loop, over runs of a tiny synthetic shape (never the
+points it then predicts), fitted per unit (block, layer step, expert, copy) by
+least squares. The simulator is then given the hardware profile (copies,
+memory rates), these tables and this runtime profile, and predicts each point
+with no fitting.
 
     python bench/reference_loop.py TRACE... --profile cpu.toml [--batch-size 1,16] [--cache 25%,50%] \\
         [--rounds 2] [-o OUT]
@@ -43,6 +46,7 @@ import torch
 clock = time.thread_time
 
 PHASE_S = ("dense_s", "route_s", "plan_s", "expert_s")  # the loop's phases, timed per layer step
+COUNTS = ("layer_steps", "experts", "copies", "blocks")  # the work each phase's time is for
 KERNELS = {"dense_block": 4, "dense_ffn": 0, "expert": 6, "gated_expert": 6}  # counted below (count_kernels)
 
 
@@ -62,8 +66,11 @@ class Loop:
         self.numel = 2 * d * f
         self.store = torch.randn(layout.n_objects, self.numel, generator=g) * d ** -0.5  # the host store
         self.capacity = capacity
-        self.slots = torch.empty(max(1, capacity), self.numel)
-        self.staging = torch.empty(self.numel)
+        # the slots and the staging buffer written once here, outside the timed run, as a device pool is
+        # allocated before a run: else a slot's first copy in the run paid the page faults of fresh memory
+        # (a 50% cache of 18.9 MB experts ran slower than a 25% one, with fewer misses)
+        self.slots = torch.empty(max(1, capacity), self.numel).zero_()
+        self.staging = torch.empty(self.numel).zero_()
         self.where: OrderedDict[int, int] = OrderedDict()  # obj -> slot, least recently used first
         self.free = list(range(capacity))
         self.hits = self.misses = self.prefetches = self.bypasses = 0
@@ -124,6 +131,7 @@ def run(loop: Loop, stream, prefetch: bool) -> dict:
     phases = dict(dense_s=0.0, route_s=0.0, plan_s=0.0, expert_s=0.0, layer_steps=0, experts=0, copies=0, blocks=0)
     step_s = []
     pass_phases = []  # per pass: its host time in each phase of PHASE_S
+    pass_counts = []  # per pass: its layer steps, experts and copies
     resident = loop.capacity >= stream.layout.n_objects
     if resident:
         for obj in range(stream.layout.n_objects):
@@ -134,6 +142,7 @@ def run(loop: Loop, stream, prefetch: bool) -> dict:
         t_pass = clock()
         x = torch.randn(int(stream.ls_tokens[a]), loop.d)
         before = [phases[k] for k in PHASE_S]
+        counts0 = [phases[k] for k in COUNTS]
         for ls in range(a, b):
             layer = int(stream.ls_layer[ls])
             t0 = clock()
@@ -165,23 +174,40 @@ def run(loop: Loop, stream, prefetch: bool) -> dict:
             phases["blocks"] += loop.blocks
             phases["copies"] += loop.misses + loop.prefetches - copies0
         pass_phases.append([phases[k] - v for k, v in zip(PHASE_S, before)])
+        pass_counts.append([phases[k] - v for k, v in zip(COUNTS, counts0)])
         if stream.pass_decode[p]:
             step_s.append(clock() - t_pass)
     phases["step_s"] = step_s
     phases["pass_phases"] = pass_phases
+    phases["pass_counts"] = pass_counts
     phases["counts"] = {"hits": loop.hits, "misses": loop.misses, "prefetches": loop.prefetches}
     return phases
 
 
-def per_call(fn, reps: int) -> float:
-    """The least of 7 batches' mean time per call (as pregate calibrate times on the CPU)."""
-    fn()
-    best = float("inf")
+def per_call(fn, reps: int, between=None) -> float:
+    """The least of 7 batches' mean time per call (as pregate calibrate times on the CPU).
+
+    ``fn(i)`` is the i-th call; ``between(i)``, if given, runs untimed before it: the loop's other
+    work between two calls of this function (each call then timed alone, the batch's times summed).
+    """
+    if between is not None:
+        between(0)
+    fn(0)
+    best, i = float("inf"), 0
     for _ in range(7):
-        t = clock()
-        for _ in range(reps):
-            fn()
-        best = min(best, (clock() - t) / reps)
+        total = 0.0
+        if between is None:
+            t = clock()
+            for i in range(i + 1, i + 1 + reps):
+                fn(i)
+            total = clock() - t
+        else:
+            for i in range(i + 1, i + 1 + reps):
+                between(i)
+                t = clock()
+                fn(i)
+                total += clock() - t
+        best = min(best, total / reps)
     return best
 
 
@@ -208,20 +234,71 @@ def count_kernels(loop: Loop) -> dict:
     return {"dense_block": dense, "dense_ffn": 0, "expert": Count.n, "gated_expert": Count.n}
 
 
-def tables(loop: Loop, meta, counts: list[int], where: str):
-    """The loop's expert and dense-block times by token count, back to back (the hardware profile's tables)."""
-    from pregate.simulator.profile import DenseTable, ExpertTable
+TABLE_COUNTS = [1, 2, 4, 8, 16, 32, 64]  # token counts of the tables the simulator is given
+LONG_CONTEXT = 4096  # the dense table's second context (the loop's block reads no context: the same times)
 
+
+def distinct_experts(tokens: int, top_k: int, experts: int) -> int:
+    """Experts ``tokens`` tokens choose in one layer step, each ``top_k`` of ``experts`` uniformly:
+    the expected number of distinct ones, ``E (1 - (1 - k/E)^n)``, rounded (at least one)."""
+    return max(1, round(experts * (1.0 - (1.0 - min(top_k, experts) / experts) ** tokens)))
+
+
+def time_tables(loop: Loop, counts: list[int], top_k: int = 1) -> dict:
+    """One round of the loop's expert and dense-block times by token count, timed the way the loop
+    calls its functions.
+
+    An expert is timed on a different expert's weights each call, in turn over the host store, as
+    the loop's hits read them: the weights were last touched a layer step ago or more, not just
+    before (timing one expert back to back kept its weights in the CPU's cache). A dense block is
+    timed on each layer in turn, after the experts its tokens ran in the layer step before
+    (untimed; as many as n tokens choose with uniform routing): the loop runs a block after them,
+    and they push the block's weights out of the cache.
+    """
+    n_obj, experts, layers = loop.store.shape[0], loop.router[0].shape[0], len(loop.dense)
     idx = torch.arange(max(counts))
     xs = {n: torch.randn(n, loop.d) for n in counts}
     out = torch.zeros(max(counts), loop.d)
-    exp = [per_call(lambda n=n: loop.expert(loop.store[0], xs[n], n, out, idx), 20) for n in counts]
-    den = [per_call(lambda n=n: loop.run_dense(0, xs[n]), 10) / loop.blocks for n in counts]
-    exp, den = np.maximum.accumulate(exp).tolist(), np.maximum.accumulate(den).tolist()
+    turn = iter(range(1 << 62))  # the store's experts in turn, across every timing below
+
+    def expert_call(n):
+        return lambda i: loop.expert(loop.store[next(turn) % n_obj], xs[n], n, out, idx)
+
+    def layer_experts(n):  # the experts n tokens chose in the layer step before a block (one token each)
+        k = distinct_experts(n, top_k, experts)
+        return lambda i: [loop.expert(loop.store[next(turn) % n_obj], xs[n], 1, out, idx) for _ in range(k)]
+
+    def dense(n):
+        return per_call(lambda i: loop.run_dense(i % layers, xs[n]), 10, layer_experts(n)) / loop.blocks
+
+    return {"expert": [per_call(expert_call(n), 20) for n in counts], "dense": [dense(n) for n in counts]}
+
+
+def tables(rounds: list[dict], meta, counts: list[int], where: str):
+    """The hardware profile's expert table and dense tables from rounds of :func:`time_tables`: each token
+    count's least time over the rounds (as each step keeps its fastest), made non-decreasing.
+
+    The loop's block has no attention, so its time does not depend on the context: the dense table
+    is given at two contexts with the same times (the simulator then draws a flat line through them;
+    with one context it would add a roofline attention over the longer contexts, which the loop
+    does not run).
+    """
+    from pregate.simulator.profile import DenseTable, ExpertTable
+
+    def table(kind):
+        return tuple(np.maximum.accumulate(np.min([r[kind] for r in rounds], axis=0)).tolist())
+
     params = int(meta.dense_bytes_per_layer / {"float32": 4, "bfloat16": 2, "float16": 2}.get(meta.dtype, 4))
-    src = f"measured by bench/reference_loop.py on {where}: the loop's function, back to back"
-    return (ExpertTable(meta.d_model, meta.d_ff, "float32", tuple(counts), tuple(exp), src),
-            DenseTable(meta.d_model, params, "float32", 64, tuple(counts), tuple(den), src))
+    src = (f"measured by bench/reference_loop.py on {where}: the loop's function as the loop calls it "
+           f"(experts in turn over the host store; a block after its tokens' experts), {len(rounds)} rounds")
+    return (ExpertTable(meta.d_model, meta.d_ff, "float32", tuple(counts), table("expert"), src),
+            DenseTable(meta.d_model, params, "float32", 64, tuple(counts), table("dense"), src),
+            DenseTable(meta.d_model, params, "float32", LONG_CONTEXT, tuple(counts), table("dense"),
+                       src + "; the block reads no context: the same times at any context"))
+
+
+def top_k_of(meta) -> int:
+    return max((s.top_k for s in meta.stacks.values()), default=1) if meta.stacks else 1
 
 
 def blocks_of(meta, layout) -> int:
@@ -229,6 +306,60 @@ def blocks_of(meta, layout) -> int:
     if meta.stacks and all(s.block_indices for s in meta.stacks.values()):
         blocks = sum(max(s.block_indices) + 1 for s in meta.stacks.values())
     return max(1, round(blocks / layout.n_layers)) if blocks else 1
+
+
+FIT_COUNTS = [1, 2, 4, 8, 16, 32]  # token counts of the fit's tables
+FIT_REPEATS = 5  # runs of each fit setting; each pass and each table keeps its least time over them
+FIT_BATCHES = (1, 2, 4)  # batch sizes of the fit's runs: 1, 2 and 4 experts per layer step at most
+
+
+def FIT_SETTINGS(n: int):  # noqa: N802 (a table of settings): (slots, prefetch) of the fit's runs
+    return ((n, False), (n // 4, False), (n // 4, True), (n // 2, False), (n // 2, True))
+
+
+def nonnegative_lstsq(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with every coefficient >= 0, exactly, by trying each subset of the columns
+    (a handful here): a cost per unit is never negative, and clamping an unconstrained fit's
+    negative terms to 0 would leave the others fitted to a model that is then not the one used."""
+    best, best_x = float("inf"), np.zeros(A.shape[1])
+    for mask in range(1, 1 << A.shape[1]):
+        cols = [j for j in range(A.shape[1]) if mask >> j & 1]
+        x, *_ = np.linalg.lstsq(A[:, cols], y, rcond=None)
+        if np.all(x >= 0):
+            full = np.zeros(A.shape[1])
+            full[cols] = x
+            res = float(np.sum((A @ full - y) ** 2))
+            if res < best:
+                best, best_x = res, full
+    return best_x
+
+
+def fit_host(runs: dict) -> dict:
+    """The loop's host time per unit, from its phases' excess over the tables, over the fit's runs.
+
+    Dense blocks: the dense phase's excess per block. The router: the route phase per layer step.
+    The expert phase's excess over the tables is fitted as a cost per layer step (the output buffer
+    and its sum) and per expert; the plan phase beyond its copies as a cost per layer step
+    (offloaded, and with every expert resident), per expert (its slot lookup) and per copy. Both by
+    non-negative least squares over the runs, each run's phase per layer step (so that every run
+    weighs the same): batch 1, 2 and 4 give the runs different experts per layer step, and the
+    cache sizes different copies per expert, so the fit can tell them apart (a median of the
+    excess per expert put the layer step's own work on its experts: too little at batch 1, too
+    much at batch 4).
+    """
+    runs = list(runs.values())
+    tot = lambda k: np.array([r[k] for r in runs], float)  # noqa: E731
+    ls = tot("layer_steps")
+    per_block = float(np.median((tot("dense_s") - tot("table_dense_s")) / tot("blocks")))
+    route = float(np.median(tot("route_s") / ls))
+    full = np.array([r["resident"] for r in runs], float)  # every expert resident
+    ones, experts, copies = np.ones(len(runs)), tot("experts") / ls, tot("copies") / ls
+    e_step, e_expert = nonnegative_lstsq(np.stack([ones, experts], 1), (tot("expert_s") - tot("table_expert_s")) / ls)
+    p_step, p_res_step, p_expert, copy_issue = nonnegative_lstsq(
+        np.stack([1 - full, full, experts, copies], 1), (tot("plan_s") - tot("copies") * tot("copy_s")) / ls)
+    return {"per_block": per_block, "per_expert": e_expert + p_expert, "per_resident_expert": e_expert + p_expert,
+            "router_sync": route, "layer_step": e_step + p_step, "resident_layer_step": e_step + p_res_step,
+            "copy_issue": copy_issue}
 
 
 def measure_runtime(where: str, base_runtime):
@@ -245,46 +376,45 @@ def measure_runtime(where: str, base_runtime):
     small = dataclasses.replace(trace.meta, d_model=64, d_ff=128, expert_params=2 * 64 * 128,
                                 dense_bytes_per_layer=2 * 64 * 256 * 4, dtype="float32")
     runs = {}
-    for batch in (1, 4):
+    top_k = top_k_of(trace.meta)
+    for batch in FIT_BATCHES:
         stream = build_stream(trace, batch_size=batch)
         n = stream.layout.n_objects
-        for cap, pre in ((n, False), (n // 4, False), (n // 2, True)):
-            repeats = []
-            for _ in range(3):
+        for cap, pre in FIT_SETTINGS(n):
+            repeats, timed = [], []
+            for _ in range(FIT_REPEATS):
                 loop = Loop(small, stream.layout, cap, blocks_of(trace.meta, stream.layout))
                 repeats.append(run(loop, stream, pre))
+                timed.append(time_tables(loop, FIT_COUNTS, top_k))  # the tables in the same rounds
+                # a copy as the loop makes one: from the store's experts in turn into the slots in turn
+                timed[-1]["copy"] = per_call(lambda i: loop.slots[i % loop.slots.shape[0]].copy_(loop.store[i % n]), 50)
             # each pass's least time in each phase over the runs (a pass does the same work in every
             # run; a slow spell of the machine only adds time to the passes it overlaps)
             least = np.min([x["pass_phases"] for x in repeats], axis=0).sum(axis=0)
             r = repeats[-1]
             best = r | {k: float(v) for k, v in zip(PHASE_S, least)}
-            exp_t, den_t = tables(loop, small, [1, 2, 4, 8, 16, 32], where)
+            exp_t, den_t, _ = tables(timed, small, FIT_COUNTS, where)
             r["table_expert_s"] = float(sum(np.interp(t, exp_t.tokens, exp_t.seconds) for t in stream.req_tokens))
             r["table_dense_s"] = float(sum(np.interp(t, den_t.tokens, den_t.seconds) for t in stream.ls_tokens)
                                        * loop.blocks)
-            r["copy_s"] = per_call(lambda: loop.slots[0].copy_(loop.store[1]), 50)
-            runs[(batch, cap, pre)] = best | {k: r[k] for k in ("table_expert_s", "table_dense_s", "copy_s")}
-    tot = lambda k: np.array([r[k] for r in runs.values()], float)  # noqa: E731
-    per_block = float(np.median((tot("dense_s") - tot("table_dense_s")) / tot("blocks")))
-    per_expert = float(np.median((tot("expert_s") - tot("table_expert_s")) / tot("experts")))
-    route = float(np.median(tot("route_s") / tot("layer_steps")))
-    A = np.stack([tot("layer_steps"), tot("copies")], 1)
-    y = tot("plan_s") - tot("copies") * tot("copy_s")
-    (a, b), *_ = np.linalg.lstsq(A, y, rcond=None)
-    full = max(k[1] for k in runs)
-    res = [k for k in runs if k[1] == full]
-    res_plan = float(np.median([runs[k]["plan_s"] / runs[k]["layer_steps"] for k in res])) if res else a
+            r["copy_s"] = float(min(t["copy"] for t in timed))
+            runs[(batch, cap, pre)] = best | {k: r[k] for k in ("table_expert_s", "table_dense_s", "copy_s")} | {
+                "resident": cap >= n}
+    fit = fit_host(runs)
     src = f"measured by bench/reference_loop.py on {where}: host time per phase inside the loop over a tiny shape, fitted"
     m = lambda v, what: Value(max(float(v), 0.0), "s", "measured", f"{src} ({what})", max(float(v), 0.0), max(float(v), 0.0))  # noqa: E731
     e = dict(base_runtime.entries)
     for k in [k for k in e if k.startswith("planner.") or k in ("host.block_issue", "host.expert_issue",
                                                                  "host.resident_expert_issue")]:
         del e[k]
-    e.update({"host.per_kernel": m(0.0, "folded into per_block and per_expert"), "host.per_block": m(per_block, "per block"),
-              "host.per_expert": m(per_expert, "per expert"), "host.per_resident_expert": m(per_expert, "per expert"),
-              "host.router_sync": m(route, "router and read-back per layer step"),
-              "host.layer_step": m(a, "cache work per layer step"), "host.resident_layer_step": m(res_plan, "resident"),
-              "host.copy_issue": m(b, "per copy, beyond the copy itself")})
+    what = {"per_block": "per block", "per_expert": "per expert, its slot lookup included",
+            "per_resident_expert": "per expert, its slot lookup included",
+            "router_sync": "router and read-back per layer step",
+            "layer_step": "cache work, the experts' output buffer and sum per layer step, beyond the router",
+            "resident_layer_step": "the same with every expert resident",
+            "copy_issue": "per copy, beyond the copy itself"}
+    e.update({"host.per_kernel": m(0.0, "folded into per_block and per_expert")}
+             | {f"host.{k}": m(fit[k], w) for k, w in what.items()})
     kernels = count_kernels(Loop(small, build_stream(trace, batch_size=1).layout, 2, 1))
     tmp.cleanup()
     for k, v in kernels.items():
@@ -341,14 +471,17 @@ def main(argv=None) -> int:
             n = stream.layout.n_objects
             blocks = blocks_of(trace.meta, stream.layout)
             loop = Loop(trace.meta, stream.layout, 1, blocks)
-            exp_t, den_t = tables(loop, trace.meta, [1, 2, 4, 8, 16, 32, 64], where)
-            hw = dataclasses.replace(profile, expert_tables=(exp_t,), dense_tables=(den_t,))
             settings = [(n, False)] + [(parse_cache_size(c, n, 1), pre) for c in args.cache.split(",")
                                        for pre in (False, True)]
             results = {setting: [] for setting in settings}
+            timed = []
             for _ in range(args.rounds):  # every setting once per round: a slow spell hits one round of a point
+                # the tables in the same rounds, each token count keeping its fastest as each step does
+                timed.append(time_tables(loop, TABLE_COUNTS, top_k_of(trace.meta)))
                 for cap, pre in settings:
                     results[(cap, pre)].append(run(Loop(trace.meta, stream.layout, cap, blocks), stream, pre))
+            exp_t, *den_t = tables(timed, trace.meta, TABLE_COUNTS, where)
+            hw = dataclasses.replace(profile, expert_tables=(exp_t,), dense_tables=tuple(den_t))
             for cap, pre in settings:
                 rounds = results[(cap, pre)]
                 r = rounds[0]
