@@ -359,8 +359,8 @@ def recommend(model: str, gpu: str = "rtx3090", *, vram_gb: float | None = None,
                                & (pl.col("compression") == best["compression"]))
                   .sort(["tokens_per_s", "key"], descending=[True, False])
                   .unique(["speculation", "cache_policy"], maintain_order=True).head(3))
-        verdict = (_verdict(frame, best, source.trace, gpu, runtime, batch_size, uncertainty, source.price_as)
-                   if uncertainty else None)
+        verdict = (_verdict(frame, best, source.trace, gpu, runtime, batch_size, uncertainty, source.price_as,
+                            progress) if uncertainty else None)
         from pregate.simulator.llamacpp import llamacpp_placement
         from pregate.traces import open_trace as _open
 
@@ -438,7 +438,7 @@ def _settings_of(row: dict, base):
 
 
 def _verdict(frame, best: dict, trace, gpu: str, runtime: str, batch_size: int, mode: str,
-             price_as: str = "") -> dict:
+             price_as: str = "", progress: bool = False) -> dict:
     """Whether the winner stays the winner in every pricing of the band, and if not, which value decides it.
 
     Each point of the frame was priced in the same scenarios (the same corners
@@ -469,7 +469,7 @@ def _verdict(frame, best: dict, trace, gpu: str, runtime: str, batch_size: int, 
         sim = Simulation(trace, base)
         out["challenger"] = {k: challenger[k] for k in ("speculation", "cache_policy", "cache", "compression",
                                                          "tokens_per_s", "tokens_per_s_low", "tokens_per_s_high")}
-        out["decided_by"] = deciding_value(sim, _settings_of(best, base), _settings_of(challenger, base))
+        out["decided_by"] = deciding_value(sim, _settings_of(best, base), _settings_of(challenger, base), progress)
     return out
 
 

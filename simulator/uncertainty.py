@@ -131,8 +131,11 @@ def holds(winner: dict, other: dict) -> bool:
     return all(x >= y for x, y in zip(a, b))
 
 
-def deciding_value(sim, winner_settings, other_settings) -> dict:
+def deciding_value(sim, winner_settings, other_settings, progress: bool = False) -> dict:
     """The value whose range decides the order of two settings (one value moved at a time).
+
+    Four timed runs per ranged value (each end, both settings): minutes on a
+    large trace, so ``progress`` shows a bar over the values.
 
     Returns ``{"key", "where", "flips_at", "gap_range"}``: the value that flips
     the order at one end of its range (``flips_at``: "low" or "high"), else the
@@ -140,8 +143,11 @@ def deciding_value(sim, winner_settings, other_settings) -> dict:
     """
     base_w = _measure(sim, winner_settings)[1]
     base_o = _measure(sim, other_settings)[1]
+    from tqdm.auto import tqdm
+
     best = None
-    for where, key, v in varied(sim.profile, sim.runtime):
+    for where, key, v in tqdm(varied(sim.profile, sim.runtime), desc="deciding value", unit="value",
+                              disable=not progress, dynamic_ncols=True):
         gaps = {}
         for end, x in (("low", v.low), ("high", v.high)):
             sc = Scenario(end, {key: x} if where == "profile" else {}, {key: x} if where == "runtime" else {})
