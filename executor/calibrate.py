@@ -120,6 +120,26 @@ class Timer:
             fn()
         return (now() - t) / reps
 
+    def table_per_call(self, fns: list, reps: list[int], warmup: int = 2) -> list[float]:
+        """``gpu_per_call`` of each of ``fns`` (a table's token counts), on the CPU in interleaved rounds.
+
+        On the CPU each round times one batch of every function in turn and
+        each keeps its least over 7 rounds: a slow spell of the machine then
+        costs one round of every token count, where 7 batches back to back
+        could all fall in it and skew one row of the table (two calibrations
+        ten minutes apart gave a switch-base-8 block at 1 token 2.4 and 3.2 ms).
+        """
+        if self.device.cuda:
+            return [self.gpu_per_call(fn, r, warmup) for fn, r in zip(fns, reps)]
+        for fn in fns:
+            for _ in range(warmup):
+                fn()
+        best = [math.inf] * len(fns)
+        for _ in range(7):
+            for i, (fn, r) in enumerate(zip(fns, reps)):
+                best[i] = min(best[i], self._batch(fn, r, None))
+        return best
+
     def gpu_per_call(self, fn, reps: int, warmup: int = 2, trials: int = 3) -> float:
         """GPU seconds per call, the host's issue time hidden (``per_call`` on the CPU).
 
@@ -215,10 +235,9 @@ def dense_block_table(meta, device: Device, dtype: str, counts: list[int], reps:
     from pregate.executor.synthetic import SyntheticModel
 
     model = SyntheticModel(meta, device.torch, torch_dtype(dtype), max(counts), context)
-    seconds = []
-    for T in counts:
-        x = model.start(T)
-        seconds.append(timer.gpu_per_call(lambda: model.dense(0, x, True, context * T), reps) / model.blocks)
+    xs = {T: model.start(T) for T in counts}
+    fns = [lambda T=T: model.dense(0, xs[T], True, context * T) for T in counts]
+    seconds = [t / model.blocks for t in timer.table_per_call(fns, [reps] * len(counts))]
     return {
         "d_model": int(meta.d_model),
         "block_params": block_params(meta),
@@ -362,17 +381,25 @@ def executor_overheads(device: Device, dtype: str, timer: Timer, quick: bool, so
         "layer_minus_1+lru 50% b8": base.replace(speculation="layer_minus_1", cache="50%", batch_size=8),
     }
     totals = {}
-    for name, settings in runs.items():
-        repeats = []
-        for _ in range(3 if quick else 4):  # each pass's least time over repeats: robust to a slow spell
+    repeats: dict[str, list] = {name: [] for name in runs}
+    planner: dict[str, list] = {name: [] for name in runs}
+    for _ in range(4 if quick else 6):
+        # every setting once per round, as validate runs its points: a slow spell of the machine
+        # (other work; on a VM, time the host takes from it) hits one round of each setting, and each
+        # pass keeps its least time over the rounds; back to back, one spell spoiled every repeat of
+        # one setting and skewed the fit (host.layer_step came out 17 and 92 us in two calibrations)
+        for name, settings in runs.items():
             rt = ex.run(settings, groups=2)
-            repeats.append((rt.steps, rt.phase_totals()))
+            repeats[name].append((rt.steps, rt.phase_totals()))
             rt.close()
-        totals[name] = fastest_pass_totals(repeats)
-        if settings.buffering != "resident":
-            # the planner's own decisions are priced per policy pair ([[planner_cost]]); what is
-            # fitted here is the loop's time around them
-            totals[name]["planner_s"] = planner_alone(ex, settings, 2, 3 if quick else 4)["seconds"]
+            if settings.buffering != "resident":
+                # the planner's own decisions are priced per policy pair ([[planner_cost]]); what is
+                # fitted here is the loop's time around them
+                planner[name].append(planner_alone(ex, settings, 2, 1)["seconds"])
+    for name, settings in runs.items():
+        totals[name] = fastest_pass_totals(repeats[name])
+        if planner[name]:
+            totals[name]["planner_s"] = min(planner[name])
     planner_rows, planner_runs = measure_planner_costs(ex, base, source, quick, log=log)
 
     def fit(names, y, x1, x2):
@@ -710,15 +737,16 @@ def measure_expert_table(run: Run, text: str) -> dict:
     idx = torch.arange(max(counts), device=dev)
     gate = torch.full((max(counts), 1), 0.5, device=dev, dtype=tdtype)
     outb = torch.zeros_like(x)
-    secs = []
-    for c in counts:
+    def call(c):
         i = idx[:c]
 
         def one():
             y = spec.compute(x.index_select(0, i), w)
             outb.index_add_(0, i, y * gate[:c])
 
-        secs.append(run.timer.gpu_per_call(one, reps if c <= 64 else max(3, reps // 4)))
+        return one
+
+    secs = run.timer.table_per_call([call(c) for c in counts], [reps if c <= 64 else max(3, reps // 4) for c in counts])
     secs = list(np.maximum.accumulate(secs))  # more tokens never cost less
     return {"d_model": d, "d_ff": f, "dtype": dtype, "tokens": counts, "seconds": secs,
             "source": f"{run.source}: the executor's expert function ({'gated' if gated else 'two matmuls'}), "
