@@ -279,3 +279,16 @@ def test_a_validation_at_another_load_than_its_calibration_says_so(tmp_path):
     note = load_note(busy, cores=2)
     assert note.startswith("note: calibrated at load average 0.6, validated at 2.5 on 2 cores") and "\n" not in note
     assert load_note({"load_average": {"start": 2.5, "end": None, "calibration": None}}) is None
+
+
+def test_the_in_loop_block_time_is_the_decode_passes_least():
+    """Prefill passes (several tokens a block) stay out of the one-token block time; each pass keeps its least."""
+    from types import SimpleNamespace as S
+
+    from pregate.executor.calibrate import decode_block_seconds
+
+    def run(prefill, *decode):
+        return [S(decode=False, dense_s=prefill, blocks=2)] + [S(decode=True, dense_s=d, blocks=2) for d in decode]
+
+    runs = [run(9.0, 2.0, 3.0), run(8.0, 2.5, 2.2)]
+    assert decode_block_seconds(runs) == pytest.approx((2.0 + 2.2) / 4)

@@ -118,3 +118,4 @@ def test_the_planner_alone_does_the_executors_work(tmp_path):
     rt.close()
     assert alone["layer_steps"] == totals["layer_steps"] and alone["copies"] == totals["copies"]
     assert alone["requests"] == totals["experts"] and alone["seconds"] > 0
+
