@@ -212,6 +212,11 @@ def _spec(d: int, f: int, gated: bool) -> ExpertSpec:
 DENSE_CONTEXTS = (64, 512)  # contexts per sequence at which dense blocks are timed (the cost is a line between)
 
 
+# weights from this size up are timed cold on the CPU (they outgrow a core's own 1 MiB cache here many
+# times over; smaller ones stay near it in the executor's loop too)
+COLD_BYTES = 4 * 2**20
+
+
 def dense_block_tables(meta, device: Device, dtype: str, counts: list[int], reps: int, timer, source: str) -> list:
     """``dense_block_table`` at each of DENSE_CONTEXTS (fewer token counts at the long one)."""
     return [dense_block_table(meta, device, dtype, counts if c == DENSE_CONTEXTS[0] else [t for t in counts if t <= 64],
@@ -236,12 +241,13 @@ def dense_block_table(meta, device: Device, dtype: str, counts: list[int], reps:
 
     model = SyntheticModel(meta, device.torch, torch_dtype(dtype), max(counts), context)
     xs = {T: model.start(T) for T in counts}
-    # the layers in turn: the executor runs each layer's blocks once per pass, their weights read from
+    # the layers in turn: the executor runs each layer's blocks once per pass, large weights read from
     # memory on the CPU; one layer's blocks back to back stay in its caches (cf. the expert table)
     turn = [0]
+    rotate = not device.cuda and block_params(meta) * 4 >= COLD_BYTES  # as the expert table: large weights only
 
     def block(T):
-        turn[0] = (turn[0] + 1) % len(model.layers)
+        turn[0] = (turn[0] + 1) % len(model.layers) if rotate else 0
         return model.dense(turn[0], xs[T], True, context * T)
 
     fns = [lambda T=T: block(T) for T in counts]
@@ -255,7 +261,8 @@ def dense_block_table(meta, device: Device, dtype: str, counts: list[int], reps:
         "seconds": list(np.maximum.accumulate(seconds)),  # more tokens never cost less
         "source": f"{source}: the executor's dense block (attention over {context} tokens per sequence, "
                   f"dense FFN of {model.ffn}), per block, "
-                  + ("GPU time (issued ahead of the GPU)" if device.cuda else "back to back, the layers in turn"),
+                  + ("GPU time (issued ahead of the GPU)" if device.cuda
+                     else "back to back" + (", the layers in turn" if rotate else "")),
     }
 
 
@@ -755,10 +762,12 @@ def measure_expert_table(run: Run, text: str) -> dict:
     spec = _spec(d, f, gated)
     run.log(f"expert FFN {d}x{f}{' gated' if gated else ''} ({dtype}) by token count")
     counts = [1, 4, 16, 64] if run.quick else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
-    # on the CPU the executor reads a different expert's weights nearly every call, from memory; one
-    # expert timed back to back stays in the CPU's caches, so the calls go in turn over copies that
-    # together pass the caches (about 64 MiB; at most 8)
-    n_copies = 1 if run.device.cuda else min(8, max(1, math.ceil(64 * 2**20 / (spec.numel * 4))))
+    # on the CPU an expert that outgrows a core's own caches is read from memory in the executor (the
+    # next one is another expert); timed back to back it stays in the shared cache, so such calls go
+    # in turn over copies that together pass it (about 64 MiB; at most 8). Smaller experts are timed
+    # back to back: with them the sample trace matched the loop (+-12%) and copies in turn priced
+    # it 20% high
+    n_copies = 1 if run.device.cuda or spec.numel * 4 < COLD_BYTES else min(8, math.ceil(64 * 2**20 / (spec.numel * 4)))
     weights = [spec.views(torch.randn(spec.numel, device=dev).to(tdtype) * 0.02) for _ in range(n_copies)]
     turn = [0]
     x = torch.randn(max(counts), d, device=dev).to(tdtype)
