@@ -467,8 +467,9 @@ def _verdict(frame, best: dict, trace, gpu: str, runtime: str, batch_size: int, 
     if challenger is not None:
         base = Settings(profile=gpu, runtime=runtime, batch_size=batch_size, price_as=price_as)
         sim = Simulation(trace, base)
-        out["challenger"] = {k: challenger[k] for k in ("speculation", "cache_policy", "cache", "compression",
-                                                         "tokens_per_s", "tokens_per_s_low", "tokens_per_s_high")}
+        out["challenger"] = {k: challenger.get(k) for k in ("speculation", "cache_policy", "cache", "compression",
+                                                             "buffering", "tokens_per_s", "tokens_per_s_low",
+                                                             "tokens_per_s_high")}
         out["decided_by"] = deciding_value(sim, _settings_of(best, base), _settings_of(challenger, base), progress)
     return out
 
@@ -563,8 +564,10 @@ def format_recommendation(r: Recommendation) -> str:
             how = (f"it flips when {d['key']} is at its {d['flips_at']} end ({d['low']:.3g} to {d['high']:.3g})"
                    if d.get("flips_at") else f"{d.get('key')} moves the gap most ({d.get('low', 0):.3g} to "
                                              f"{d.get('high', 0):.3g})")
-            lines.append(f"  ranking: NOT certain: {c['speculation']} + {c['cache_policy']} (cache {c['cache']}, "
-                         f"{c['compression']}) is faster somewhere in the band; {how}")
+            # the buffering too: the challenger may be the winner's policies under another scheme
+            scheme = f"buffering {c['buffering']}, " if c.get("buffering") else ""
+            lines.append(f"  ranking: NOT certain: {c['speculation']} + {c['cache_policy']} ({scheme}cache {c['cache']}, "
+                         f"compression {c['compression']}) is faster somewhere in the band; {how}")
     if r.llamacpp:
         f = r.llamacpp
         flags = f["n_cpu_moe"] + " (or " + f["override"] + ")" if f["n_cpu_moe"] else f["override"]

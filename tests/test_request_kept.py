@@ -69,3 +69,24 @@ def test_recommend_says_when_it_broke_a_tie():
     text = format_recommendation(rec)
     assert "tie: 1 other setting(s)" in text and "least GPU memory" in text
     assert "tie:" not in format_recommendation(Recommendation("m", "rtx3090", 1, False, "r", memory, best, best))
+
+
+def test_an_uncertain_ranking_names_the_challengers_scheme():
+    """The challenger may be the winner's policies under another buffering scheme: the line says which."""
+    from pregate.simulator.recommend import Recommendation, format_recommendation
+
+    best = {"speculation": "eam", "cache_policy": "next-use", "cache": "57", "cache_capacity_experts": 57,
+            "compression": "none", "buffering": "cpu-or-fetch", "tokens_per_s": 5.2, "mean_step_latency_s": 0.19,
+            "stall_share": 0.8, "hit_rate": 0.6, "bytes_moved": 0, "peak_gpu_bytes": 1_000, "ratio_to_resident": 5.6,
+            "ratio_to_oracle": 0.6, "bound_resident_tokens_per_s": 29.4, "bound_oracle_tokens_per_s": 3.3, "key": "w"}
+    memory = {"vram_bytes": 1e9, "dense_bytes": 1e8, "margin_bytes": 1e8, "expert_bytes": 1e6, "total_experts": 256,
+              "cache_experts": 57}
+    challenger = {"speculation": "eam", "cache_policy": "next-use", "cache": "57", "compression": "none",
+                  "buffering": "cache", "tokens_per_s": 5.2, "tokens_per_s_low": 3.1, "tokens_per_s_high": 7.9}
+    band = {"mode": "corners", "values": 24, "tokens_per_s_low": 3.2, "tokens_per_s_high": 7.8,
+            "mean_step_latency_s_low": 0.13, "mean_step_latency_s_high": 0.31, "winner_holds": False,
+            "challenger": challenger, "decided_by": {"key": "host.per_block", "flips_at": "low", "low": 0.0,
+                                                     "high": 1.6e-4}}
+    text = format_recommendation(Recommendation("m", "rtx3090", 1, False, "r", memory, best, best, uncertainty=band))
+    assert ("ranking: NOT certain: eam + next-use (buffering cache, cache 57, compression none) is faster somewhere in the "
+            "band; it flips when host.per_block is at its low end") in text
