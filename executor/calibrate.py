@@ -41,6 +41,7 @@ import torch
 
 from pregate.executor.device import CLOCK_WHAT, Device, ExecutorError, clock_name, load_average, now
 from pregate.executor.runtime import torch_dtype
+from pregate.executor.stats import fastest_steps
 from pregate.executor.store import ExpertSpec, gated_spec, switch_spec
 
 DEFAULT_SHAPES = {"cuda": ["768x3072", "4096x14336:gated"], "cpu": ["768x3072"]}
@@ -339,11 +340,11 @@ def decode_block_seconds(runs: list) -> float:
     stands for (longer ones are the dense table's).
     """
     first = runs[0]
-    if len({len(r) for r in runs}) != 1 or not any(st.decode for st in first):
-        return min(sum(st.dense_s for st in r) / max(1, sum(st.blocks for st in r)) for r in runs)
+    least = fastest_steps([[st.dense_s for st in r] for r in runs])
     passes = [i for i, st in enumerate(first) if st.decode]
-    dense = sum(min(r[i].dense_s for r in runs) for i in passes)
-    return dense / max(1, sum(first[i].blocks for i in passes))
+    if least is None or not passes:  # runs that walked differently, or no decode pass: the least average
+        return min(sum(st.dense_s for st in r) / max(1, sum(st.blocks for st in r)) for r in runs)
+    return sum(least[i] for i in passes) / max(1, sum(first[i].blocks for i in passes))
 
 
 def fastest_pass_totals(runs: list) -> dict:
@@ -354,16 +355,13 @@ def fastest_pass_totals(runs: list) -> dict:
     machine only adds time to the passes it overlaps; each pass's least time
     over the runs filters it where a run's total could not.
     """
-    steps, totals = runs[0]
+    totals = runs[0][1]
     out = dict(totals)
-    if len({len(r[0]) for r in runs}) != 1:  # different walks: the least totals instead
-        for key in totals:
-            if key.endswith("_s"):
-                out[key] = min(r[1][key] for r in runs)
-        return out
     for key in totals:
         if key.endswith("_s"):
-            out[key] = float(np.sum(np.min([[getattr(st, key) for st in r[0]] for r in runs], axis=0)))
+            least = fastest_steps([[getattr(st, key) for st in r[0]] for r in runs])
+            # runs that walked differently: the least total instead
+            out[key] = float(np.sum(least)) if least is not None else min(r[1][key] for r in runs)
     return out
 
 
@@ -774,6 +772,7 @@ def measure_expert_table(run: Run, text: str) -> dict:
     idx = torch.arange(max(counts), device=dev)
     gate = torch.full((max(counts), 1), 0.5, device=dev, dtype=tdtype)
     outb = torch.zeros_like(x)
+
     def call(c):
         i = idx[:c]
 

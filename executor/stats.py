@@ -1,4 +1,5 @@
-"""Small statistics for validation, in numpy: two-sample KS statistic and Kendall's tau-b."""
+"""Small statistics for validation, in numpy: two-sample KS statistic, Kendall's tau-b, latency
+percentiles and each step's least time over repeated runs."""
 
 from __future__ import annotations
 
@@ -36,3 +37,20 @@ def latency_stats(values) -> dict:
     if len(v) == 0:
         return {"mean": None, "p50": None, "p95": None}
     return {"mean": float(v.mean()), "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95))}
+
+
+def fastest_steps(rounds: list[list[float]]) -> list[float] | None:
+    """Each step's least latency over the rounds, or None if the rounds walked different steps.
+
+    Every round of a setting replays the same trace with the same policies, so
+    a step does the same work in each; a slow spell of a shared machine slows
+    the steps it overlaps and only ever adds time. A spell lasts seconds and
+    hits different steps in different rounds, so the least time of each step
+    over the rounds filters it where a whole round's mean could not (on the
+    shared 2-core CPU machine the same setting's round means differed by up to
+    1.8x while its dense work, which no policy changes, stayed put in the
+    steps of the faster one).
+    """
+    if not rounds or len({len(r) for r in rounds}) != 1:
+        return None
+    return np.min(np.asarray(rounds, dtype=np.float64), axis=0).tolist()

@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from pregate.executor.device import CLOCK_WHAT, ExecutorError, clock_name, load_average
 from pregate.executor.run import TraceExecutor, check_fits
-from pregate.executor.stats import kendall_tau, ks_statistic, latency_stats
+from pregate.executor.stats import fastest_steps, kendall_tau, ks_statistic, latency_stats
 from pregate.simulator.api import Simulation
 from pregate.simulator.errors import SimulatorError
 from pregate.simulator.policies import BUFFERING, CACHING, SPECULATION
@@ -274,23 +275,6 @@ def _planned_runs(traces, policies, caches, batch_sizes, repeats: int, placement
         pairs = policies if ahead else [(NO_AHEAD_FALLBACK.get(s, s), c) for s, c in policies]
         total += len(batch_sizes) * (1 + max(1, repeats) * (1 + (len(dict.fromkeys(pairs)) + placements) * len(caches)))
     return total
-
-
-def fastest_steps(rounds: list[list[float]]) -> list[float] | None:
-    """Each step's least latency over the rounds, or None if the rounds walked different steps.
-
-    Every round of a setting replays the same trace with the same policies, so
-    a step does the same work in each; a slow spell of a shared machine slows
-    the steps it overlaps and only ever adds time. A spell lasts seconds and
-    hits different steps in different rounds, so the least time of each step
-    over the rounds filters it where a whole round's mean could not (on the
-    shared 2-core CPU machine the same setting's round means differed by up to
-    1.8x while its dense work, which no policy changes, stayed put in the
-    steps of the faster one).
-    """
-    if not rounds or len({len(r) for r in rounds}) != 1:
-        return None
-    return np.min(np.asarray(rounds, dtype=np.float64), axis=0).tolist()
 
 
 def _keep_fastest_steps(point: dict, rounds: list[list[float]]) -> None:
