@@ -257,9 +257,9 @@ class Simulation:
             "expert_table": self.costs.used_table or None,
             "dense_table": self.costs.used_dense_table or None,
             "speculation_note": self.speculation_note,
-            **({"planner_cost": planner_used} if (planner_used := self.costs.for_policy(
-                settings.cache_policy, settings.speculation, BUFFERING.get(settings.buffering).all_resident
-            ).planner_used) else {}),
+            **({"planner_cost": planner_used} if (planner_used := self.costs.planner_note(
+                settings.cache_policy, settings.speculation, BUFFERING.get(settings.buffering).all_resident))
+               else {}),
             **({"placement_note": self.placement_note} if self.placement_note else {}),
             **self._phase_summary(settings, steps),
         }

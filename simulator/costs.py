@@ -156,15 +156,10 @@ class CostTables:
         serial time exactly; on a GPU runtime the per-request part joins each
         expert's host issue. With every expert resident no planner runs.
         """
-        found = planner_row(self.planner_rows, speculation, cache_policy) if speculation else None
-        if found is not None:
-            row, own = found
-            pair = f"{row.speculation}+{row.caching}"
-            used = (f"{pair}: {row.source}" if own else
-                    f"{speculation}+{cache_policy} not measured: priced as {pair}, the dearest measured pair "
-                    f"(an upper estimate; {row.source})")
-            if all_resident:
-                return dataclasses.replace(self, planner_used="every expert resident: no planner")
+        row, used = self._planner_choice(cache_policy, speculation, all_resident)
+        if used:
+            if row is None:  # every expert resident
+                return dataclasses.replace(self, planner_used=used)
             if self.host_is_device:
                 per_ls = row.layer_step + row.request * self.requests_per_ls
                 return dataclasses.replace(self, dense_gpu=self.dense_gpu + per_ls, planner_used=used)
@@ -175,6 +170,25 @@ class CostTables:
         layer_step, copy_issue = self.planner[cache_policy]
         return dataclasses.replace(self, layer_step=layer_step, copy_issue=copy_issue + self.sync_copy,
                                    resident_layer_step=min(self.resident_layer_step, layer_step))
+
+
+    def planner_note(self, cache_policy: str, speculation: str = "", all_resident: bool = False) -> str:
+        """Which planner cost row prices this pair ("" when the runtime has none): ``for_policy``'s
+        ``planner_used``, without building the tables."""
+        return self._planner_choice(cache_policy, speculation, all_resident)[1]
+
+    def _planner_choice(self, cache_policy: str, speculation: str, all_resident: bool):
+        """(the runtime's planner cost row for the pair or None, the note saying which; "" without rows)."""
+        found = planner_row(self.planner_rows, speculation, cache_policy) if speculation else None
+        if found is None:
+            return None, ""
+        if all_resident:
+            return None, "every expert resident: no planner"
+        row, own = found
+        pair = f"{row.speculation}+{row.caching}"
+        return row, (f"{pair}: {row.source}" if own else
+                     f"{speculation}+{cache_policy} not measured: priced as {pair}, the dearest measured pair "
+                     f"(an upper estimate; {row.source})")
 
 
 def _host_total(runtime: RuntimeProfile, total_key: str, fixed_key: str, kernels: int) -> float:

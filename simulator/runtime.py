@@ -160,10 +160,6 @@ class RuntimeProfile:
         return (self.get(f"planner.{cache_policy}_layer_step", self["host.layer_step"]),
                 self.get(f"planner.{cache_policy}_copy_issue", self["host.copy_issue"]))
 
-    def planner_cost(self, speculation: str, caching: str) -> tuple[PlannerCost, bool] | None:
-        """(the planner's own cost for this pair, whether the pair itself was measured); see :func:`planner_row`."""
-        return planner_row(self.planner_costs, speculation, caching)
-
     def block_issue(self, d_model: int, block_params: float) -> BlockIssue | None:
         """A measured issue time for a dense block of this width, size within 5%."""
         for t in self.block_issue_tables:
@@ -211,6 +207,17 @@ def _units(where, key, raw, units: tuple[str, ...], allow_zero: bool) -> Value:
     return parse_value(where, key, raw, unit, allow_zero=allow_zero)
 
 
+def _array_of_tables(where: str, data: dict, name: str, keys: set):
+    """(index, table) of ``[[name]]``, each checked to hold exactly ``keys``; the first problem in one line."""
+    tables = data.get(name, [])
+    if not isinstance(tables, list):
+        raise ProfileError(f"{where}: '{name}' must be an array of tables ([[{name}]])")
+    for i, t in enumerate(tables):
+        if not isinstance(t, dict) or set(t) != keys:
+            raise ProfileError(f"{where}: '{name}[{i}]' needs exactly {', '.join(sorted(keys))}")
+        yield i, t
+
+
 def parse_runtime(data: dict, where: str) -> RuntimeProfile:
     """Check a parsed runtime TOML; the first problem is raised in one line naming the key."""
     if data.get("schema") == LEGACY_SCHEMA:
@@ -243,23 +250,13 @@ def parse_runtime(data: dict, where: str) -> RuntimeProfile:
     mode = copies.get("issue")
     if mode not in COPY_ISSUE:
         raise ProfileError(f"{where}: missing or unknown 'copies.issue' {mode!r} (valid: {', '.join(COPY_ISSUE)})")
-    tables = data.get("block_issue", [])
-    if not isinstance(tables, list):
-        raise ProfileError(f"{where}: 'block_issue' must be an array of tables ([[block_issue]])")
     issue = []
-    for i, t in enumerate(tables):
-        if not isinstance(t, dict) or set(t) != BLOCK_ISSUE_KEYS:
-            raise ProfileError(f"{where}: 'block_issue[{i}]' needs exactly {', '.join(sorted(BLOCK_ISSUE_KEYS))}")
+    for i, t in _array_of_tables(where, data, "block_issue", BLOCK_ISSUE_KEYS):
         if not isinstance(t["seconds"], (int, float)) or isinstance(t["seconds"], bool) or t["seconds"] <= 0:
             raise ProfileError(f"{where}: 'block_issue[{i}].seconds' must be a positive number")
         issue.append(BlockIssue(int(t["d_model"]), int(t["block_params"]), float(t["seconds"]), str(t["source"])))
-    rows = data.get("planner_cost", [])
-    if not isinstance(rows, list):
-        raise ProfileError(f"{where}: 'planner_cost' must be an array of tables ([[planner_cost]])")
     costs = []
-    for i, t in enumerate(rows):
-        if not isinstance(t, dict) or set(t) != PLANNER_COST_KEYS:
-            raise ProfileError(f"{where}: 'planner_cost[{i}]' needs exactly {', '.join(sorted(PLANNER_COST_KEYS))}")
+    for i, t in _array_of_tables(where, data, "planner_cost", PLANNER_COST_KEYS):
         for key in ("layer_step", "request"):
             v = t[key]
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
