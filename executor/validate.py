@@ -17,8 +17,9 @@ the device), and the best offloaded point's ratio to it.
 
 Measured time on a shared machine only ever grows with noise: on one GPU host,
 the same setting measured in two fresh runs differed by 8% at the median and
-30-80% at the P95. So ``repeats`` rounds run every setting of a trace and
-batch size in turn; each point keeps its fastest round's figures, and its
+30-80% at the P95. So ``repeats`` rounds run every setting of every trace
+and batch size in turn, so that one point's rounds lie minutes apart; each
+point keeps its fastest round's figures, and its
 latency statistics come from each step's least time over the rounds
 (:func:`fastest_steps`; all rounds' means are in ``measured_mean_s_rounds``).
 
@@ -138,6 +139,7 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
     if bar is not None:  # a tqdm-like bar: one tick per executor run, the total known before the first
         bar.total = _planned_runs(traces, policies, caches, batch_sizes, repeats, len(placements))  # shown from the first tick
     points, residents, skipped = [], [], []
+    groups_ = []  # one per trace and batch size: what it runs, and each setting's rounds so far
     for trace in traces:
         ex = TraceExecutor(trace, device, dtype)
         name = Path(str(trace)).name
@@ -167,56 +169,51 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
                                                   policy_args=for_pair(resolved, spec, cache_policy))
                                      for spec, cache_policy in pairs for cache in caches]
             todo += [base.replace(buffering=b, cache=cache) for b in placements for cache in caches]
-            # one unmeasured run first: new kernel shapes load lazily and the GPU's clocks ramp
-            # up under load; the first measured run would pay for both
-            ex.run(res_settings, warmup=warmup, groups=groups).close()
+            groups_.append(_Group(name, ex, batch, sim, todo))
+    for _ in range(max(1, repeats)):
+        # every setting of every trace and batch size once per round: a slow spell of the machine
+        # hits one round of a point, and the point keeps its fastest round (noise only ever adds
+        # time). With the rounds inside each trace and batch size, all of one group's rounds fell
+        # within a minute, and one slow minute put that whole group 15-35% off
+        for g in groups_:
+            # one unmeasured run first: new kernel shapes load lazily and the GPU's clocks ramp up
+            # under load; the first measured run would pay for both. And in every round: right after
+            # another trace's runs, the sample's all-resident point (first in its turn) measured up to
+            # 40% slower than its offloaded points
+            g.ex.run(g.todo[0], warmup=warmup, groups=groups).close()
             if bar is not None:
                 bar.update(1)
-            best: dict[int, dict] = {}
-            means: dict[int, list[float]] = {}
-            step_rounds: dict[int, list[list[float]]] = {}  # each round's step latencies, per setting
-            failed: set[int] = set()
-            for _ in range(max(1, repeats)):
-                # every setting once per round: a slow spell of the machine hits one round of a
-                # point, and the point keeps its fastest round (noise only ever adds time)
-                for i, st in enumerate(todo):
-                    if i in failed:
-                        continue
-                    try:
-                        rt = ex.run(st, warmup=warmup, groups=groups)
-                        if bar is not None:
-                            bar.update(1)
-                    except ExecutorError as exc:  # one point that cannot run costs that point, not the rest
-                        if i == 0:
-                            raise
-                        failed.add(i)
-                        skipped.append({"trace": name, "batch_size": batch, "speculation": st.speculation,
-                                        "cache_policy": st.cache_policy, "cache": st.cache,
-                                        "buffering": st.buffering, "reason": str(exc)})
-                        log(f"{name} b{batch} {st.speculation}+{st.cache_policy} {st.buffering} cache {st.cache}: "
-                            f"skipped ({exc})")
-                        continue
-                    latencies = rt.step_latencies()
-                    mean = float(np.mean(latencies))
-                    means.setdefault(i, []).append(mean)
-                    step_rounds.setdefault(i, []).append(latencies)
-                    if i not in best or mean < min(means[i][:-1]):
-                        simulated = sim.run(st, bounds=False)
-                        point = _point(name, st, rt, simulated, ex.capacity(st, groups))
-                        if i:
-                            replay = sim.replay(st, fast=False)
-                            m = rt.summary()
-                            point["counts_agree"] = bool(replay.hits == m["hits"] + m["late_hits"]
-                                                         and replay.misses == m["misses"]
-                                                         and replay.prefetches == m["prefetches"])
-                        best[i] = point
-                    rt.close()
-            for i in sorted(best):
-                best[i]["measured_mean_s_rounds"] = means[i]
-                _keep_fastest_steps(best[i], step_rounds[i])
-                best[i].pop("_simulated_steps", None)
-                (points if i else residents).append(best[i])
-                log(_line(best[i]))
+            for i, st in enumerate(g.todo):
+                if i in g.failed:
+                    continue
+                try:
+                    rt = g.ex.run(st, warmup=warmup, groups=groups)
+                    if bar is not None:
+                        bar.update(1)
+                except ExecutorError as exc:  # one point that cannot run costs that point, not the rest
+                    if i == 0:
+                        raise
+                    g.failed.add(i)
+                    skipped.append({"trace": g.name, "batch_size": g.batch, "speculation": st.speculation,
+                                    "cache_policy": st.cache_policy, "cache": st.cache,
+                                    "buffering": st.buffering, "reason": str(exc)})
+                    log(f"{g.name} b{g.batch} {st.speculation}+{st.cache_policy} {st.buffering} cache {st.cache}: "
+                        f"skipped ({exc})")
+                    continue
+                latencies = rt.step_latencies()
+                mean = float(np.mean(latencies))
+                g.runs.setdefault(i, []).append((mean, latencies))
+                if i not in g.best or mean < min(m for m, _ in g.runs[i][:-1]):
+                    g.best[i] = g.point(i, st, rt, groups)
+                rt.close()
+    for g in groups_:
+        for i in sorted(g.best):
+            point, runs = g.best[i], g.runs[i]
+            point["measured_mean_s_rounds"] = [m for m, _ in runs]
+            _keep_fastest_steps(point, [steps for _, steps in runs])
+            point.pop("_simulated_steps", None)
+            (points if i else residents).append(point)
+            log(_line(point))
     result = summarise(points, residents, profile, device, batch_sizes)
     result["runtime"], result["runtime_path"] = runtime.name, runtime.path
     result["clock"] = CLOCK_WHAT[clock_name()]  # what the measured side was timed on
@@ -225,6 +222,30 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
     result["load_average"] = {"start": load_start, "end": load_average(),
                               "calibration": calibration_load(profile_path)}
     return result
+
+
+class _Group:
+    """One trace at one batch size in validation: its settings and, per setting, its rounds so far."""
+
+    def __init__(self, name: str, ex, batch: int, sim, todo: list):
+        self.name, self.ex, self.batch, self.sim, self.todo = name, ex, batch, sim, todo
+        self.best: dict[int, dict] = {}  # the fastest round's point
+        self.runs: dict[int, list[tuple]] = {}  # per setting, each round's (mean, step latencies)
+        self.failed: set[int] = set()
+        self._simulated: dict[int, tuple] = {}  # the simulator's side depends on the setting alone
+
+    def point(self, i: int, st: Settings, rt, groups) -> dict:
+        if i not in self._simulated:
+            replay = self.sim.replay(st, fast=False) if i else None
+            self._simulated[i] = (self.sim.run(st, bounds=False), replay)
+        simulated, replay = self._simulated[i]
+        point = _point(self.name, st, rt, simulated, self.ex.capacity(st, groups))
+        if replay is not None:
+            m = rt.summary()
+            point["counts_agree"] = bool(replay.hits == m["hits"] + m["late_hits"]
+                                         and replay.misses == m["misses"]
+                                         and replay.prefetches == m["prefetches"])
+        return point
 
 
 def calibration_load(profile_path) -> dict | None:
@@ -265,15 +286,15 @@ def load_note(result: dict, cores: int | None = None) -> str | None:
 
 
 def _planned_runs(traces, policies, caches, batch_sizes, repeats: int, placements: int = 0) -> int:
-    """Executor runs validate will make (the progress bar's total): per trace and batch size, one warm-up
-    and, per round, the all-resident run and every pair x cache size (pairs deduplicated as above)."""
+    """Executor runs validate will make (the progress bar's total): per trace, batch size and round, one
+    warm-up, the all-resident run and every pair x cache size (pairs deduplicated as above)."""
     from pregate.traces import open_trace
 
     total = 0
     for trace in traces:
         ahead = open_trace(trace).meta.ahead_distance
         pairs = policies if ahead else [(NO_AHEAD_FALLBACK.get(s, s), c) for s, c in policies]
-        total += len(batch_sizes) * (1 + max(1, repeats) * (1 + (len(dict.fromkeys(pairs)) + placements) * len(caches)))
+        total += len(batch_sizes) * max(1, repeats) * (2 + (len(dict.fromkeys(pairs)) + placements) * len(caches))
     return total
 
 

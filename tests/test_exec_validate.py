@@ -202,6 +202,30 @@ def test_validate_rounds_keep_each_points_fastest(trace, profile):
         assert "_simulated_steps" not in point
 
 
+def test_validate_rounds_run_every_trace_and_batch_size_in_turn(trace, profile, monkeypatch):
+    """A point's rounds lie apart: round 2 of any setting comes after round 1 of every setting."""
+    from pregate.executor.validate import validate
+
+    calls = []
+    run = TraceExecutor.run
+
+    def logged(self, settings, **kw):
+        calls.append((settings.batch_size, settings.buffering, settings.speculation, settings.cache))
+        return run(self, settings, **kw)
+
+    monkeypatch.setattr(TraceExecutor, "run", logged)
+    result = validate([str(trace)], str(profile), "cpu", quick=True, repeats=2, batch_sizes=[1, 2],
+                      log=lambda m: None)
+    first, second = calls[:len(calls) // 2], calls[len(calls) // 2:]
+    assert first == second and {c[0] for c in first} == {1, 2}  # both batch sizes in each round
+    # each batch size's turn in a round: an unmeasured all-resident run, then its points
+    b2 = [c[0] for c in first].index(2)
+    assert first[0][1] == first[1][1] == first[b2][1] == first[b2 + 1][1] == "resident"
+    assert len(result["points"]) + len(result["resident"]) == len(first) - 2
+    # each point still keeps its fastest round, whichever group ran between its rounds
+    assert all(len(p["measured_mean_s_rounds"]) == 2 for p in result["points"] + result["resident"])
+
+
 def test_fastest_steps_takes_each_steps_least_time():
     from pregate.executor.validate import fastest_steps
 

@@ -36,8 +36,8 @@ def test_validate_progress_total_is_known_before_the_first_run_and_reached(trace
 
     bar = CountingBar()
     validate([str(trace)], "rtx3090", "cpu", quick=True, repeats=2, log=lambda m: None, bar=bar)
-    # quick: 2 pairs x 1 cache size, batch 1; per round the resident run and both pairs; one warm-up
-    assert bar.total_when_first_updated == bar.total == 1 + 2 * (1 + 2) == bar.n
+    # quick: 2 pairs x 1 cache size, batch 1; per round a warm-up, the resident run and both pairs
+    assert bar.total_when_first_updated == bar.total == 2 * (1 + 1 + 2) == bar.n
 
 
 def test_validate_quiet_prints_no_progress(trace, tmp_path, capsys):
