@@ -139,7 +139,7 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
     if bar is not None:  # a tqdm-like bar: one tick per executor run, the total known before the first
         bar.total = _planned_runs(traces, policies, caches, batch_sizes, repeats, len(placements))  # shown from the first tick
     points, residents, skipped = [], [], []
-    groups_ = []  # one per trace and batch size: what it runs, and each setting's rounds so far
+    cells = []  # one per trace and batch size: what it runs, and each setting's rounds so far
     for trace in traces:
         ex = TraceExecutor(trace, device, dtype)
         name = Path(str(trace)).name
@@ -169,46 +169,46 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
                                                   policy_args=for_pair(resolved, spec, cache_policy))
                                      for spec, cache_policy in pairs for cache in caches]
             todo += [base.replace(buffering=b, cache=cache) for b in placements for cache in caches]
-            groups_.append(_Group(name, ex, batch, sim, todo))
+            cells.append(_Cell(name, ex, batch, sim, todo))
     for _ in range(max(1, repeats)):
         # every setting of every trace and batch size once per round: a slow spell of the machine
         # hits one round of a point, and the point keeps its fastest round (noise only ever adds
-        # time). With the rounds inside each trace and batch size, all of one group's rounds fell
-        # within a minute, and one slow minute put that whole group 15-35% off
-        for g in groups_:
+        # time). With the rounds inside each trace and batch size, all of one cell's rounds fell
+        # within a minute, and one slow minute put all its points 15-35% off
+        for c in cells:
             # one unmeasured run first: new kernel shapes load lazily and the GPU's clocks ramp up
             # under load; the first measured run would pay for both. And in every round: right after
             # another trace's runs, the sample's all-resident point (first in its turn) measured up to
             # 40% slower than its offloaded points
-            g.ex.run(g.todo[0], warmup=warmup, groups=groups).close()
+            c.ex.run(c.todo[0], warmup=warmup, groups=groups).close()
             if bar is not None:
                 bar.update(1)
-            for i, st in enumerate(g.todo):
-                if i in g.failed:
+            for i, st in enumerate(c.todo):
+                if i in c.failed:
                     continue
                 try:
-                    rt = g.ex.run(st, warmup=warmup, groups=groups)
+                    rt = c.ex.run(st, warmup=warmup, groups=groups)
                     if bar is not None:
                         bar.update(1)
                 except ExecutorError as exc:  # one point that cannot run costs that point, not the rest
                     if i == 0:
                         raise
-                    g.failed.add(i)
-                    skipped.append({"trace": g.name, "batch_size": g.batch, "speculation": st.speculation,
+                    c.failed.add(i)
+                    skipped.append({"trace": c.name, "batch_size": c.batch, "speculation": st.speculation,
                                     "cache_policy": st.cache_policy, "cache": st.cache,
                                     "buffering": st.buffering, "reason": str(exc)})
-                    log(f"{g.name} b{g.batch} {st.speculation}+{st.cache_policy} {st.buffering} cache {st.cache}: "
+                    log(f"{c.name} b{c.batch} {st.speculation}+{st.cache_policy} {st.buffering} cache {st.cache}: "
                         f"skipped ({exc})")
                     continue
                 latencies = rt.step_latencies()
                 mean = float(np.mean(latencies))
-                g.runs.setdefault(i, []).append((mean, latencies))
-                if i not in g.best or mean < min(m for m, _ in g.runs[i][:-1]):
-                    g.best[i] = g.point(i, st, rt, groups)
+                c.runs.setdefault(i, []).append((mean, latencies))
+                if i not in c.best or mean < min(m for m, _ in c.runs[i][:-1]):
+                    c.best[i] = c.point(i, st, rt, groups)
                 rt.close()
-    for g in groups_:
-        for i in sorted(g.best):
-            point, runs = g.best[i], g.runs[i]
+    for c in cells:
+        for i in sorted(c.best):
+            point, runs = c.best[i], c.runs[i]
             point["measured_mean_s_rounds"] = [m for m, _ in runs]
             _keep_fastest_steps(point, [steps for _, steps in runs])
             point.pop("_simulated_steps", None)
@@ -224,7 +224,7 @@ def validate(traces: list[str], profile_path: str, device: str = "cpu", *, polic
     return result
 
 
-class _Group:
+class _Cell:
     """One trace at one batch size in validation: its settings and, per setting, its rounds so far."""
 
     def __init__(self, name: str, ex, batch: int, sim, todo: list):
