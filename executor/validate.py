@@ -267,8 +267,6 @@ def load_note(result: dict, cores: int | None = None) -> str | None:
     difference or more is flagged, since the errors then include the other
     work's slowing of the measured side (see :func:`pregate.executor.device.load_average`).
     """
-    import os
-
     loads = result.get("load_average") or {}
     cal = loads.get("calibration") or {}
 

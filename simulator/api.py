@@ -140,6 +140,11 @@ class Simulation:
                           sides=self.side_timing(settings))
         return cache, planner, buffering, comp
 
+    @staticmethod
+    def _policy_pair(settings: Settings) -> tuple[str, str, bool]:
+        """What prices the planner (``CostTables.for_policy``): caching, speculation, every expert resident."""
+        return settings.cache_policy, settings.speculation, BUFFERING.get(settings.buffering).all_resident
+
     def lower_bound(self, settings: Settings | None = None) -> float:
         """The provable lower bound on ``settings``' mean step latency (see :mod:`lower_bound`)."""
         settings = settings or self.settings
@@ -157,8 +162,7 @@ class Simulation:
             return None
         comp = COMPRESSION.get(settings.compression)()
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
-        costs = self.costs.for_policy(settings.cache_policy, settings.speculation,
-                                      BUFFERING.get(settings.buffering).all_resident)
+        costs = self.costs.for_policy(*self._policy_pair(settings))
         return timing_from_costs(self.stream, costs, engines,
                                  comp.demand_dtype(self.gpu_dtype),
                                  comp.prefetch_dtype(self.gpu_dtype))
@@ -170,8 +174,7 @@ class Simulation:
         comp = COMPRESSION.get(settings.compression)()
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
         demand = comp.demand_dtype(self.gpu_dtype)
-        costs = self.costs.for_policy(settings.cache_policy, settings.speculation,
-                                      BUFFERING.get(settings.buffering).all_resident)
+        costs = self.costs.for_policy(*self._policy_pair(settings))
         return side_timing(self.stream, costs, engines, demand)
 
     def replay(self, settings: Settings | None = None, fast: bool = True) -> ReplayCounts:
@@ -191,8 +194,7 @@ class Simulation:
         cache, planner, buffering, comp = self._parts(settings)
         engines = settings.copy_engines or int(self.profile["pcie.copy_engines"])
         outcome = run_timed(
-            self.stream, self.costs.for_policy(settings.cache_policy, settings.speculation, buffering.all_resident),
-            planner, cache,
+            self.stream, self.costs.for_policy(*self._policy_pair(settings)), planner, cache,
             demand_dtype=comp.demand_dtype(self.gpu_dtype), prefetch_dtype=comp.prefetch_dtype(self.gpu_dtype),
             copy_engines=engines, timeline=timeline, all_resident=buffering.all_resident,
         )
@@ -257,9 +259,8 @@ class Simulation:
             "expert_table": self.costs.used_table or None,
             "dense_table": self.costs.used_dense_table or None,
             "speculation_note": self.speculation_note,
-            **({"planner_cost": planner_used} if (planner_used := self.costs.planner_note(
-                settings.cache_policy, settings.speculation, BUFFERING.get(settings.buffering).all_resident))
-               else {}),
+            **({"planner_cost": planner_used}
+               if (planner_used := self.costs.planner_note(*self._policy_pair(settings))) else {}),
             **({"placement_note": self.placement_note} if self.placement_note else {}),
             **self._phase_summary(settings, steps),
         }

@@ -171,7 +171,6 @@ class CostTables:
         return dataclasses.replace(self, layer_step=layer_step, copy_issue=copy_issue + self.sync_copy,
                                    resident_layer_step=min(self.resident_layer_step, layer_step))
 
-
     def planner_note(self, cache_policy: str, speculation: str = "", all_resident: bool = False) -> str:
         """Which planner cost row prices this pair ("" when the runtime has none): ``for_policy``'s
         ``planner_used``, without building the tables."""
